@@ -1,0 +1,60 @@
+"""One exception hierarchy for the whole package.
+
+Every error a user can trigger is an :class:`RhError`; each message says what went wrong *and* what to do
+next. Messages never contain secret values: credentials are held in ``SecretStr`` fields and only their
+field names are ever mentioned.
+"""
+
+from __future__ import annotations
+
+
+class RhError(Exception):
+    """Base class of every error raised by rh_prefect."""
+
+
+class InvalidName(RhError, ValueError):
+    """A resource name cannot be used (bad characters, empty, reserved)."""
+
+
+class InvalidPath(RhError, ValueError):
+    """A path or a key inside a folder is not acceptable (``..``, NUL, absolute where relative is needed)."""
+
+
+class UnknownSystem(RhError, ValueError):
+    """The ``system=`` argument names no known storage system."""
+
+
+class NotFound(RhError, LookupError):
+    """A named resource, file, bucket or path does not exist."""
+
+
+class AlreadyExists(RhError, FileExistsError):
+    """A write would overwrite something and ``overwrite=False`` was asked for."""
+
+
+class ReadOnlySystem(RhError, PermissionError):
+    """A write was attempted on a system that is read-only (GitHub)."""
+
+
+class SystemUnavailable(RhError, ConnectionError):
+    """A host or endpoint did not answer (cluster down, server unreachable)."""
+
+
+class CredentialsError(RhError, PermissionError):
+    """Credentials are missing or were refused."""
+
+
+class HostKeyMismatch(RhError, PermissionError):
+    """An SSH host presented a key that is not the one we trust."""
+
+
+class IntegrityError(RhError):
+    """Stored bytes do not match their recorded checksum or size."""
+
+
+class TransferError(RhError):
+    """A copy failed for some files; ``failures`` maps each relative path to its error."""
+
+    def __init__(self, message: str, failures: dict[str, BaseException] | None = None):
+        super().__init__(message)
+        self.failures = dict(failures or {})

@@ -1,0 +1,179 @@
+"""The named-resource registry: rh_prefect resources saved as Prefect block documents.
+
+The Prefect server is the single source of truth for names. Every saved resource is an ordinary block
+document (so ``Folder.load("my-folder")`` and the Prefect UI keep working); this module adds the Runhouse
+naming rules on top: names are unique across resource types, namespaces are folders, and names map
+reversibly onto Prefect's ``[a-z0-9-]`` block names (see :mod:`rh_prefect.names`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional, TypeVar
+
+from prefect.blocks.core import Block
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+from pydantic import PrivateAttr
+
+from rh_prefect import names
+from rh_prefect.errors import AlreadyExists, NotFound
+
+R = TypeVar("R", bound="Resource")
+
+# block type slug -> class; filled by Resource.__init_subclass__ so that a name can be loaded without
+# knowing its type in advance.
+_TYPES: dict[str, type["Resource"]] = {}
+
+
+class Resource(Block):
+    """Base class of every named rh_prefect block (Folder, Table, Blob, Cluster).
+
+    Adds Runhouse-style naming: ``save(name=None, overwrite=True)`` returns the resource itself so calls chain,
+    and :attr:`name` is the name the user gave (``"my-folder"``, ``"@/my_table"``, ``"/ds/bert_preproc"``).
+    """
+
+    # Subclasses that share a block type with their parent (table kinds) set this to False.
+    _rh_registered: ClassVar[bool] = True
+    _rh_name: Optional[str] = PrivateAttr(default=None)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("_rh_registered", True) and "_block_type_name" in cls.__dict__:
+            _TYPES[cls.get_block_type_slug()] = cls
+
+    # -- naming -------------------------------------------------------------------------------------------
+    @property
+    def name(self) -> Optional[str]:
+        """The resource name as given by the user, or the decoded block name when loaded from Prefect."""
+        if self._rh_name:
+            return self._rh_name
+        if self._block_document_name:
+            return names.display(names.decode(self._block_document_name))
+        return None
+
+    @property
+    def full_name(self) -> Optional[str]:
+        """Canonical name: ``@/my-folder`` or ``/ds/bert_preproc``."""
+        return names.parse(self.name).full if self.name else None
+
+    def _set_name(self, name: Optional[str]) -> None:
+        if name is not None:
+            names.parse(name)  # validate early: a bad name must fail before any data is written
+        self._rh_name = name
+
+    def save(self: R, name: Optional[str] = None, overwrite: bool = True) -> R:  # type: ignore[override]
+        """Save this resource in the Prefect registry under ``name`` (or its current name) and return it.
+
+        Example:
+            >>> folder = rh.folder(path="/tmp/data").save("my-folder")
+        """
+        if name is not None:
+            self._set_name(name)
+        if not self.name:
+            raise NotFound(
+                f"This {type(self).__name__} has no name: call .save(name='my-name') to register it."
+            )
+        rname = names.parse(self.name)
+        self._before_save(rname)
+        other = find(rname.full)
+        if other is not None and other[0] != type(self).get_block_type_slug():
+            raise AlreadyExists(
+                f"The name {self.name!r} is already used by a {_TYPES[other[0]].__name__}; "
+                f"pick another name or delete it first with rh.delete({self.name!r})."
+            )
+        if other is not None and not overwrite:
+            raise AlreadyExists(f"{self.name!r} is already saved; pass overwrite=True to replace it.")
+        if other is None:
+            # A fresh name must create a new document, not update the one this object was loaded from.
+            self._block_document_id = None
+        self._save_sync(name=rname.block_name, overwrite=True)
+        return self
+
+    def _before_save(self, name: names.ResourceName) -> None:
+        """Hook for subclasses: fill defaults that depend on the name (e.g. a namespace's path)."""
+
+    @classmethod
+    def _load_named(cls: type[R], name: str) -> R:
+        rname = names.parse(name)
+        found = find(rname.full)
+        if found is None:
+            raise NotFound(
+                f"No resource named {name!r} is saved on the Prefect server; check the name with "
+                "`rh-prefect list` or create it first and call .save()."
+            )
+        slug, _ = found
+        klass = _TYPES[slug]
+        if not issubclass(klass, cls):
+            raise NotFound(f"{name!r} is a {klass.__name__}, not a {cls.__name__}; load it with rh.load({name!r}).")
+        obj = klass.load(rname.block_name, validate=True)
+        obj._rh_name = name
+        return obj  # type: ignore[return-value]
+
+
+def _filter(block_names: Optional[list[str]] = None, like: Optional[str] = None) -> list[dict[str, Any]]:
+    name_filter: dict[str, Any] = {}
+    if block_names is not None:
+        name_filter["any_"] = block_names
+    if like is not None:
+        name_filter["like_"] = like
+    body = {
+        "block_documents": {"name": name_filter, "is_anonymous": {"eq_": False}},
+        "block_types": {"slug": {"any_": sorted(_TYPES)}},
+        "include_secrets": False,
+    }
+    with get_client(sync_client=True) as client:
+        response = client.request("POST", "/block_documents/filter", json=body)
+    return response.json()
+
+
+def find(full_name: str) -> Optional[tuple[str, str]]:
+    """``(block type slug, block document id)`` of the resource saved under a canonical name, or None."""
+    docs = _filter(block_names=[names.encode(full_name)])
+    if not docs:
+        return None
+    doc = docs[0]
+    return doc["block_type"]["slug"], doc["id"]
+
+
+def load(name: str) -> Resource:
+    """Load any saved resource by name, whatever its type."""
+    return Resource._load_named(name)
+
+
+def exists(name: str) -> bool:
+    """True if a resource is saved under ``name``."""
+    return find(names.parse(name).full) is not None
+
+
+def delete(name: str) -> None:
+    """Remove a resource from the registry. Its data stays where it is; call ``.rm()`` first to delete data."""
+    rname = names.parse(name)
+    found = find(rname.full)
+    if found is None:
+        raise NotFound(f"No resource named {name!r} is saved; nothing to delete.")
+    with get_client(sync_client=True) as client:
+        try:
+            client.delete_block_document(found[1])
+        except ObjectNotFound as exc:  # deleted concurrently: the outcome the caller wanted
+            raise NotFound(f"{name!r} was deleted by someone else meanwhile.") from exc
+
+
+def list_names(namespace: Optional[str] = None, recursive: bool = False) -> list[tuple[str, str]]:
+    """``[(canonical name, type name)]`` of saved resources, optionally only those inside ``namespace``."""
+    like = None
+    prefix = None
+    if namespace is not None:
+        ns = names.parse(namespace).full if namespace not in ("@", "/") else namespace
+        prefix = ns.rstrip("/") + "/"
+        if prefix != "@/":
+            like = names.encode(prefix) + "%"
+    out = []
+    for doc in _filter(like=like):
+        full = names.decode(doc["name"])
+        if prefix is not None:
+            if not full.startswith(prefix):
+                continue
+            if not recursive and "/" in full[len(prefix) :]:
+                continue
+        out.append((full, _TYPES[doc["block_type"]["slug"]].__name__))
+    return sorted(out)

@@ -1,0 +1,107 @@
+"""What Folder, Table and Blob share: a place (system + path) and the rules for default places."""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from typing import Any, Optional, Union
+
+from pydantic import Field, PrivateAttr
+
+from rh_prefect import names, registry
+from rh_prefect.errors import InvalidPath, NotFound
+from rh_prefect.registry import Resource
+from rh_prefect.systems import Cluster, GCSCredentials, GitHubCredentials, S3Credentials, System, get_system
+
+SystemArg = Union[str, Cluster, System, None]
+
+
+class StoredResource(Resource):
+    """A named resource whose data lives at ``path`` on ``system``. Not a block type by itself."""
+
+    path: Optional[str] = Field(default=None, title="Path", description="Where the data lives on the system.")
+    system: str = Field(
+        default="file",
+        title="System",
+        description="Where the data lives: file, s3, gs, github or ssh (ssh needs a Cluster).",
+    )
+    cluster: Optional[Cluster] = Field(
+        default=None, title="Cluster", description="The cluster holding the data when the system is ssh."
+    )
+    credentials: Optional[Union[S3Credentials, GCSCredentials, GitHubCredentials]] = Field(
+        default=None,
+        title="Credentials",
+        description="Credentials for s3, gs or github; empty to use the environment's default credentials.",
+    )
+    _sys: Optional[System] = PrivateAttr(default=None)
+
+    @property
+    def sys(self) -> System:
+        """The :class:`System` object for this resource's location (cached)."""
+        if self._sys is None:
+            self._sys = get_system(self.system, cluster=self.cluster, credentials=self.credentials)
+        return self._sys
+
+    def _relocate(self, system: System, path: str) -> None:
+        fields = system.block_fields()
+        self.system = fields["system"]
+        self.cluster = fields.get("cluster")
+        self.credentials = fields.get("credentials")
+        self.path = system.normalize(path)
+        self._sys = system
+
+    @property
+    def fs_path(self) -> str:
+        """The path as the system's fsspec filesystem spells it."""
+        if not self.path:
+            raise InvalidPath(f"{type(self).__name__} {self.name!r} has no path.")
+        return self.sys.fs_path(self.path)
+
+    @property
+    def url(self) -> str:
+        """Where the data lives, as a URL (``s3://bucket/key``, ``ssh://host:22/path``, a local path)."""
+        return self.sys.url(self.path or "")
+
+    def is_local(self) -> bool:
+        return self.sys.is_local and self.sys.writable
+
+    def is_writable(self) -> bool:
+        return self.sys.writable
+
+    @property
+    def local_path(self) -> Optional[str]:
+        """The local filesystem path, when the data is on this machine."""
+        return self.fs_path if self.sys.is_local else None
+
+
+def place(
+    name: Optional[str], system: SystemArg, path: Optional[str], *, cluster: Optional[Cluster] = None,
+    credentials: Any = None, kind: str = "rh"
+) -> tuple[System, str]:
+    """Decide where a new resource's data goes: ``(System, system path)``.
+
+    An explicit path wins. Otherwise a resource in a folder namespace (``/ds/x``) goes under that folder's path
+    on that folder's system; anything else goes to the system's default root, under its name.
+    """
+    if name is not None and path is None:
+        rname = names.parse(name)
+        if rname.namespace not in (names.DEFAULT_NAMESPACE, "/"):
+            parent = _namespace_folder(rname.namespace)
+            if parent is not None and (system is None or get_system(system, cluster=cluster, credentials=credentials) == parent.sys):
+                return parent.sys, posixpath.join(parent.path, rname.leaf)
+    sys = get_system(system, cluster=cluster, credentials=credentials)
+    if path is None:
+        root = sys.default_root()
+        if root is None:
+            raise InvalidPath(f"No path given for {name or 'this ' + kind} on {sys.describe()}: {sys.default_root_hint()}.")
+        leaf = names.parse(name).leaf if name else f"{kind}-{uuid.uuid4().hex[:8]}"
+        path = posixpath.join(root, leaf)
+    return sys, sys.normalize(str(path))
+
+
+def _namespace_folder(namespace: str) -> Optional["StoredResource"]:
+    try:
+        found = registry.load(namespace)
+    except NotFound:
+        return None
+    return found if isinstance(found, StoredResource) else None

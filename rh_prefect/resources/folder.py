@@ -1,0 +1,325 @@
+"""Folder: a directory on any system - listed, written, read, and copied to any other system.
+
+A Folder is also a namespace: a resource saved as ``/ds/x`` is listed by the ``/ds`` folder's
+:meth:`Folder.resources` and, without an explicit path, stores its data under that folder.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Iterator, Mapping, Optional, Union
+
+from prefect.utilities.asyncutils import run_sync_in_worker_thread
+from prefect.filesystems import WritableDeploymentStorage, WritableFileSystem
+
+from rh_prefect import registry, tasks, transfer
+from rh_prefect.errors import AlreadyExists, InvalidPath, NotFound
+from rh_prefect.resources.base import StoredResource, SystemArg, place
+from rh_prefect.systems import Cluster, System, check_relative_key, get_system
+
+Contents = Union[Mapping[str, Union[bytes, str]], str, os.PathLike, "Folder"]
+
+
+class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
+    """A folder of files on the local disk, a cluster (SSH), S3, GCS or GitHub (read-only).
+
+    Works as a Prefect ``result_storage`` and as deployment storage too.
+
+    Example:
+        ```python
+        import rh_prefect as rh
+        local = rh.folder(name="my-folder", path="folder_tmp").save()
+        local.put({"a.txt": b"hello"})
+        s3 = local.to(system="s3", path="/my-bucket/my-folder")
+        print(s3.ls(full_paths=False))   # ['a.txt']
+        ```
+    """
+
+    _block_type_name = "rh Folder"
+    _description = "A folder of files on local disk, a cluster (SSH), S3, GCS or GitHub, copyable to any of them."
+    _documentation_url = None
+
+    # -- listing and reading ------------------------------------------------------------------------------
+    def ls(self, full_paths: bool = True, sort: bool = False, recursive: bool = False) -> list[str]:
+        """Entries of the folder: top-level files and sub-folders, or every file with ``recursive=True``.
+
+        ``sort=True`` puts the newest first. ``full_paths=False`` gives names relative to the folder.
+        """
+        root = self.fs_path
+        if recursive:
+            infos = transfer.list_files(self.sys, root)
+            entries = [(key, info) for key, info in infos.items()]
+        else:
+            try:
+                listing = self.sys.fs.ls(root, detail=True)
+            except FileNotFoundError:
+                raise NotFound(f"Folder {self.url} does not exist; write to it first or check the path.") from None
+            entries = []
+            for info in listing:
+                base = posixpath.basename(info["name"].rstrip("/"))
+                if base and not self.sys.is_temp_name(base) and info["name"].rstrip("/") != root.rstrip("/"):
+                    entries.append((base, info))
+        if sort:
+            entries.sort(key=lambda e: self.sys.mtime(e[1]) or 0.0, reverse=True)
+        else:
+            entries.sort(key=lambda e: e[0])
+        if full_paths:
+            return [posixpath.join(self.path, key) for key, _ in entries]
+        return [key for key, _ in entries]
+
+    def _key_path(self, name: str) -> str:
+        return posixpath.join(self.fs_path, check_relative_key(name))
+
+    def exists_in_system(self) -> bool:
+        """True if the folder exists on its system (for buckets: something is stored under the prefix)."""
+        return bool(self.sys.fs.exists(self.fs_path))
+
+    def get(self, name: str, mode: str = "rb", encoding: Optional[str] = None) -> Union[bytes, str]:
+        """Contents of one file: bytes, or str when ``mode="r"`` (or an encoding is given)."""
+        with self.open(name, mode=mode, encoding=encoding) as f:
+            return f.read()
+
+    @contextmanager
+    def open(self, name: str, mode: str = "rb", encoding: Optional[str] = None) -> Iterator[IO[Any]]:
+        """Open one file as a streaming file object. Writes (``"wb"``/``"w"``) appear atomically on close."""
+        if mode not in ("rb", "r", "wb", "w"):
+            raise InvalidPath(f"mode {mode!r} is not supported; use 'rb', 'r', 'wb' or 'w'.")
+        path = self._key_path(name)
+        if "w" in mode:
+            with transfer.open_write(self.sys, path) as raw:
+                if mode == "w":
+                    text = io.TextIOWrapper(raw, encoding=encoding or "utf-8")  # type: ignore[arg-type]
+                    yield text
+                    text.flush()
+                    text.detach()
+                else:
+                    yield raw
+            return
+        try:
+            raw = self.sys.fs.open(path, "rb", block_size=transfer.CHUNK_SIZE)
+        except FileNotFoundError:
+            raise NotFound(f"No file {name!r} in folder {self.url}; see folder.ls().") from None
+        with raw:
+            if mode == "r" or encoding:
+                yield io.TextIOWrapper(raw, encoding=encoding or "utf-8")  # type: ignore[arg-type]
+            else:
+                yield raw
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def mkdir(self) -> "Folder":
+        """Create the folder (and the bucket it lives in)."""
+        self.sys.check_writable(self.path or "")
+        self.sys.ensure_container(self.fs_path, create=True)
+        self.sys.makedirs(self.fs_path)
+        return self
+
+    def put(self, contents: Contents, overwrite: bool = False, mode: str = "wb") -> "Folder":
+        """Add files: a dict ``{name: bytes or str}``, a local file or directory path, or another Folder.
+
+        With ``overwrite=False`` (the default) nothing is written if any target file already exists.
+        """
+        self.sys.check_writable(self.path or "")
+        if isinstance(contents, Folder):
+            tasks.run(tasks.copy_tree_task, contents.sys, contents.fs_path, self.sys, self.fs_path, overwrite=overwrite)
+            return self
+        if isinstance(contents, (str, os.PathLike)):
+            src = Path(contents).expanduser()
+            if not src.exists():
+                raise NotFound(f"Local path {str(src)!r} does not exist.")
+            local = get_system("file")
+            if src.is_dir():
+                tasks.run(tasks.copy_tree_task, local, str(src.absolute()), self.sys, self.fs_path, overwrite=overwrite)
+            else:
+                tasks.run(
+                    tasks.copy_tree_task, local, str(src.parent.absolute()), self.sys, self.fs_path,
+                    overwrite=overwrite, keys=[src.name],
+                )
+            return self
+        if not isinstance(contents, Mapping):
+            raise TypeError(
+                f"put() takes a dict of name -> bytes/str, a local path or a Folder, not {type(contents).__name__}."
+            )
+        items: dict[str, bytes] = {}
+        for key, value in contents.items():
+            clean = check_relative_key(key)
+            if isinstance(value, str):
+                value = value.encode("utf-8")
+            if not isinstance(value, (bytes, bytearray, memoryview)):
+                raise TypeError(f"put(): value for {key!r} must be bytes or str, not {type(value).__name__}.")
+            items[clean] = bytes(value)
+        self.sys.ensure_container(self.fs_path)
+        if not overwrite:
+            existing = [k for k in items if self.sys.fs.exists(posixpath.join(self.fs_path, k))]
+            if existing:
+                raise AlreadyExists(
+                    f"{existing[:5]} already exist in {self.url}; pass overwrite=True to replace them. "
+                    "Nothing was written."
+                )
+        for key, data in items.items():
+            transfer.write_bytes(self.sys, posixpath.join(self.fs_path, key), data)
+        return self
+
+    def rm(self, contents: Optional[list[str]] = None, recursive: bool = True) -> None:
+        """Delete the listed files (names relative to the folder), or the whole folder when none are given."""
+        self.sys.check_writable(self.path or "")
+        if contents is None:
+            if self.sys.fs.exists(self.fs_path):
+                self.sys.fs.rm(self.fs_path, recursive=recursive)
+            return
+        for name in contents:
+            path = self._key_path(name)
+            if self.sys.fs.exists(path):
+                self.sys.fs.rm(path, recursive=recursive)
+
+    # -- moving -------------------------------------------------------------------------------------------
+    def to(self, system: SystemArg, path: Optional[str] = None, overwrite: bool = True) -> "Folder":
+        """Copy this folder to another system (or place) and return the Folder there.
+
+        Unchanged files already at the destination are skipped, so calling it again resumes or refreshes.
+        Without ``path`` the copy goes under the destination system's default root (a bucket needs a path
+        or a configured default bucket).
+        """
+        dst_sys, dst_path = self._destination(system, path)
+        dst_sys.check_writable(dst_path)
+        dst_sys.ensure_container(dst_sys.fs_path(dst_path))
+        src_root, dst_root = self.fs_path, dst_sys.fs_path(dst_path)
+        report = tasks.run(tasks.copy_tree_task, self.sys, src_root, dst_sys, dst_root, overwrite=overwrite)
+        new = self.model_copy(deep=False)
+        new._relocate(dst_sys, dst_path)
+        new._block_document_id = None
+        new._block_document_name = None
+        new._rh_name = self._rh_name
+        new._last_report = report
+        return new
+
+    def mv(self, system: SystemArg, path: Optional[str] = None) -> "Folder":
+        """Move the folder: copy, then delete the source. A saved folder's registry entry follows it."""
+        moved = self.to(system, path)
+        self.rm()
+        self._relocate(moved.sys, moved.path)
+        if self._block_document_id is not None:
+            self.save()
+        return self
+
+    def _destination(self, system: SystemArg, path: Optional[str]) -> tuple[System, str]:
+        leaf = posixpath.basename((self.path or "").rstrip("/")) or (self.name or "folder")
+        dst_sys = get_system(system) if not isinstance(system, System) else system
+        if path is None:
+            root = dst_sys.default_root()
+            if root is None:
+                raise InvalidPath(f"Copying {self.url} to {dst_sys.describe()} needs a path: {dst_sys.default_root_hint()}.")
+            path = posixpath.join(root, leaf)
+        return dst_sys, dst_sys.normalize(str(path))
+
+    # -- namespace ----------------------------------------------------------------------------------------
+    def resources(self, recursive: bool = False) -> list[str]:
+        """Names of saved resources in this folder's namespace (``/ds/x`` for the ``/ds`` folder)."""
+        if not self.name:
+            raise NotFound("An unsaved folder has no namespace; save it with a name first.")
+        return [full for full, _ in registry.list_names(self.full_name, recursive=recursive)]
+
+    def contains(self, name: str) -> bool:
+        """True if a resource ``name`` (relative to this namespace, or absolute) is saved in it."""
+        return self.locate(name) is not None
+
+    def locate(self, name: str) -> Optional[tuple[str, Optional[str]]]:
+        """``(system, path)`` of a resource saved in this namespace, or None."""
+        full = name if name.startswith(("/", "@/")) else f"{self.full_name}/{name}"
+        if not full.startswith(f"{self.full_name}/") or not registry.exists(full):
+            return None
+        res = registry.load(full)
+        return (getattr(res, "system", None), getattr(res, "path", None))
+
+    # -- Prefect WritableFileSystem / WritableDeploymentStorage ---------------------------------------------
+    def _storage_path(self, path: str) -> str:
+        root = self.fs_path.rstrip("/")
+        if path.startswith(root + "/"):
+            path = path[len(root) + 1 :]
+        return posixpath.join(root, check_relative_key(path))
+
+    def read_path(self, path: str) -> bytes:  # type: ignore[override]
+        """Read one file (for Prefect result storage)."""
+        try:
+            return self.sys.fs.cat_file(self._storage_path(path))
+        except FileNotFoundError:
+            raise NotFound(f"No file {path!r} in folder {self.url}.") from None
+
+    def write_path(self, path: str, content: bytes) -> str:  # type: ignore[override]
+        """Write one file atomically (for Prefect result storage)."""
+        target = self._storage_path(path)
+        transfer.write_bytes(self.sys, target, content)
+        return target
+
+    async def aread_path(self, path: str) -> bytes:
+        return await run_sync_in_worker_thread(self.read_path, path)
+
+    async def awrite_path(self, path: str, content: bytes) -> str:
+        return await run_sync_in_worker_thread(self.write_path, path, content)
+
+    def get_directory(self, from_path: Optional[str] = None, local_path: Optional[str] = None) -> None:  # type: ignore[override]
+        """Download the folder (or a sub-path) to ``local_path`` (default: the current directory)."""
+        src = self._storage_path(from_path) if from_path else self.fs_path
+        dst = str(Path(local_path or ".").absolute())
+        tasks.run(tasks.copy_tree_task, self.sys, src, get_system("file"), dst)
+
+    def put_directory(  # type: ignore[override]
+        self, local_path: Optional[str] = None, to_path: Optional[str] = None, ignore_file: Optional[str] = None
+    ) -> int:
+        """Upload a local directory (default: the current directory) into the folder; returns files copied."""
+        src = str(Path(local_path or ".").absolute())
+        dst = self._storage_path(to_path) if to_path else self.fs_path
+        keys = None
+        if ignore_file:
+            from prefect.utilities.filesystem import filter_files
+
+            with open(ignore_file) as f:
+                patterns = f.readlines()
+            keys = sorted(p for p in filter_files(src, patterns, include_dirs=False, as_posix=True))
+        self.sys.ensure_container(dst)
+        report = tasks.run(tasks.copy_tree_task, get_system("file"), src, self.sys, dst, keys=keys)
+        return report.files_copied + report.files_skipped
+
+    async def aget_directory(self, from_path: Optional[str] = None, local_path: Optional[str] = None) -> None:
+        await run_sync_in_worker_thread(self.get_directory, from_path, local_path)
+
+    async def aput_directory(
+        self, local_path: Optional[str] = None, to_path: Optional[str] = None, ignore_file: Optional[str] = None
+    ) -> int:
+        return await run_sync_in_worker_thread(self.put_directory, local_path, to_path, ignore_file)
+
+
+def folder(
+    name: Optional[str] = None,
+    path: Optional[Union[str, os.PathLike]] = None,
+    system: SystemArg = None,
+    dryrun: bool = False,
+    *,
+    credentials: Any = None,
+    cluster: Optional[Cluster] = None,
+) -> Folder:
+    """Get a Folder: load a saved one by ``name``, or describe a new one at ``path`` on ``system``.
+
+    ``rh.folder(name="my-folder")`` loads the saved folder; if none is saved yet, a new (unsaved) folder at the
+    default place for that name is returned, as Runhouse does. ``dryrun`` is accepted for Runhouse parity:
+    creating a Folder never touches storage.
+    """
+    if name is not None and path is None and system is None and credentials is None and cluster is None:
+        try:
+            return Folder._load_named(name)
+        except NotFound:
+            pass
+    if isinstance(system, Cluster):
+        cluster, system = system, "ssh"
+    sys, where = place(name, system, str(path) if path is not None else None, cluster=cluster,
+                       credentials=credentials, kind="folder")
+    f = Folder(path=where, **sys.block_fields())
+    f._sys = sys
+    f._set_name(name)
+    return f
+
+
+__all__ = ["Folder", "folder"]

@@ -1,0 +1,188 @@
+"""The contract every storage system fulfils, and the registry that finds a system by name.
+
+A :class:`System` turns (system name, credentials) into an fsspec filesystem plus a few capabilities the copy
+engine asks about. Backend knowledge (bucket rules, SSH host keys, git refs) lives in the modules of this
+package and nowhere else: code above this layer never compares system names.
+
+Paths: users write *system paths* (``/my-bucket/a/b`` on S3, ``/home/me/data`` or ``~/data`` on a cluster,
+``org/repo@main/docs`` on GitHub); :meth:`System.fs_path` turns them into the filesystem's own paths and
+:meth:`System.user_path` back.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from datetime import datetime, timezone
+from abc import ABC, abstractmethod
+from functools import cached_property
+from typing import Any, ClassVar, Optional
+
+from fsspec import AbstractFileSystem
+
+from rh_prefect.errors import InvalidPath, ReadOnlySystem, UnknownSystem
+
+_REGISTRY: dict[str, type["System"]] = {}
+
+
+class System(ABC):
+    """One storage system: where bytes live and how to reach them."""
+
+    #: canonical name stored in blocks ("file", "s3", "gs", "ssh", "github")
+    name: ClassVar[str]
+    #: other names users may type
+    aliases: ClassVar[tuple[str, ...]] = ()
+    #: False for systems that can only be read (GitHub)
+    writable: ClassVar[bool] = True
+    #: True when a single write becomes visible all at once (object stores); else the engine writes a
+    #: temporary name and renames it
+    atomic_writes: ClassVar[bool] = False
+    #: True when paths are on this machine's own disk
+    is_local: ClassVar[bool] = False
+    #: transfer concurrency that suits this backend
+    max_concurrency: ClassVar[int] = 8
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            for key in (cls.name, *cls.aliases):
+                _REGISTRY[key] = cls
+
+    # -- identity -----------------------------------------------------------------------------------------
+    @abstractmethod
+    def identity(self) -> tuple:
+        """Hashable description of the endpoint (not the secrets): equal identities share one store."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, System) and self.identity() == other.identity()
+
+    def __hash__(self) -> int:
+        return hash(self.identity())
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"
+
+    def describe(self) -> str:
+        """Short human description used in messages (never contains secrets)."""
+        return self.name
+
+    # -- filesystem ---------------------------------------------------------------------------------------
+    @cached_property
+    def fs(self) -> AbstractFileSystem:
+        """The fsspec filesystem for this system (created on first use)."""
+        return self._make_fs()
+
+    @abstractmethod
+    def _make_fs(self) -> AbstractFileSystem: ...
+
+    def reset(self) -> None:
+        """Forget the filesystem (and its connections) so the next use reconnects, e.g. before a retry."""
+        self.__dict__.pop("fs", None)
+
+    def fs_path(self, path: str) -> str:
+        """System path -> filesystem path."""
+        return path
+
+    def user_path(self, fs_path: str) -> str:
+        """Filesystem path -> system path (inverse of :meth:`fs_path`)."""
+        return fs_path
+
+    def normalize(self, path: str) -> str:
+        """Canonical system path as stored in a block. Must not touch the network."""
+        return str(path)
+
+    def url(self, path: str) -> str:
+        """A URL for messages and the CLI, e.g. ``s3://bucket/key``."""
+        return f"{self.name}://{self.fs_path(path).lstrip('/')}"
+
+    @abstractmethod
+    def default_root(self) -> Optional[str]:
+        """Where resources without an explicit path go, or None when a path must be given."""
+
+    def default_root_hint(self) -> str:
+        """What to do when :meth:`default_root` is None."""
+        return f"pass path=... for system {self.name!r}"
+
+    # -- capabilities the copy engine asks about -----------------------------------------------------------
+    def same_store(self, other: "System") -> bool:
+        """True when a copy from ``self`` to ``other`` can run server-side (no bytes through this process)."""
+        return False
+
+    def server_side_copy(self, src_fs_path: str, dst_fs_path: str) -> None:
+        """Copy one object within the store without downloading it."""
+        self.fs.copy(src_fs_path, dst_fs_path)
+
+    def check_writable(self, path: str) -> None:
+        if not self.writable:
+            raise ReadOnlySystem(
+                f"{self.describe()} is read-only, so {path!r} cannot be written; copy the data to a writable "
+                "system first, e.g. folder.to(system='file')."
+            )
+
+    def ensure_container(self, path: str, create: bool = False) -> None:
+        """Make sure the place that will hold ``path`` exists (a bucket); create it when ``create``."""
+
+    def makedirs(self, fs_dir: str) -> None:
+        """Create a directory (and parents) where the store has real directories; object stores need none."""
+        if not self.atomic_writes:
+            self.fs.makedirs(fs_dir, exist_ok=True)
+
+    @staticmethod
+    def mtime(info: dict[str, Any]) -> Optional[float]:
+        """Modification time of a listing entry as epoch seconds, whatever the backend calls it."""
+        for key in ("mtime", "LastModified", "updated", "last_modified", "modified", "created"):
+            value = info.get(key)
+            if value is None:
+                continue
+            if isinstance(value, (int, float)):
+                return float(value)
+            if isinstance(value, datetime):
+                return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+            if isinstance(value, str):
+                try:
+                    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                except ValueError:
+                    continue
+                return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
+        return None
+
+    def temp_path(self, fs_path: str) -> str:
+        """A hidden sibling name used while a file is being written, renamed to ``fs_path`` on commit."""
+        head, tail = posixpath.split(fs_path)
+        return posixpath.join(head, f".{tail}.rh-tmp-{uuid.uuid4().hex[:12]}")
+
+    @staticmethod
+    def is_temp_name(fs_path: str) -> bool:
+        return ".rh-tmp-" in posixpath.basename(fs_path)
+
+    def block_fields(self) -> dict[str, Any]:
+        """The fields a resource block stores to find this system again."""
+        return {"system": self.name}
+
+
+def system_class(name: str) -> type[System]:
+    """Look up a system class by name or alias (``"sftp"`` -> the SSH system)."""
+    if not isinstance(name, str):
+        raise UnknownSystem(f"system must be a name such as 's3' or a Cluster, got {type(name).__name__}.")
+    key = name.strip().lower()
+    if key not in _REGISTRY:
+        known = ", ".join(sorted(k for k, v in _REGISTRY.items() if k == v.name))
+        raise UnknownSystem(f"Unknown system {name!r}; use one of: {known}, or pass a Cluster object.")
+    return _REGISTRY[key]
+
+
+def check_relative_key(key: str) -> str:
+    """Validate a file key inside a folder: relative, no ``..``, no NUL or newline. Returns it normalised."""
+    if not isinstance(key, str) or not key:
+        raise InvalidPath(f"A file name inside a folder must be a non-empty string, got {key!r}.")
+    if any(c in key for c in "\x00\n\r"):
+        raise InvalidPath(f"File name {key!r} contains a NUL or newline character; remove it.")
+    if key.startswith("/") or key.startswith("\\"):
+        raise InvalidPath(f"File name {key!r} is absolute; give a path relative to the folder, e.g. 'a/b.txt'.")
+    parts = key.replace("\\", "/").split("/")
+    if any(p == ".." for p in parts):
+        raise InvalidPath(f"File name {key!r} contains '..'; keys must stay inside the folder.")
+    clean = "/".join(p for p in parts if p not in ("", "."))
+    if not clean:
+        raise InvalidPath(f"File name {key!r} names the folder itself; give a file name.")
+    return clean

@@ -1,0 +1,161 @@
+"""Object stores addressed as ``/bucket/key``: S3 (and S3-compatible stores) and Google Cloud Storage."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, Optional
+
+from fsspec import AbstractFileSystem
+
+from rh_prefect.errors import CredentialsError, NotFound, SystemUnavailable
+from rh_prefect.systems.base import System
+from rh_prefect.systems.credentials import GCSCredentials, S3Credentials
+
+
+class ObjectStoreSystem(System):
+    """Common rules of bucket stores: the first path component is the bucket, writes are atomic objects."""
+
+    atomic_writes = True
+    max_concurrency = 16
+    credentials_type: ClassVar[type]
+    #: environment variable naming a default bucket when no credentials block sets one
+    default_bucket_env: ClassVar[str]
+
+    def __init__(self, credentials: Any = None, **_: object) -> None:
+        if credentials is not None and not isinstance(credentials, self.credentials_type):
+            raise CredentialsError(
+                f"system {self.name!r} needs a {self.credentials_type.__name__} block, "
+                f"got {type(credentials).__name__}."
+            )
+        self.credentials = credentials
+
+    def storage_options(self) -> dict[str, Any]:
+        return self.credentials.storage_options() if self.credentials else {}
+
+    def fs_path(self, path: str) -> str:
+        path = str(path)
+        for prefix in (f"{self.name}://", *(f"{a}://" for a in self.aliases)):
+            if path.startswith(prefix):
+                path = path[len(prefix) :]
+        return path.strip("/")
+
+    def user_path(self, fs_path: str) -> str:
+        return "/" + fs_path.strip("/")
+
+    def normalize(self, path: str) -> str:
+        return self.user_path(self.fs_path(path))
+
+    def url(self, path: str) -> str:
+        return f"{self.name}://{self.fs_path(path)}"
+
+    def bucket_of(self, path: str) -> str:
+        return self.fs_path(path).split("/", 1)[0]
+
+    def default_root(self) -> Optional[str]:
+        bucket = (self.credentials and self.credentials.default_bucket) or os.environ.get(self.default_bucket_env)
+        return f"/{bucket.strip('/')}" if bucket else None
+
+    def default_root_hint(self) -> str:
+        return (
+            f"pass path='/my-bucket/...' (the first component is the bucket), or set a default bucket with "
+            f"{self.default_bucket_env} or {self.credentials_type.__name__}(default_bucket=...)"
+        )
+
+    def same_store(self, other: System) -> bool:
+        return type(other) is type(self) and other.identity() == self.identity()
+
+    def block_fields(self) -> dict[str, Any]:
+        return {"system": self.name, "credentials": self.credentials}
+
+    def ensure_container(self, path: str, create: bool = False) -> None:
+        bucket = self.bucket_of(path)
+        if not bucket:
+            raise NotFound(f"No bucket in path {path!r}; {self.default_root_hint()}.")
+        try:
+            exists = self.fs.exists(bucket)
+        except (PermissionError, OSError) as exc:
+            raise self.translate(exc, bucket) from exc
+        if exists:
+            return
+        if not create:
+            raise NotFound(
+                f"Bucket {bucket!r} does not exist on {self.describe()}; create it, or pass mkdir=True to "
+                "create it for you."
+            )
+        self.fs.mkdir(bucket)
+        self.fs.invalidate_cache()
+
+    def translate(self, exc: BaseException, what: str) -> Exception:
+        """Turn a backend error into one of ours with advice."""
+        text = f"{type(exc).__name__}: {exc}"
+        if "credential" in text.lower() or isinstance(exc, PermissionError):
+            return CredentialsError(
+                f"{self.describe()} refused access to {what!r} ({type(exc).__name__}); check the credentials "
+                f"({self.credentials_type.__name__} block or environment)."
+            )
+        return SystemUnavailable(f"{self.describe()} could not be reached for {what!r}: {text[:300]}")
+
+
+class S3System(ObjectStoreSystem):
+    """Amazon S3 or an S3-compatible endpoint."""
+
+    name = "s3"
+    aliases = ("s3a",)
+    credentials_type = S3Credentials
+    default_bucket_env = "RH_PREFECT_S3_BUCKET"
+
+    def _endpoint(self) -> Optional[str]:
+        if self.credentials and self.credentials.endpoint_url:
+            return self.credentials.endpoint_url
+        return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+    def identity(self) -> tuple:
+        key_id = self.credentials.aws_access_key_id if self.credentials else os.environ.get("AWS_ACCESS_KEY_ID")
+        return ("s3", self._endpoint(), key_id)
+
+    def describe(self) -> str:
+        endpoint = self._endpoint()
+        return f"s3 ({endpoint})" if endpoint else "s3"
+
+    def _make_fs(self) -> AbstractFileSystem:
+        import s3fs
+
+        opts = self.storage_options()
+        # botocore reads AWS_ENDPOINT_URL_S3 itself, but s3fs builds some URLs from its own endpoint_url.
+        opts.setdefault("endpoint_url", self._endpoint())
+        opts.setdefault("config_kwargs", {"max_pool_connections": 32})
+        return s3fs.S3FileSystem(**opts)
+
+
+class GCSSystem(ObjectStoreSystem):
+    """Google Cloud Storage (or fake-gcs-server via STORAGE_EMULATOR_HOST / endpoint_url)."""
+
+    name = "gs"
+    aliases = ("gcs", "gcp")
+    credentials_type = GCSCredentials
+    default_bucket_env = "RH_PREFECT_GS_BUCKET"
+
+    def _endpoint(self) -> Optional[str]:
+        if self.credentials and self.credentials.endpoint_url:
+            return self.credentials.endpoint_url
+        return os.environ.get("STORAGE_EMULATOR_HOST")
+
+    def identity(self) -> tuple:
+        return ("gs", self._endpoint(), self.credentials.project if self.credentials else None)
+
+    def describe(self) -> str:
+        endpoint = self._endpoint()
+        return f"gs ({endpoint})" if endpoint else "gs"
+
+    def _make_fs(self) -> AbstractFileSystem:
+        # Without this gcsfs probes a gRPC bucket API first and each bucket costs a minute of retries
+        # against emulators; it must be set before gcsfs is imported.
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        import gcsfs
+
+        opts = self.storage_options()
+        endpoint = self._endpoint()
+        if endpoint and not self.credentials:
+            opts.update(endpoint_url=endpoint, token="anon")
+        opts.setdefault("project", os.environ.get("GOOGLE_CLOUD_PROJECT", "rh-prefect"))
+        return gcsfs.GCSFileSystem(**opts)

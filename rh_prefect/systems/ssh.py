@@ -1,0 +1,285 @@
+"""Clusters: SSH hosts reached over SFTP. The Cluster block and the "ssh"/"sftp" system."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import socket
+import threading
+from typing import Any, ClassVar, Optional
+
+from fsspec import AbstractFileSystem
+from fsspec.asyn import sync
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from rh_prefect.errors import CredentialsError, HostKeyMismatch, SystemUnavailable
+from rh_prefect.registry import Resource
+from rh_prefect.systems.base import System
+
+DEFAULT_ROOT = "~/.cache/rh_prefect"
+
+
+class Cluster(Resource):
+    """A compute host reached over SSH: where a Folder, Table or Blob can live, and where a worker can run.
+
+    Host keys are always verified: from ``known_hosts`` (a file, default ``~/.ssh/known_hosts``) or a pinned
+    ``host_key``. ``verify_host_key=False`` is an explicit, unsafe opt-out for throwaway hosts only.
+
+    Example:
+        ```python
+        import rh_prefect as rh
+        c = rh.cluster(name="rh-cpu", host="10.0.0.5", user="ubuntu", ssh_key="~/.ssh/id_ed25519").save()
+        c = rh.cluster("rh-cpu").up_if_not()
+        rh.folder(name="my-folder").to(system=c)
+        ```
+    """
+
+    _block_type_name = "rh Cluster"
+    _description = "An SSH host (a compute cluster) that stores data and can run a Prefect worker."
+
+    host: str = Field(title="Host", description="Host name or IP address of the cluster's head node.")
+    port: int = Field(default=22, title="Port", description="SSH port.")
+    user: Optional[str] = Field(default=None, title="User", description="Login user; empty for the local user.")
+    ssh_key: Optional[SecretStr] = Field(
+        default=None,
+        title="SSH private key",
+        description="Path to a private key file, or the key itself (kept secret). Empty: ssh-agent/default keys.",
+    )
+    known_hosts: Optional[str] = Field(
+        default=None, title="known_hosts file", description="Path of a known_hosts file; default ~/.ssh/known_hosts."
+    )
+    host_key: Optional[str] = Field(
+        default=None,
+        title="Pinned host key",
+        description="The host's public key ('ssh-ed25519 AAAA...'); used instead of a known_hosts file.",
+    )
+    verify_host_key: bool = Field(
+        default=True,
+        title="Verify host key",
+        description="Leave on. Turning it off accepts any host key (man-in-the-middle risk).",
+    )
+    work_queue: Optional[str] = Field(
+        default=None,
+        title="Work queue",
+        description="Prefect work queue served by a worker on this host; copies from here run there.",
+    )
+    default_root: str = Field(
+        default=DEFAULT_ROOT, title="Default root", description="Where resources without a path are stored."
+    )
+
+    @field_validator("ssh_key", "known_hosts", mode="before")
+    @classmethod
+    def _paths_as_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> "Cluster":
+        if not self.host or any(c in self.host for c in " \n\x00/"):
+            raise ValueError(f"Cluster host {self.host!r} is not a valid host name or address.")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"Cluster port {self.port} is out of range 1-65535.")
+        return self
+
+    # -- connection ----------------------------------------------------------------------------------------
+    def connect_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``asyncssh.connect`` (and so ``sshfs.SSHFileSystem``)."""
+        import asyncssh
+
+        opts: dict[str, Any] = {"port": self.port, "connect_timeout": 15}
+        if self.user:
+            opts["username"] = self.user
+        if self.ssh_key is not None:
+            value = self.ssh_key.get_secret_value()
+            try:
+                if "PRIVATE KEY" in value:
+                    key = asyncssh.import_private_key(value)
+                else:
+                    key = asyncssh.read_private_key(os.path.expanduser(value))
+            except (OSError, asyncssh.KeyImportError) as exc:
+                raise CredentialsError(
+                    f"The ssh_key of cluster {self.host}:{self.port} could not be read ({type(exc).__name__}); "
+                    "pass the path of a private key file or the key text itself."
+                ) from None
+            opts["client_keys"] = [key]
+        if not self.verify_host_key:
+            # Explicit, documented user opt-out (Cluster.verify_host_key=False): accept any host key.
+            opts["known_hosts"] = None
+        elif self.host_key:
+            try:
+                pinned = asyncssh.import_public_key(self.host_key)
+            except asyncssh.KeyImportError as exc:
+                raise CredentialsError(f"host_key of {self.host} is not a public key line: {exc}") from None
+            opts["known_hosts"] = ([pinned], [], [])
+        else:
+            path = os.path.expanduser(self.known_hosts or "~/.ssh/known_hosts")
+            if not os.path.exists(path):
+                raise HostKeyMismatch(
+                    f"No known_hosts file at {path} to verify {self.host}:{self.port}. Add the host with "
+                    f"`ssh-keyscan -p {self.port} {self.host} >> {path}` (and check the fingerprint), or pass "
+                    "host_key='ssh-ed25519 AAAA...'."
+                )
+            opts["known_hosts"] = path
+        return opts
+
+    def is_up(self, timeout: float = 5.0) -> bool:
+        """True if the SSH port answers."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=timeout):
+                return True
+        except OSError:
+            return False
+
+    def up_if_not(self) -> "Cluster":
+        """Check the cluster answers over SSH (port and login) and return it; raise a clear error otherwise."""
+        if not self.is_up():
+            raise SystemUnavailable(
+                f"Cluster {self.name or self.host} at {self.host}:{self.port} does not answer on its SSH port; "
+                "start the host (or its sshd) and check host/port."
+            )
+        SSHSystem(cluster=self).fs  # logs in: surfaces auth and host-key problems now, not mid-copy
+        return self
+
+    def system(self) -> "SSHSystem":
+        return SSHSystem(cluster=self)
+
+
+# One connection per (host, port, user, key): reused across resources, dropped when it breaks.
+_CONNECTIONS: dict[tuple, AbstractFileSystem] = {}
+_CONNECTIONS_LOCK = threading.Lock()
+
+
+class SSHSystem(System):
+    """Files on a Cluster over SFTP. Relative paths and ``~/...`` are under the login user's home."""
+
+    name = "ssh"
+    aliases = ("sftp",)
+    max_concurrency = 8
+    _home: ClassVar[dict[tuple, str]] = {}
+
+    def __init__(self, cluster: Optional[Cluster] = None, **_: object) -> None:
+        if cluster is None:
+            raise CredentialsError(
+                "system 'ssh' needs a cluster: pass system=rh.cluster('name') or cluster=... instead of a string."
+            )
+        self.cluster = cluster
+
+    def identity(self) -> tuple:
+        c = self.cluster
+        return ("ssh", c.host, c.port, c.user)
+
+    def describe(self) -> str:
+        c = self.cluster
+        who = f"{c.user}@" if c.user else ""
+        label = f"cluster {c.name!r} " if c.name else "cluster "
+        return f"{label}({who}{c.host}:{c.port})"
+
+    def _make_fs(self) -> AbstractFileSystem:
+        key = self.identity()
+        with _CONNECTIONS_LOCK:
+            fs = _CONNECTIONS.get(key)
+            if fs is not None:
+                return fs
+            fs = self._connect()
+            _CONNECTIONS[key] = fs
+            return fs
+
+    def _connect(self) -> AbstractFileSystem:
+        import asyncssh
+        from sshfs import SSHFileSystem
+
+        c = self.cluster
+        try:
+            return SSHFileSystem(c.host, skip_instance_cache=True, **c.connect_options())
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise HostKeyMismatch(
+                f"The host key of {self.describe()} is not the trusted one ({exc.reason}). If the host was "
+                "reinstalled, verify its new key and update known_hosts/host_key; otherwise do not connect."
+            ) from None
+        except asyncssh.PermissionDenied:
+            raise CredentialsError(
+                f"{self.describe()} refused the login; check user and ssh_key of the Cluster block."
+            ) from None
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            raise SystemUnavailable(
+                f"Cannot connect to {self.describe()}: {type(exc).__name__}: {exc}. Is the host up and the port "
+                "right? Try `cluster.up_if_not()`."
+            ) from None
+
+    def home(self) -> str:
+        key = self.identity()
+        if key not in self._home:
+            fs = self.fs
+
+            async def _realpath() -> str:
+                async with fs.client.start_sftp_client() as sftp:
+                    return await sftp.realpath(".")
+
+            self._home[key] = sync(fs.loop, _realpath)
+        return self._home[key]
+
+    def normalize(self, path: str) -> str:
+        path = str(path)
+        if path.startswith(("ssh://", "sftp://")):
+            path = "/" + path.split("://", 1)[1].split("/", 1)[1]
+        if path.startswith("/") or path.startswith("~"):
+            return path
+        return "~/" + path
+
+    def fs_path(self, path: str) -> str:
+        path = self.normalize(path)
+        if path == "~" or path.startswith("~/"):
+            return posixpath.normpath(self.home() + path[1:])
+        return posixpath.normpath(path)
+
+    def url(self, path: str) -> str:
+        c = self.cluster
+        who = f"{c.user}@" if c.user else ""
+        return f"ssh://{who}{c.host}:{c.port}/{self.normalize(path).lstrip('/')}"
+
+    def default_root(self) -> Optional[str]:
+        return self.cluster.default_root
+
+    def same_store(self, other: System) -> bool:
+        return isinstance(other, SSHSystem) and other.identity() == self.identity()
+
+    def server_side_copy(self, src_fs_path: str, dst_fs_path: str) -> None:
+        self.fs.makedirs(posixpath.dirname(dst_fs_path), exist_ok=True)
+        self.fs.cp_file(src_fs_path, dst_fs_path)
+
+    def block_fields(self) -> dict[str, Any]:
+        return {"system": self.name, "cluster": self.cluster}
+
+    def reset(self) -> None:
+        """Drop the shared connection (after it broke) so the next use reconnects."""
+        with _CONNECTIONS_LOCK:
+            _CONNECTIONS.pop(self.identity(), None)
+        super().reset()
+
+
+def cluster(
+    name: Optional[str] = None,
+    host: Optional[str] = None,
+    *,
+    port: int = 22,
+    user: Optional[str] = None,
+    ssh_key: Optional[str] = None,
+    known_hosts: Optional[str] = None,
+    host_key: Optional[str] = None,
+    verify_host_key: bool = True,
+    work_queue: Optional[str] = None,
+    default_root: str = DEFAULT_ROOT,
+) -> Cluster:
+    """Load a saved Cluster by name (``rh.cluster("rh-cpu")``), or describe one by host.
+
+    ``ssh_key`` is a path to a private key or the key itself; it is stored as a secret when saved.
+    """
+    if host is None:
+        if name is None:
+            raise CredentialsError("rh.cluster() needs a name of a saved cluster or a host.")
+        return Cluster._load_named(name)
+    c = Cluster(
+        host=host, port=port, user=user, ssh_key=ssh_key, known_hosts=known_hosts, host_key=host_key,
+        verify_host_key=verify_host_key, work_queue=work_queue, default_root=default_root,
+    )
+    c._set_name(name)
+    return c

@@ -1,0 +1,125 @@
+"""Prefect tasks around the engine, with the package's one retry policy.
+
+Every copy and stream that touches the network runs as a Prefect task: inside a flow it shows up as a task
+run in the UI; from plain Python it runs the same way (and retries the same way) without warning noise.
+Only transient errors are retried (connection resets, timeouts, throttling, 5xx); user errors such as a bad
+name, a missing file or a refused credential fail at once. A retried copy resumes: the engine skips files
+already committed at the destination.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Any, Callable, TypeVar
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
+from prefect.tasks import exponential_backoff
+
+from rh_prefect import transfer
+from rh_prefect.errors import RhError, SystemUnavailable, TransferError
+
+logger = logging.getLogger("rh_prefect.tasks")
+T = TypeVar("T")
+
+_TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
+                     errno.EHOSTUNREACH, errno.ENETUNREACH}
+_TRANSIENT_WORDS = ("throttl", "slowdown", "slow down", "timeout", "timed out", "connection reset",
+                    "connection lost", "connection closed", "temporarily unavailable", "service unavailable",
+                    "internal error", "too many requests", "broken pipe", "server disconnected",
+                    "cannot connect", "connection refused", "eof", "503", "502", "500", "504", "429")
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """True for errors a retry can cure; False for user errors (bad input, missing data, refused access)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, TransferError):
+            return bool(exc.failures) and all(is_transient(e) for e in exc.failures.values())
+        if isinstance(exc, SystemUnavailable):
+            return True
+        if isinstance(exc, RhError):
+            return False
+        if isinstance(exc, (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError, ValueError,
+                            TypeError, KeyError)):
+            return False
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return True
+        if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+            return True
+        status = getattr(getattr(exc, "response", None), "get", lambda *_: None)("ResponseMetadata") or {}
+        code = status.get("HTTPStatusCode") if isinstance(status, dict) else None
+        if isinstance(code, int) and (code >= 500 or code == 429):
+            return True
+        name = type(exc).__name__.lower()
+        text = f"{name} {exc}".lower()
+        if any(w in text for w in _TRANSIENT_WORDS) or "disconnect" in name or "connectionlost" in name:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _retry_condition(task: Task, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except BaseException as exc:  # the state re-raises the task's exception: classify it
+        retry = is_transient(exc)
+        logger.info("%s failed with %s: %s", task.name, type(exc).__name__, "retrying" if retry else "not retrying")
+        return retry
+    return False
+
+
+#: The one retry policy: exponential backoff with jitter, transient errors only, bounded in time.
+RETRY_POLICY: dict[str, Any] = dict(
+    retries=4,
+    retry_delay_seconds=exponential_backoff(backoff_factor=1),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_retry_condition,
+    timeout_seconds=6 * 3600,
+    cache_policy=NO_CACHE,
+    log_prints=False,
+)
+
+
+def rh_task(name: str) -> Callable[[Callable[..., T]], Task[..., T]]:
+    """Decorator: a Prefect task with the package's retry policy."""
+    return lambda fn: task(name=name, **RETRY_POLICY)(fn)
+
+
+def in_prefect_run() -> bool:
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def run(t: Task[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call a task from anywhere: inside a flow it is a tracked task run; outside one it runs the same way
+    (retries included) without Prefect's 'no flow run' logging warnings."""
+    if in_prefect_run():
+        return t(*args, **kwargs)
+    with temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
+        return t(*args, **kwargs)
+
+
+def _reset_on_retry(*systems: Any) -> None:
+    ctx = TaskRunContext.get()
+    if ctx is not None and ctx.task_run.run_count > 1:
+        for system in systems:
+            system.reset()
+
+
+@rh_task("rh-copy-tree")
+def copy_tree_task(src: Any, src_root: str, dst: Any, dst_root: str, **kwargs: Any) -> transfer.CopyReport:
+    """Copy a directory tree between systems (see :func:`rh_prefect.transfer.copy_tree`)."""
+    _reset_on_retry(src, dst)
+    return transfer.copy_tree(src, src_root, dst, dst_root, **kwargs)
+
+
+@rh_task("rh-copy-file")
+def copy_file_task(src: Any, src_path: str, dst: Any, dst_path: str) -> int:
+    """Copy one file between systems, committed atomically."""
+    _reset_on_retry(src, dst)
+    size = src.fs.size(src_path)
+    return transfer.copy_file(src, src_path, dst, dst_path, size, src.same_store(dst))

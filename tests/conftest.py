@@ -1,0 +1,174 @@
+"""Shared pytest fixtures: real servers on 127.0.0.1, started and stopped by the suite.
+
+Sections:
+  1. Environment that must be set before anything imports gcsfs or prefect.
+  2. The Prefect server (started in pytest_configure, before test modules import prefect).
+  3. Session-scoped servers (started lazily, on first use): S3, GCS, SSH, git.
+  4. Function-scoped helpers: fresh buckets and credential environments.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+
+# --------------------------------------------------------------------------- 1. early environment
+# gcsfs reads this at import time; without it every bucket operation spends ~60 s in failing gRPC
+# retries against the emulator.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+# Tasks called outside a flow would otherwise warn about logs they cannot send to the API.
+os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+
+import pytest  # noqa: E402
+
+from infra import (  # noqa: E402  (tests/ is on sys.path: pytest's rootdir conftest import)
+    FakeGCSServer,
+    GitDaemon,
+    MotoS3Server,
+    PrefectServer,
+    SSHServer,
+)
+
+# --------------------------------------------------------------------------- 2. Prefect server
+# Started in pytest_configure, not in a fixture: PREFECT_API_URL must be in os.environ before any
+# test module imports prefect, or Prefect would spawn a temporary server in every process.
+_prefect_server_key = pytest.StashKey[PrefectServer]()
+_prefect_client_home_key = pytest.StashKey[str]()
+_prefect_saved_env_key = pytest.StashKey[dict]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.option.help:
+        return
+    server = PrefectServer().start()
+    config.stash[_prefect_server_key] = server
+    # The test process gets its own PREFECT_HOME too, so a developer's ~/.prefect profile
+    # (or results written by flows under test) never mixes with the suite's.
+    client_home = tempfile.mkdtemp(prefix="rh-test-prefect-client-")
+    config.stash[_prefect_client_home_key] = client_home
+    client_env = {"PREFECT_API_URL": server.api_url, "PREFECT_HOME": client_home}
+    config.stash[_prefect_saved_env_key] = {name: os.environ.get(name) for name in client_env}
+    os.environ.update(client_env)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = config.stash.get(_prefect_server_key, None)
+    if server is None:
+        return
+    for name, value in config.stash[_prefect_saved_env_key].items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.stop()
+    shutil.rmtree(config.stash[_prefect_client_home_key])
+
+
+@pytest.fixture(scope="session")
+def prefect_server(pytestconfig: pytest.Config) -> PrefectServer:
+    """The suite's Prefect server: .api_url, .ui_url, .port, .home, .log_path."""
+    return pytestconfig.stash[_prefect_server_key]
+
+
+# --------------------------------------------------------------------------- 3. session servers
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto S3 server: .endpoint_url, .env(), .reset(), .access_key, .secret_key."""
+    with MotoS3Server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """fake-gcs-server (memory backend): .endpoint_url, .env()."""
+    with FakeGCSServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ssh_server():
+    """Private sshd: .host, .port, .user, .client_key_path, .client_key_text,
+    .known_hosts_path, .host_public_key, .kill_sessions()."""
+    with SSHServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def git_server():
+    """git daemon with org/repo.git: .base_url, .repo_url, .commits, .expected_files(ref)."""
+    with GitDaemon() as server:
+        yield server
+
+
+# --------------------------------------------------------------------------- 4. buckets and env
+
+
+def _unique_bucket_name() -> str:
+    # 3-63 lowercase characters for both S3 and GCS.
+    return f"rh-test-{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty S3 bucket on the moto server; yields its name, deletes it afterwards."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(
+        key=s3_server.access_key,
+        secret=s3_server.secret_key,
+        endpoint_url=s3_server.endpoint_url,
+        skip_instance_cache=True,
+    )
+    name = _unique_bucket_name()
+    fs.mkdir(name)
+    yield name
+    fs.invalidate_cache()
+    if fs.exists(name):  # the test may have removed it itself
+        fs.rm(name, recursive=True)
+
+
+@pytest.fixture
+def gs_bucket(gcs_server):
+    """A fresh, empty GCS bucket on fake-gcs-server; yields its name, deletes it afterwards."""
+    import gcsfs
+
+    fs = gcsfs.GCSFileSystem(
+        endpoint_url=gcs_server.endpoint_url, token="anon", project="test", skip_instance_cache=True
+    )
+    name = _unique_bucket_name()
+    fs.mkdir(name)
+    # gcsfs caches the bucket listing; drop it so the new bucket is visible.
+    fs.invalidate_cache()
+    yield name
+    fs.invalidate_cache()
+    if fs.exists(name):
+        fs.rm(name, recursive=True)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch, tmp_path):
+    """Point the default AWS credential chain at the moto server (and nothing else)."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    # Ignore any ~/.aws files: a configured region or profile would change the requests.
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    env = s3_server.env()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def gcs_env(gcs_server, monkeypatch):
+    """Point gcsfs / google-cloud-storage defaults at fake-gcs-server."""
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    env = gcs_server.env()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
