@@ -172,3 +172,44 @@ def gcs_env(gcs_server, monkeypatch):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+# --------------------------------------------------------------------------- 5. rh_prefect fixtures
+
+
+@pytest.fixture
+def rh_cluster(ssh_server):
+    """An (unsaved) rh.Cluster pointing at the test sshd, with its host key verified from known_hosts."""
+    import rh_prefect as rh
+
+    return rh.cluster(
+        host=ssh_server.host,
+        port=ssh_server.port,
+        user=ssh_server.user,
+        ssh_key=str(ssh_server.client_key_path),
+        known_hosts=str(ssh_server.known_hosts_path),
+    )
+
+
+@pytest.fixture
+def unique_name():
+    """A fresh resource name per call, so tests never see each other's registry entries."""
+    return lambda prefix="t": f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+SYSTEMS = ["file", "ssh", "s3", "gs"]
+
+
+@pytest.fixture
+def places(tmp_path, rh_cluster, s3_bucket, gs_bucket, s3_env, gcs_env):
+    """``{system key: (system argument, fresh base path)}`` for each writable system.
+
+    The ssh place is a relative path under the login user's home on the test sshd.
+    """
+    run = uuid.uuid4().hex[:10]
+    return {
+        "file": ("file", str(tmp_path / "data")),
+        "ssh": (rh_cluster, f"rh-test/{run}"),
+        "s3": ("s3", f"/{s3_bucket}/data"),
+        "gs": ("gs", f"/{gs_bucket}/data"),
+    }
