@@ -6,53 +6,52 @@ kept on the Prefect server, and copies run as retryable Prefect tasks.
     >>> import rh_prefect as rh
     >>> f = rh.folder(name="my-folder", path="folder_tmp").save()
     >>> f.put({"a.txt": b"hello"})
+
+Public names are imported lazily, so ``import rh_prefect`` is cheap and does not configure Prefect: a process
+can still choose its Prefect server (``rh_prefect.local_server.ensure()``) before Prefect is first imported.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from rh_prefect.errors import (
-    AlreadyExists,
-    CredentialsError,
-    HostKeyMismatch,
-    IntegrityError,
-    InvalidName,
-    InvalidPath,
-    NotFound,
-    ReadOnlySystem,
-    RhError,
-    SystemUnavailable,
-    TransferError,
-    UnknownSystem,
-)
-from rh_prefect.registry import delete, exists, list_names, load
-from rh_prefect.resources.folder import Folder, folder
-from rh_prefect.systems import Cluster, GCSCredentials, GitHubCredentials, S3Credentials
-from rh_prefect.systems.ssh import cluster
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    **{
+        name: "rh_prefect.errors"
+        for name in (
+            "AlreadyExists", "CredentialsError", "HostKeyMismatch", "IntegrityError", "InvalidName", "InvalidPath",
+            "NotFound", "ReadOnlySystem", "RhError", "SystemUnavailable", "TransferError", "UnknownSystem",
+        )
+    },
+    **{name: "rh_prefect.registry" for name in ("delete", "exists", "list_names", "load")},
+    **{name: "rh_prefect.resources.folder" for name in ("Folder", "folder")},
+    **{name: "rh_prefect.systems" for name in ("Cluster", "GCSCredentials", "GitHubCredentials", "S3Credentials")},
+    "cluster": "rh_prefect.systems.ssh",
+}
 
-__all__ = [
-    "AlreadyExists",
-    "Cluster",
-    "CredentialsError",
-    "Folder",
-    "GCSCredentials",
-    "GitHubCredentials",
-    "HostKeyMismatch",
-    "IntegrityError",
-    "InvalidName",
-    "InvalidPath",
-    "NotFound",
-    "ReadOnlySystem",
-    "RhError",
-    "S3Credentials",
-    "SystemUnavailable",
-    "TransferError",
-    "UnknownSystem",
-    "cluster",
-    "delete",
-    "exists",
-    "folder",
-    "list_names",
-    "load",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rh_prefect' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from rh_prefect.errors import *  # noqa: F403
+    from rh_prefect.registry import delete, exists, list_names, load  # noqa: F401
+    from rh_prefect.resources.folder import Folder, folder  # noqa: F401
+    from rh_prefect.systems import Cluster, GCSCredentials, GitHubCredentials, S3Credentials  # noqa: F401
+    from rh_prefect.systems.ssh import cluster  # noqa: F401

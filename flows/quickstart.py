@@ -1,0 +1,81 @@
+"""Quickstart: the Runhouse "Data" walkthrough on the embedded default.
+
+Runs against PREFECT_API_URL when set, otherwise starts (or reuses) the embedded local Prefect server
+(SQLite, 127.0.0.1:4200). Data goes to local folders under ./.rh-quickstart; when a cluster named "rh-cpu" is
+saved, or S3 credentials are in the environment (RH_PREFECT_S3_BUCKET + AWS_*), those are used too.
+
+    python flows/quickstart.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from rh_prefect import local_server
+
+API_URL = local_server.ensure()  # before prefect is imported: Prefect reads its settings once
+
+import rh_prefect as rh  # noqa: E402
+from prefect import flow  # noqa: E402
+from prefect.context import get_run_context  # noqa: E402
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+@flow(name="rh-quickstart", log_prints=False)
+def quickstart(workdir: str = ".rh-quickstart") -> dict[str, list[str]]:
+    """Save a folder, fill it, copy it to a cluster (or a stand-in) and to a bucket (or a stand-in)."""
+    root = Path(workdir).absolute()
+    shown: dict[str, list[str]] = {}
+
+    # 1. A local folder, saved by name in the Prefect registry (save() returns the folder).
+    local = rh.folder(name="my-folder", path=root / "folder_tmp").save()
+    local.put({f"sample_file_{i}.txt": f"file{i}".encode() for i in range(3)}, overwrite=True)
+    shown["local"] = local.ls(full_paths=False)
+    say(f"1. saved folder 'my-folder' at {local.path}: {shown['local']}")
+
+    # 2. Copy it to the rh-cpu cluster if one is saved; otherwise to a local stand-in for the cluster's disk.
+    if rh.exists("rh-cpu"):
+        c = rh.cluster("rh-cpu").up_if_not()
+        cluster_folder = local.to(system=c)
+        where = f"cluster {c.host}:{c.port}"
+    else:
+        cluster_folder = local.to(system="file", path=root / "cluster_standin" / "folder_tmp")
+        where = "a local stand-in (save a cluster named 'rh-cpu' to use a real one)"
+    shown["cluster"] = cluster_folder.ls(full_paths=False)
+    say(f"2. copied to {where}: {shown['cluster']}")
+
+    # 3. Reload the folder by name, anywhere, and copy it to a bucket (S3 when configured).
+    reloaded = rh.folder(name="my-folder")
+    bucket = os.environ.get("RH_PREFECT_S3_BUCKET")
+    if bucket:
+        s3_folder = reloaded.to(system="s3", path=f"/{bucket}/my-folder")
+    else:
+        s3_folder = reloaded.to(system="file", path=root / "bucket_standin" / "my-folder")
+    shown["bucket"] = s3_folder.ls(full_paths=False)
+    say(f"3. reloaded 'my-folder' by name and copied it to {s3_folder.url}: {shown['bucket']}")
+
+    # 4. Copying again transfers nothing: unchanged files are skipped.
+    again = reloaded.to(system=s3_folder.sys, path=s3_folder.path)
+    say(f"4. copied again: {again._last_report.summary()}")
+
+    # 5. A folder is a namespace: resources saved under /ds live in the ds folder.
+    ds = rh.folder(name="/ds", path=root / "ds").save()
+    bert = rh.folder(name="/ds/bert_preproc").save()
+    bert.put({"vocab.txt": "hello\nworld\n"}, overwrite=True)
+    shown["ds"] = ds.resources()
+    say(f"5. /ds holds {shown['ds']}; /ds/bert_preproc lives at {bert.path}")
+
+    run = get_run_context()
+    ui = API_URL.removesuffix("/api")
+    say(f"\nLook in the Prefect UI: {ui}/runs/flow-run/{run.flow_run.id} (this run's task runs) and {ui}/blocks "
+        "(the saved folders).")
+    return shown
+
+
+if __name__ == "__main__":
+    quickstart(sys.argv[1] if len(sys.argv) > 1 else ".rh-quickstart")
