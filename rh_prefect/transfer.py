@@ -22,9 +22,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Iterator, Optional
+from typing import IO, Any, Iterator, Optional
 
 from rh_prefect.errors import AlreadyExists, IntegrityError, NotFound, RhError, TransferError
+from rh_prefect.progress import Progress, human_bytes
 from rh_prefect.systems.base import System
 
 logger = logging.getLogger("rh_prefect.transfer")
@@ -55,8 +56,8 @@ class CopyReport:
     def summary(self) -> str:
         mode = " (server-side)" if self.server_side else ""
         return (
-            f"copied {self.files_copied} files / {_human(self.bytes_copied)}{mode}, skipped {self.files_skipped} "
-            f"unchanged ({_human(self.bytes_skipped)}), in {self.seconds:.2f}s at {_human(self.throughput)}/s"
+            f"copied {self.files_copied} files / {human_bytes(self.bytes_copied)}{mode}, skipped {self.files_skipped} "
+            f"unchanged ({human_bytes(self.bytes_skipped)}), in {self.seconds:.2f}s at {human_bytes(self.throughput)}/s"
         )
 
 
@@ -66,17 +67,6 @@ class _Job:
     src: str  # source fs path
     dst: str  # destination fs path
     size: int
-
-
-ProgressCallback = Callable[[int, int], None]  # (files done, bytes done) increments
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def _count(nbytes: int, nfiles: int = 0) -> None:
@@ -124,7 +114,7 @@ def copy_tree(
     overwrite: bool = True,
     keys: Optional[list[str]] = None,
     max_workers: Optional[int] = None,
-    progress: Optional[ProgressCallback] = None,
+    progress: Optional[Progress] = None,
 ) -> CopyReport:
     """Copy every file under ``src_root`` on ``src`` to the same relative paths under ``dst_root`` on ``dst``.
 
@@ -165,19 +155,23 @@ def copy_tree(
 
     workers = max(1, min(max_workers or 64, src.max_concurrency, dst.max_concurrency, len(jobs) or 1))
     failures: dict[str, BaseException] = {}
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rh-copy") as pool:
-        futures = {pool.submit(copy_file, src, j.src, dst, j.dst, j.size, report.server_side): j for j in jobs}
-        for fut in as_completed(futures):
-            job = futures[fut]
-            try:
-                nbytes = fut.result()
-            except Exception as exc:  # collected per file: one bad file must not hide the others' outcome
-                failures[job.key] = exc
-                continue
-            report.files_copied += 1
-            report.bytes_copied += nbytes
-            if progress:
-                progress(1, nbytes)
+    progress = progress or Progress(f"copy {src.describe()} -> {dst.describe()}")
+    progress.start(len(jobs), sum(j.size for j in jobs), report.files_skipped, report.bytes_skipped)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rh-copy") as pool:
+            futures = {pool.submit(copy_file, src, j.src, dst, j.dst, j.size, report.server_side): j for j in jobs}
+            for fut in as_completed(futures):
+                job = futures[fut]
+                try:
+                    nbytes = fut.result()
+                except Exception as exc:  # collected per file: one bad file must not hide the others' outcome
+                    failures[job.key] = exc
+                    continue
+                report.files_copied += 1
+                report.bytes_copied += nbytes
+                progress.advance(1, job.size)
+    finally:
+        progress.finish(error=next(iter(failures.values()), None))
     report.seconds = time.perf_counter() - started
     if failures:
         report.failures = {k: f"{type(e).__name__}: {e}" for k, e in failures.items()}
