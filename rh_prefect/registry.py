@@ -8,6 +8,8 @@ reversibly onto Prefect's ``[a-z0-9-]`` block names (see :mod:`rh_prefect.names`
 
 from __future__ import annotations
 
+import importlib
+from abc import ABC
 from typing import Any, ClassVar, Optional, TypeVar
 
 from prefect.blocks.core import Block
@@ -15,7 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from pydantic import PrivateAttr
 
-from rh_prefect import names
+from rh_prefect import _prefect_exit, names  # noqa: F401  (quiet exit)
 from rh_prefect.errors import AlreadyExists, NotFound
 
 R = TypeVar("R", bound="Resource")
@@ -25,7 +27,7 @@ R = TypeVar("R", bound="Resource")
 _TYPES: dict[str, type["Resource"]] = {}
 
 
-class Resource(Block):
+class Resource(Block, ABC):
     """Base class of every named rh_prefect block (Folder, Table, Blob, Cluster).
 
     Adds Runhouse-style naming: ``save(name=None, overwrite=True)`` returns the resource itself so calls chain,
@@ -87,6 +89,7 @@ class Resource(Block):
             # A fresh name must create a new document, not update the one this object was loaded from.
             self._block_document_id = None
         self._save_sync(name=rname.block_name, overwrite=True)
+        _prefect_exit.settle()
         return self
 
     def _before_save(self, name: names.ResourceName) -> None:
@@ -106,8 +109,20 @@ class Resource(Block):
         if not issubclass(klass, cls):
             raise NotFound(f"{name!r} is a {klass.__name__}, not a {cls.__name__}; load it with rh.load({name!r}).")
         obj = klass.load(rname.block_name, validate=True)
+        _prefect_exit.settle()
         obj._rh_name = name
         return obj  # type: ignore[return-value]
+
+
+def _known_types() -> dict[str, type["Resource"]]:
+    """The resource block types, importing the module that defines them all on first use.
+
+    Resource classes live in higher layers; they register themselves here when imported (plugin style), so
+    the registry never imports them by name except through this one entry point.
+    """
+    if not _TYPES:
+        importlib.import_module("rh_prefect.blocks")
+    return _TYPES
 
 
 def _filter(block_names: Optional[list[str]] = None, like: Optional[str] = None) -> list[dict[str, Any]]:
@@ -118,7 +133,7 @@ def _filter(block_names: Optional[list[str]] = None, like: Optional[str] = None)
         name_filter["like_"] = like
     body = {
         "block_documents": {"name": name_filter, "is_anonymous": {"eq_": False}},
-        "block_types": {"slug": {"any_": sorted(_TYPES)}},
+        "block_types": {"slug": {"any_": sorted(_known_types())}},
         "include_secrets": False,
     }
     with get_client(sync_client=True) as client:

@@ -19,7 +19,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
 from prefect.tasks import exponential_backoff
 
-from rh_prefect import transfer
+from rh_prefect import _prefect_exit, transfer
 from rh_prefect.errors import RhError, SystemUnavailable, TransferError
 
 logger = logging.getLogger("rh_prefect.tasks")
@@ -99,8 +99,11 @@ def run(t: Task[..., T], *args: Any, **kwargs: Any) -> T:
     (retries included) without Prefect's 'no flow run' logging warnings."""
     if in_prefect_run():
         return t(*args, **kwargs)
-    with temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
-        return t(*args, **kwargs)
+    try:
+        with temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
+            return t(*args, **kwargs)
+    finally:
+        _prefect_exit.settle()
 
 
 def _reset_on_retry(*systems: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+from abc import ABC
 import uuid
 from typing import Any, Optional, Union
 
@@ -16,7 +17,7 @@ from rh_prefect.systems import Cluster, GCSCredentials, GitHubCredentials, S3Cre
 SystemArg = Union[str, Cluster, System, None]
 
 
-class StoredResource(Resource):
+class StoredResource(Resource, ABC):
     """A named resource whose data lives at ``path`` on ``system``. Not a block type by itself."""
 
     path: Optional[str] = Field(default=None, title="Path", description="Where the data lives on the system.")

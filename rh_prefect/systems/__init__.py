@@ -29,7 +29,36 @@ def get_system(system: SystemLike = None, *, cluster: Optional[Cluster] = None, 
     return klass(cluster=cluster, credentials=credentials)
 
 
+def from_url(url: str) -> tuple[System, str]:
+    """``(System, system path)`` for a URL or a local path, as typed on a command line.
+
+    ``s3://bucket/key``, ``gs://bucket/key``, ``github://org/repo@ref/dir``, ``ssh://[user@]host[:port]/path``
+    (a saved Cluster's name may stand for the host: ``ssh://rh-cpu/data``), ``file:///tmp/x`` or ``/tmp/x``.
+    """
+    from urllib.parse import urlsplit
+
+    if "://" not in url:
+        return LocalSystem(), LocalSystem().normalize(url)
+    scheme, rest = url.split("://", 1)
+    klass = system_class(scheme)
+    if klass is SSHSystem:
+        parts = urlsplit(url)
+        path = parts.path or "/"
+        path = path[1:] if path.startswith("/~") else path
+        from rh_prefect import registry
+
+        if parts.hostname and not parts.username and not parts.port and registry.exists(parts.hostname):
+            found = registry.load(parts.hostname)
+            if isinstance(found, Cluster):
+                return SSHSystem(cluster=found), path
+        c = Cluster(host=parts.hostname or "", port=parts.port or 22, user=parts.username)
+        return SSHSystem(cluster=c), path
+    system = klass()
+    return system, system.normalize(rest if klass is GitHubSystem else url)
+
+
 __all__ = [
+    "from_url",
     "Cluster",
     "Credentials",
     "GCSCredentials",
