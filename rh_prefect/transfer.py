@@ -85,7 +85,7 @@ def list_files(system: System, root: str) -> dict[str, dict[str, Any]]:
     prefix = root.rstrip("/") + "/"
     out = {}
     for path, info in found.items():
-        if info.get("type") == "directory" or system.is_temp_name(path):
+        if info.get("type") == "directory":
             continue
         norm = path if path.startswith("/") or not root.startswith("/") else "/" + path
         if norm == root.rstrip("/"):  # root is itself a file
@@ -93,6 +93,8 @@ def list_files(system: System, root: str) -> dict[str, dict[str, Any]]:
         elif norm.startswith(prefix):
             key = norm[len(prefix) :]
         else:
+            continue
+        if system.is_temp_name(key):
             continue
         out[key] = dict(info, path=norm)
     return out
@@ -150,26 +152,27 @@ def copy_tree(
             "pass overwrite=True to replace them. Nothing was copied."
         )
 
-    for parent in sorted({posixpath.dirname(j.dst) for j in jobs}):
+    units = _plan_units(src, src_root, dst, dst_root, jobs, report.server_side)
+    for parent in sorted({posixpath.dirname(u.jobs[0].dst) for u in units if len(u.jobs) == 1}):
         dst.makedirs(parent)
 
-    workers = max(1, min(max_workers or 64, src.max_concurrency, dst.max_concurrency, len(jobs) or 1))
+    workers = max(1, min(max_workers or 64, src.max_concurrency, dst.max_concurrency, len(units) or 1))
     failures: dict[str, BaseException] = {}
     progress = progress or Progress(f"copy {src.describe()} -> {dst.describe()}")
     progress.start(len(jobs), sum(j.size for j in jobs), report.files_skipped, report.bytes_skipped)
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rh-copy") as pool:
-            futures = {pool.submit(copy_file, src, j.src, dst, j.dst, j.size, report.server_side): j for j in jobs}
+            futures = {pool.submit(unit.run): unit for unit in units}
             for fut in as_completed(futures):
-                job = futures[fut]
+                unit = futures[fut]
                 try:
                     nbytes = fut.result()
-                except Exception as exc:  # collected per file: one bad file must not hide the others' outcome
-                    failures[job.key] = exc
+                except Exception as exc:  # collected per unit: one bad file must not hide the others' outcome
+                    failures.update({j.key: exc for j in unit.jobs})
                     continue
-                report.files_copied += 1
+                report.files_copied += len(unit.jobs)
                 report.bytes_copied += nbytes
-                progress.advance(1, job.size)
+                progress.advance(len(unit.jobs), sum(j.size for j in unit.jobs))
     finally:
         progress.finish(error=next(iter(failures.values()), None))
     report.seconds = time.perf_counter() - started
@@ -185,6 +188,64 @@ def copy_tree(
         ) from first
     logger.info("%s -> %s: %s", src.describe(), dst.describe(), report.summary())
     return report
+
+
+#: files up to this size travel in bulk streams when a system offers them (tar over SSH)
+BULK_MAX_FILE = 4 * 2**20
+#: one bulk stream carries at most this many files / bytes, so several streams run in parallel
+BULK_BATCH_FILES = 500
+BULK_BATCH_BYTES = 128 * 2**20
+#: parallel bulk streams (each is one channel on the remote host)
+BULK_STREAMS = 2
+
+
+@dataclass
+class _Unit:
+    """One piece of work for the pool: a single file, or a batch of small files in one stream."""
+
+    jobs: list[_Job]
+    run: Any  # () -> bytes moved through this process
+
+
+def _plan_units(src: System, src_root: str, dst: System, dst_root: str, jobs: list[_Job], server_side: bool) -> list[_Unit]:
+    bulk = None
+    if not server_side and src.is_local and dst.bulk_writes:
+        bulk = "up"
+    elif not server_side and dst.is_local and src.bulk_reads:
+        bulk = "down"
+    small = [j for j in jobs if j.size <= BULK_MAX_FILE] if bulk else []
+    if len(small) < 8:  # a stream costs a remote process; not worth it for a handful of files
+        small = []
+    small_keys = {j.key for j in small}
+    units = [
+        _Unit([j], lambda j=j: copy_file(src, j.src, dst, j.dst, j.size, server_side))
+        for j in jobs
+        if j.key not in small_keys
+    ]
+    if small:
+        gate = threading.Semaphore(BULK_STREAMS)  # each stream holds a channel on the remote host
+        nbatches = max(min(BULK_STREAMS, len(small)), -(-len(small) // BULK_BATCH_FILES),
+                       -(-sum(j.size for j in small) // BULK_BATCH_BYTES))
+        for i in range(nbatches):
+            batch = small[i::nbatches]
+            units.append(_Unit(batch, lambda b=batch: _gated(gate, _copy_bulk, src, src_root, dst, dst_root, b, bulk)))
+    return units
+
+
+def _gated(gate: threading.Semaphore, fn: Any, *args: Any) -> Any:
+    with gate:
+        return fn(*args)
+
+
+def _copy_bulk(src: System, src_root: str, dst: System, dst_root: str, batch: list[_Job], direction: str) -> int:
+    keys = [j.key for j in batch]
+    if direction == "up":
+        dst.bulk_upload(src_root, keys, dst_root)
+    else:
+        src.bulk_download(src_root, keys, dst_root)
+    nbytes = sum(j.size for j in batch)
+    _count(nbytes, len(batch))
+    return nbytes
 
 
 def copy_file(

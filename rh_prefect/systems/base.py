@@ -153,7 +153,23 @@ class System(ABC):
 
     @staticmethod
     def is_temp_name(fs_path: str) -> bool:
-        return ".rh-tmp-" in posixpath.basename(fs_path)
+        """True for unfinished writes: a hidden temporary file, or anything inside a staging directory."""
+        return ".rh-tmp-" in fs_path
+
+    #: True when the system can receive many local files in one stream (:meth:`bulk_upload`)
+    bulk_writes: ClassVar[bool] = False
+    #: True when the system can send many files in one stream to local disk (:meth:`bulk_download`)
+    bulk_reads: ClassVar[bool] = False
+
+    def bulk_upload(self, local_root: str, keys: list[str], dst_root: str) -> None:
+        """Write many small local files (``local_root/key`` -> ``dst_root/key``) in one round trip, each file
+        appearing atomically. Only called when :attr:`bulk_writes` is True."""
+        raise NotImplementedError
+
+    def bulk_download(self, src_root: str, keys: list[str], local_root: str) -> None:
+        """Read many small files (``src_root/key`` -> local ``local_root/key``) in one round trip, each file
+        appearing atomically. Only called when :attr:`bulk_reads` is True."""
+        raise NotImplementedError
 
     def block_fields(self) -> dict[str, Any]:
         """The fields a resource block stores to find this system again."""

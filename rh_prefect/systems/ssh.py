@@ -154,6 +154,8 @@ class SSHSystem(System):
     name = "ssh"
     aliases = ("sftp",)
     max_concurrency = 8
+    bulk_writes = True
+    bulk_reads = True
     _home: ClassVar[dict[tuple, str]] = {}
 
     def __init__(self, cluster: Optional[Cluster] = None, **_: object) -> None:
@@ -248,6 +250,16 @@ class SSHSystem(System):
 
     def block_fields(self) -> dict[str, Any]:
         return {"system": self.name, "cluster": self.cluster}
+
+    def bulk_upload(self, local_root: str, keys: list[str], dst_root: str) -> None:
+        from rh_prefect.systems import _tarstream
+
+        _tarstream.upload(self.fs, local_root, keys, dst_root)
+
+    def bulk_download(self, src_root: str, keys: list[str], local_root: str) -> None:
+        from rh_prefect.systems import _tarstream
+
+        _tarstream.download(self.fs, src_root, keys, local_root)
 
     def reset(self) -> None:
         """Drop the shared connection (after it broke) so the next use reconnects."""
