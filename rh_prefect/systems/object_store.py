@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Optional
 
 from fsspec import AbstractFileSystem
 
-from rh_prefect.errors import CredentialsError, NotFound, SystemUnavailable
+from rh_prefect.errors import CredentialsError, NotFound, RhError, SystemUnavailable
 from rh_prefect.systems.base import System
 from rh_prefect.systems.credentials import GCSCredentials, S3Credentials
 
@@ -67,19 +67,27 @@ class ObjectStoreSystem(System):
     def block_fields(self) -> dict[str, Any]:
         return {"system": self.name, "credentials": self.credentials}
 
+    def server_side_copy(self, src_fs_path: str, dst_fs_path: str) -> None:
+        self.fs.cp_file(src_fs_path, dst_fs_path)
+
     def ensure_container(self, path: str, create: bool = False) -> None:
         bucket = self.bucket_of(path)
         if not bucket:
             raise NotFound(f"No bucket in path {path!r}; {self.default_root_hint()}.")
+        # Not fs.exists(): it answers False for refused credentials and unreachable endpoints too, which would
+        # send the user looking for a bucket that is there. info() raises, and only "not found" means missing.
         try:
-            exists = self.fs.exists(bucket)
-        except (PermissionError, OSError) as exc:
-            raise self.translate(exc, bucket) from exc
-        if exists:
+            self.fs.info(bucket)
             return
+        except FileNotFoundError:
+            pass
+        except RhError:
+            raise
+        except Exception as exc:  # backend-specific (botocore, aiohttp, google-auth): classified by translate()
+            raise self.translate(exc, bucket) from exc
         if not create:
             raise NotFound(
-                f"Bucket {bucket!r} does not exist on {self.describe()}; create it, or pass mkdir=True to "
+                f"Bucket {bucket!r} does not exist on {self.describe()}; create it, or call folder.mkdir() to "
                 "create it for you."
             )
         self.fs.mkdir(bucket)
@@ -123,7 +131,13 @@ class S3System(ObjectStoreSystem):
         opts = self.storage_options()
         # botocore reads AWS_ENDPOINT_URL_S3 itself, but s3fs builds some URLs from its own endpoint_url.
         opts.setdefault("endpoint_url", self._endpoint())
-        opts.setdefault("config_kwargs", {"max_pool_connections": 32})
+        # Checksums "when required" (botocore's default before 1.36): a CRC per request costs CPU on both ends
+        # and S3-compatible stores differ in what they accept; integrity is checked by size and our own sha256.
+        opts.setdefault(
+            "config_kwargs",
+            {"max_pool_connections": 32, "request_checksum_calculation": "when_required",
+             "response_checksum_validation": "when_required"},
+        )
         return s3fs.S3FileSystem(**opts)
 
 
