@@ -248,6 +248,21 @@ def _copy_bulk(src: System, src_root: str, dst: System, dst_root: str, batch: li
     return nbytes
 
 
+#: files above this size hold one of BIG_FILES_IN_FLIGHT slots while they move, bounding memory per process
+BIG_FILE = 64 * 2**20
+BIG_FILES_IN_FLIGHT = 2
+_BIG_GATE = threading.Semaphore(BIG_FILES_IN_FLIGHT)
+
+
+@contextlib.contextmanager
+def _big_file_gate(size: Optional[int]) -> Iterator[None]:
+    if size is not None and size > BIG_FILE:
+        with _BIG_GATE:
+            yield
+    else:
+        yield
+
+
 def copy_file(
     src: System, src_path: str, dst: System, dst_path: str, size: Optional[int] = None, server_side: bool = False
 ) -> int:
@@ -258,14 +273,17 @@ def copy_file(
         return 0
     if src.is_local:
         with _committing(dst, dst_path) as target:
-            dst.fs.put_file(src_path, target)
+            with _big_file_gate(size):
+                dst.fs.put_file(src_path, target, **dst.put_options())
         nbytes = size if size is not None else dst.fs.size(dst_path)
     elif dst.is_local:
         with _committing(dst, dst_path) as target:
-            src.fs.get_file(src_path, target)
+            with _big_file_gate(size):
+                src.fs.get_file(src_path, target, **src.get_options())
         nbytes = size if size is not None else dst.fs.size(dst_path)
     else:
-        with src.fs.open(src_path, "rb", block_size=CHUNK_SIZE) as reader, open_write(dst, dst_path) as writer:
+        with _big_file_gate(size), src.fs.open(src_path, "rb", block_size=CHUNK_SIZE) as reader, \
+                open_write(dst, dst_path) as writer:
             nbytes = _pump(reader, writer)
         if size is not None and nbytes != size:
             raise IntegrityError(f"{src_path}: read {nbytes} bytes but the source listed {size}; copy again.")
@@ -321,6 +339,10 @@ def open_write(system: System, fs_path: str, block_size: int = CHUNK_SIZE) -> It
                 f.discard()
             except OSError as exc:  # the original error matters more; an unfinished upload is never visible
                 logger.warning("could not abort upload of %s: %s", fs_path, exc)
+            finally:
+                # A discarded file that is not marked closed is flushed when garbage-collected: gcsfs would then
+                # publish the partial buffer (a write smaller than one block) under the final name.
+                f.closed = True
             raise
         f.close()
         return

@@ -12,7 +12,6 @@ The remote side needs a POSIX shell with GNU tar, find, sort, xargs and mv (any 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import tarfile
@@ -56,10 +55,14 @@ def upload(fs: Any, local_root: str, keys: list[str], dst_root: str) -> None:
     errors: list[BaseException] = []
     producer = threading.Thread(target=_produce_tar, args=(write_fd, local_root, keys, errors), daemon=True)
     producer.start()
+    # asyncssh closes the descriptor it reads once done; it gets a duplicate so ours is closed exactly once.
+    theirs = os.dup(read_fd)
+    result = None
     try:
-        result = sync(fs.loop, fs.client.run, cmd, stdin=read_fd, bufsize=_BUF, check=False, encoding=None)
+        result = sync(fs.loop, fs.client.run, cmd, stdin=theirs, bufsize=_BUF, check=False, encoding=None)
     finally:
-        producer.join()
+        os.close(read_fd)
+        producer.join(timeout=None if result is not None else 30)
     if errors:
         raise errors[0]
     if result.exit_status != 0:
@@ -109,15 +112,16 @@ def download(fs: Any, src_root: str, keys: list[str], local_root: str) -> list[s
     consumer.start()
     names = "".join(f"{k}\0" for k in keys).encode()
     result: Optional[Any] = None
+    # asyncssh closes the descriptor it writes to when the channel ends; give it a duplicate so that our own
+    # descriptor can always be closed here exactly once (closing a number twice could hit another stream's
+    # pipe, since descriptor numbers are reused across threads).
+    theirs = os.dup(write_fd)
     try:
-        result = sync(fs.loop, fs.client.run, cmd, input=names, stdout=write_fd, bufsize=_BUF, check=False,
+        result = sync(fs.loop, fs.client.run, cmd, input=names, stdout=theirs, bufsize=_BUF, check=False,
                       encoding=None)
     finally:
-        # asyncssh usually closes the redirected descriptor when the channel ends (then this raises EBADF);
-        # either way the reader must see EOF.
-        with contextlib.suppress(OSError):
-            os.close(write_fd)
-        consumer.join()
+        os.close(write_fd)
+        consumer.join(timeout=None if result is not None else 30)
     if errors:
         raise errors[0]
     if result is not None and result.exit_status != 0:

@@ -11,16 +11,17 @@ Paths: users write *system paths* (``/my-bucket/a/b`` on S3, ``/home/me/data`` o
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import uuid
 from datetime import datetime, timezone
 from abc import ABC, abstractmethod
 from functools import cached_property
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Iterator, Optional
 
 from fsspec import AbstractFileSystem
 
-from rh_prefect.errors import InvalidPath, ReadOnlySystem, UnknownSystem
+from rh_prefect.errors import InvalidPath, ReadOnlySystem, RhError, SystemUnavailable, UnknownSystem
 
 _REGISTRY: dict[str, type["System"]] = {}
 
@@ -75,6 +76,13 @@ class System(ABC):
     @abstractmethod
     def _make_fs(self) -> AbstractFileSystem: ...
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A System sent to another process (a Dask worker) travels without its live filesystem and reconnects
+        # there on first use: open connections and event loops cannot be pickled.
+        state = dict(self.__dict__)
+        state.pop("fs", None)
+        return state
+
     def reset(self) -> None:
         """Forget the filesystem (and its connections) so the next use reconnects, e.g. before a retry."""
         self.__dict__.pop("fs", None)
@@ -118,6 +126,36 @@ class System(ABC):
                 f"{self.describe()} is read-only, so {path!r} cannot be written; copy the data to a writable "
                 "system first, e.g. folder.to(system='file')."
             )
+
+    # -- errors -------------------------------------------------------------------------------------------
+    def translate(self, exc: BaseException, what: str) -> Optional[Exception]:
+        """One of our errors for a backend error (with advice), or None to let the original through.
+
+        The base rule: a connection that fails or times out means the system is unavailable.
+        """
+        name = type(exc).__name__.lower()
+        if isinstance(exc, (ConnectionError, TimeoutError)) or "connect" in name or "timeout" in name:
+            return SystemUnavailable(
+                f"{self.describe()} could not be reached for {what!r} ({type(exc).__name__}: {str(exc)[:200]}); "
+                "check that it is up and the endpoint is right, then try again."
+            )
+        return None
+
+    @contextlib.contextmanager
+    def guard(self, what: str) -> Iterator[None]:
+        """Run a backend call, turning backend errors into rh errors via :meth:`translate`.
+
+        ``FileNotFoundError`` passes through so callers can say which file or folder is missing.
+        """
+        try:
+            yield
+        except (RhError, FileNotFoundError):
+            raise
+        except Exception as exc:  # backend-specific types (botocore, aiohttp, asyncssh): classified below
+            mapped = self.translate(exc, what)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     def ensure_container(self, path: str, create: bool = False) -> None:
         """Make sure the place that will hold ``path`` exists (a bucket); create it when ``create``."""
@@ -170,6 +208,18 @@ class System(ABC):
         """Read many small files (``src_root/key`` -> local ``local_root/key``) in one round trip, each file
         appearing atomically. Only called when :attr:`bulk_reads` is True."""
         raise NotImplementedError
+
+    def put_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``fs.put_file`` that keep memory bounded (part size, parts in flight)."""
+        return {}
+
+    def get_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``fs.get_file`` that keep memory bounded."""
+        return {}
+
+    def work_queue(self) -> Optional[str]:
+        """The Prefect work queue of a worker colocated with this system's data (a cluster's), or None."""
+        return None
 
     def block_fields(self) -> dict[str, Any]:
         """The fields a resource block stores to find this system again."""

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Optional
 
 from fsspec import AbstractFileSystem
 
-from rh_prefect.errors import CredentialsError, NotFound, RhError, SystemUnavailable
+from rh_prefect.errors import CredentialsError, NotFound
 from rh_prefect.systems.base import System
 from rh_prefect.systems.credentials import GCSCredentials, S3Credentials
 
@@ -77,14 +77,11 @@ class ObjectStoreSystem(System):
         # Not fs.exists(): it answers False for refused credentials and unreachable endpoints too, which would
         # send the user looking for a bucket that is there. info() raises, and only "not found" means missing.
         try:
-            self.fs.info(bucket)
+            with self.guard(bucket):
+                self.fs.info(bucket)
             return
         except FileNotFoundError:
             pass
-        except RhError:
-            raise
-        except Exception as exc:  # backend-specific (botocore, aiohttp, google-auth): classified by translate()
-            raise self.translate(exc, bucket) from exc
         if not create:
             raise NotFound(
                 f"Bucket {bucket!r} does not exist on {self.describe()}; create it, or call folder.mkdir() to "
@@ -93,15 +90,15 @@ class ObjectStoreSystem(System):
         self.fs.mkdir(bucket)
         self.fs.invalidate_cache()
 
-    def translate(self, exc: BaseException, what: str) -> Exception:
-        """Turn a backend error into one of ours with advice."""
+    def translate(self, exc: BaseException, what: str) -> Optional[Exception]:
+        """Refused or missing credentials, and unreachable endpoints, as our errors with advice."""
         text = f"{type(exc).__name__}: {exc}"
         if "credential" in text.lower() or isinstance(exc, PermissionError):
             return CredentialsError(
                 f"{self.describe()} refused access to {what!r} ({type(exc).__name__}); check the credentials "
                 f"({self.credentials_type.__name__} block or environment)."
             )
-        return SystemUnavailable(f"{self.describe()} could not be reached for {what!r}: {text[:300]}")
+        return super().translate(exc, what)
 
 
 class S3System(ObjectStoreSystem):
@@ -138,7 +135,17 @@ class S3System(ObjectStoreSystem):
             {"max_pool_connections": 32, "request_checksum_calculation": "when_required",
              "response_checksum_validation": "when_required"},
         )
-        return s3fs.S3FileSystem(**opts)
+        # A private instance, not fsspec's shared one: the shared cache is keyed by arguments only, so it would
+        # hand back a client built from other environment credentials, or the broken session reset() dropped.
+        return s3fs.S3FileSystem(skip_instance_cache=True, **opts)
+
+
+    # 8 MiB parts, 4 in flight: ~32 MiB per file in transit instead of s3fs's default 10 x 50 MiB.
+    def put_options(self) -> dict[str, Any]:
+        return {"chunksize": 8 * 2**20, "max_concurrency": 4}
+
+    def get_options(self) -> dict[str, Any]:
+        return {"chunksize": 8 * 2**20, "max_concurrency": 4}
 
 
 class GCSSystem(ObjectStoreSystem):
@@ -172,4 +179,10 @@ class GCSSystem(ObjectStoreSystem):
         if endpoint and not self.credentials:
             opts.update(endpoint_url=endpoint, token="anon")
         opts.setdefault("project", os.environ.get("GOOGLE_CLOUD_PROJECT", "rh-prefect"))
-        return gcsfs.GCSFileSystem(**opts)
+        return gcsfs.GCSFileSystem(skip_instance_cache=True, **opts)  # private instance: see S3System._make_fs
+
+    def put_options(self) -> dict[str, Any]:
+        return {"chunksize": 8 * 2**20}
+
+    def get_options(self) -> dict[str, Any]:
+        return {"concurrency": 4, "chunk_size": 8 * 2**20}
