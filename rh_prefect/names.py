@@ -10,11 +10,13 @@ Prefect block document names only allow ``[a-z0-9-]``, so the canonical name is 
 
 * the default-namespace prefix ``@/`` is dropped, so ``"@/my-folder"`` is the block ``my-folder`` (blocks
   created in the Prefect UI with plain names are therefore ordinary default-namespace resources);
-* every other character is written as ``-0`` plus a code letter (``/`` -> ``-0s``, ``_`` -> ``-0u``,
-  ``.`` -> ``-0d``, an upper-case letter ``X`` -> ``-0cx``), and a literal ``-`` that would be followed by a
-  ``0`` is written ``-0h`` so that the mapping stays injective.
+* every other character is written as ``--`` plus a code letter (``/`` -> ``--s``, ``_`` -> ``--u``,
+  ``.`` -> ``--d``, an upper-case letter ``X`` -> ``--cx``), and a literal ``-`` directly followed by another
+  ``-`` is written ``--h`` so that the mapping stays injective.
 
-``"/ds/bert_preproc"`` becomes ``-0sds-0sbert-0upreproc``; decoding gives back exactly the canonical name.
+``"/ds/bert_preproc"`` becomes ``--sds--sbert--upreproc``; decoding gives back exactly the canonical name.
+The escape is a double hyphen because people rarely type one in a block name in the UI, while names such as
+``model-0shot`` are common (an escape like ``-0s`` would read that as ``model/hot``).
 """
 
 from __future__ import annotations
@@ -106,11 +108,11 @@ def encode(full: str) -> str:
             out.append(ch)
         elif ch == "-":
             nxt = body[i + 1] if i + 1 < len(body) else ""
-            out.append("-0h" if nxt == "0" else "-")
+            out.append("--h" if nxt == "-" else "-")
         elif "A" <= ch <= "Z":
-            out.append("-0c" + ch.lower())
+            out.append("--c" + ch.lower())
         elif ch in _CODES:
-            out.append("-0" + _CODES[ch])
+            out.append("--" + _CODES[ch])
         else:
             raise InvalidName(f"Character {ch!r} cannot be used in a resource name ({full!r}).")
     return "".join(out)
@@ -122,7 +124,7 @@ def decode(block_name: str) -> str:
     i = 0
     while i < len(block_name):
         ch = block_name[i]
-        if ch == "-" and block_name[i + 1 : i + 2] == "0" and i + 2 < len(block_name):
+        if ch == "-" and block_name[i + 1 : i + 2] == "-" and i + 2 < len(block_name):
             code = block_name[i + 2]
             if code == "h":
                 out.append("-")
