@@ -58,3 +58,15 @@ class TransferError(RhError):
     def __init__(self, message: str, failures: dict[str, BaseException] | None = None):
         super().__init__(message)
         self.failures = dict(failures or {})
+
+
+class SchemaMismatch(RhError, ValueError):
+    """Rows appended to a table do not have the table's columns and types; the message names the differences."""
+
+
+class InvalidArgument(RhError, ValueError):
+    """An argument value is not acceptable (e.g. ``batch_size <= 0``, an unknown format or write mode)."""
+
+
+class MissingDependency(RhError, ImportError):
+    """An optional package is needed for this operation; the message gives the ``pip install`` command."""

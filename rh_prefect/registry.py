@@ -25,6 +25,7 @@ R = TypeVar("R", bound="Resource")
 # block type slug -> class; filled by Resource.__init_subclass__ so that a name can be loaded without
 # knowing its type in advance.
 _TYPES: dict[str, type["Resource"]] = {}
+_ALL_TYPES_LOADED = False
 
 
 class Resource(Block, ABC):
@@ -108,7 +109,9 @@ class Resource(Block, ABC):
         klass = _TYPES[slug]
         if not issubclass(klass, cls):
             raise NotFound(f"{name!r} is a {klass.__name__}, not a {cls.__name__}; load it with rh.load({name!r}).")
-        obj = klass.load(rname.block_name, validate=True)
+        # _sync: also from code running inside an event loop (Jupyter, async apps), where Prefect would
+        # otherwise hand back an un-awaited coroutine.
+        obj = klass.load(rname.block_name, validate=True, _sync=True)
         _prefect_exit.settle()
         obj._rh_name = name
         return obj  # type: ignore[return-value]
@@ -120,8 +123,12 @@ def _known_types() -> dict[str, type["Resource"]]:
     Resource classes live in higher layers; they register themselves here when imported (plugin style), so
     the registry never imports them by name except through this one entry point.
     """
-    if not _TYPES:
+    global _ALL_TYPES_LOADED
+    # Not "if not _TYPES": importing one resource module (e.g. systems.ssh for Cluster) fills _TYPES partly,
+    # and the other types would then be invisible to find/exists/list_names.
+    if not _ALL_TYPES_LOADED:
         importlib.import_module("rh_prefect.blocks")
+        _ALL_TYPES_LOADED = True
     return _TYPES
 
 

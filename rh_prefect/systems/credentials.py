@@ -20,6 +20,7 @@ class S3Credentials(Block):
 
     Example:
         ```python
+        import rh_prefect as rh
         from rh_prefect import S3Credentials
         S3Credentials(aws_access_key_id="AKIA...", aws_secret_access_key="...").save("prod-s3")
         rh.folder(path="/my-bucket/data", system="s3", credentials=S3Credentials.load("prod-s3"))
@@ -115,6 +116,7 @@ class GitHubCredentials(Block):
 
     Example:
         ```python
+        import rh_prefect as rh
         from rh_prefect import GitHubCredentials
         GitHubCredentials(token="ghp_...").save("gh")
         rh.folder(path="my-org/private-repo@main/configs", system="github", credentials=GitHubCredentials.load("gh"))
