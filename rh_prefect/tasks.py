@@ -126,3 +126,15 @@ def copy_file_task(src: Any, src_path: str, dst: Any, dst_path: str) -> int:
     _reset_on_retry(src, dst)
     size = src.fs.size(src_path)
     return transfer.copy_file(src, src_path, dst, dst_path, size, src.same_store(dst))
+
+
+@rh_task("rh-copy-part")
+def copy_part_task(src: Any, src_root: str, dst: Any, dst_root: str, keys: list[str],
+                   overwrite: bool = True) -> transfer.CopyReport:
+    """Copy the listed files (one partition of a copy fanned out over many tasks, e.g. on a Dask cluster).
+
+    Explicit parameters (no ``**kwargs``) so that ``copy_part_task.map(..., keys=partitions)`` maps over
+    the partitions; the systems travel to the task runner's workers without their connections.
+    """
+    _reset_on_retry(src, dst)
+    return transfer.copy_tree(src, src_root, dst, dst_root, keys=keys, overwrite=overwrite)

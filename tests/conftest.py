@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 
@@ -43,7 +44,8 @@ _prefect_saved_env_key = pytest.StashKey[dict]()
 def pytest_configure(config: pytest.Config) -> None:
     if config.option.help:
         return
-    server = PrefectServer().start()
+    # RH_TEST_PREFECT_DATABASE_URL: run the suite against a Prefect server on that database (PostgreSQL).
+    server = PrefectServer(database_url=os.environ.get("RH_TEST_PREFECT_DATABASE_URL") or None).start()
     config.stash[_prefect_server_key] = server
     # The test process gets its own PREFECT_HOME too, so a developer's ~/.prefect profile
     # (or results written by flows under test) never mixes with the suite's.
@@ -63,8 +65,21 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+    _drain_prefect_services()
     server.stop()
     shutil.rmtree(config.stash[_prefect_client_home_key])
+
+
+def _drain_prefect_services() -> None:
+    """Send the logs and events Prefect still has queued while the server is up: once it is stopped, each
+    pending batch is retried for about a minute at interpreter exit."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        service.drain_all(timeout=10)
 
 
 @pytest.fixture(scope="session")

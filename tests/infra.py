@@ -44,14 +44,14 @@ class ServerStartError(RuntimeError):
 # ----------------------------------------------------------------------------- helpers
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago.
+def free_port(host: str = LOCALHOST) -> int:
+    """Return a TCP port on ``host`` (default 127.0.0.1) that was free a moment ago.
 
     The kernel picks it (bind to port 0); there is a small window before the server
     binds it, which is acceptable on a test machine and avoids hard-coded ports.
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOCALHOST, 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
@@ -160,14 +160,19 @@ class _Server:
     startup_timeout = 30.0
     stop_timeout = 15.0
 
-    def __init__(self) -> None:
-        self.host = LOCALHOST
+    def __init__(self, host: str = LOCALHOST) -> None:
+        # Another address than loopback only for addresses the tests own (a veth inside a test netns).
+        self.host = host
         self.port: int | None = None
         self.tmpdir: Path | None = None
         self.log_path: Path | None = None
         self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
         self._log_file = None
+
+    def _pick_port(self) -> int:
+        """A free port for this server (subclasses that listen elsewhere, e.g. in a netns, override it)."""
+        return free_port(self.host)
 
     # Subclasses implement these two.
     def _launch(self) -> None:
@@ -186,7 +191,7 @@ class _Server:
         began = time.monotonic()
         self.tmpdir = Path(tempfile.mkdtemp(prefix=f"rh-test-{self.name}-"))
         self.log_path = self.tmpdir / f"{self.name}.log"
-        self.port = free_port()
+        self.port = self._pick_port()
         try:
             self._launch()
             wait_until(self._is_ready, self.startup_timeout, f"{self.name} on port {self.port}",
@@ -257,8 +262,9 @@ class PrefectServer(_Server):
     name = "prefect"
     startup_timeout = 120.0  # ~20 s on a fresh database on this machine, slower under load
 
-    def __init__(self, home: str | Path | None = None, database_url: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, home: str | Path | None = None, database_url: str | None = None,
+                 host: str = LOCALHOST) -> None:
+        super().__init__(host)
         self._requested_home = Path(home) if home is not None else None
         self.database_url = database_url
         self.home: Path | None = None
@@ -399,8 +405,8 @@ class SSHServer(_Server):
     name = "sshd"
     sshd_binary = "/usr/sbin/sshd"
 
-    def __init__(self, user: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, user: str | None = None, host: str = LOCALHOST) -> None:
+        super().__init__(host)
         self.user = user or pwd.getpwuid(os.getuid()).pw_name
         self.client_key_path: Path | None = None
         self.known_hosts_path: Path | None = None

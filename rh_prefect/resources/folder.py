@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping, Optional, Union
 
+from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.utilities.asyncutils import run_sync_in_worker_thread
 from prefect.filesystems import WritableDeploymentStorage, WritableFileSystem
 
@@ -50,14 +51,19 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
         ``sort=True`` puts the newest first. ``full_paths=False`` gives names relative to the folder.
         """
         root = self.fs_path
+        missing = NotFound(f"Folder {self.url} does not exist; write to it first or check the path.")
         if recursive:
-            infos = transfer.list_files(self.sys, root)
+            with self.sys.guard(self.url):
+                infos = transfer.list_files(self.sys, root)
+                if not infos and not self.sys.fs.exists(root):
+                    raise missing
             entries = [(key, info) for key, info in infos.items()]
         else:
             try:
-                listing = self.sys.fs.ls(root, detail=True)
+                with self.sys.guard(self.url):
+                    listing = self.sys.fs.ls(root, detail=True)
             except FileNotFoundError:
-                raise NotFound(f"Folder {self.url} does not exist; write to it first or check the path.") from None
+                raise missing from None
             entries = []
             for info in listing:
                 base = posixpath.basename(info["name"].rstrip("/"))
@@ -76,7 +82,8 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
 
     def exists_in_system(self) -> bool:
         """True if the folder exists on its system (for buckets: something is stored under the prefix)."""
-        return bool(self.sys.fs.exists(self.fs_path))
+        with self.sys.guard(self.url):
+            return bool(self.sys.fs.exists(self.fs_path))
 
     def get(self, name: str, mode: str = "rb", encoding: Optional[str] = None) -> Union[bytes, str]:
         """Contents of one file: bytes, or str when ``mode="r"`` (or an encoding is given)."""
@@ -100,7 +107,8 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
                     yield raw
             return
         try:
-            raw = self.sys.fs.open(path, "rb", block_size=transfer.CHUNK_SIZE)
+            with self.sys.guard(f"{self.url}/{name}"):
+                raw = self.sys.fs.open(path, "rb", block_size=transfer.CHUNK_SIZE)
         except FileNotFoundError:
             raise NotFound(f"No file {name!r} in folder {self.url}; see folder.ls().") from None
         with raw:
@@ -166,23 +174,27 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
     def rm(self, contents: Optional[list[str]] = None, recursive: bool = True) -> None:
         """Delete the listed files (names relative to the folder), or the whole folder when none are given."""
         self.sys.check_writable(self.path or "")
-        if contents is None:
-            if self.sys.fs.exists(self.fs_path):
-                self.sys.fs.rm(self.fs_path, recursive=recursive)
-            return
-        for name in contents:
-            path = self._key_path(name)
-            if self.sys.fs.exists(path):
-                self.sys.fs.rm(path, recursive=recursive)
+        paths = [self.fs_path] if contents is None else [self._key_path(name) for name in contents]
+        with self.sys.guard(self.url):
+            for path in paths:
+                if self.sys.fs.exists(path):
+                    self.sys.fs.rm(path, recursive=recursive)
 
     # -- moving -------------------------------------------------------------------------------------------
-    def to(self, system: SystemArg, path: Optional[str] = None, overwrite: bool = True) -> "Folder":
+    def to(self, system: SystemArg, path: Optional[str] = None, overwrite: bool = True, via: str = "auto") -> "Folder":
         """Copy this folder to another system (or place) and return the Folder there.
 
         Unchanged files already at the destination are skipped, so calling it again resumes or refreshes.
         Without ``path`` the copy goes under the destination system's default root (a bucket needs a path
-        or a configured default bucket).
+        or a configured default bucket). ``via``: where the bytes flow - ``"worker"`` (a flow run on the
+        worker of the cluster holding the folder), ``"local"`` (this process) or ``"auto"`` (the worker when
+        one is online); see :mod:`rh_prefect.dispatch`.
         """
+        from rh_prefect import dispatch  # orchestration sits above resources: imported when used
+
+        remote = dispatch.remote_to(self, system, path, via=via, overwrite=overwrite)
+        if remote is not None:
+            return remote
         dst_sys, dst_path = self._destination(system, path)
         dst_sys.check_writable(dst_path)
         dst_sys.ensure_container(dst_sys.fs_path(dst_path))
@@ -198,6 +210,13 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
 
     def mv(self, system: SystemArg, path: Optional[str] = None) -> "Folder":
         """Move the folder: copy, then delete the source. A saved folder's registry entry follows it."""
+        dst_sys, dst_path = self._destination(system, path)
+        if dst_sys == self.sys:
+            # Deleting the source after copying onto (or into) itself would delete the data just copied.
+            src_root, dst_root = self.fs_path.rstrip("/"), dst_sys.fs_path(dst_path).rstrip("/")
+            if dst_root == src_root or dst_root.startswith(src_root + "/"):
+                where = "onto itself" if dst_root == src_root else "inside itself"
+                raise InvalidPath(f"Cannot move {self.url} {where}; pick a destination outside the folder.")
         moved = self.to(system, path)
         self.rm()
         self._relocate(moved.sys, moved.path)
@@ -241,35 +260,48 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
             path = path[len(root) + 1 :]
         return posixpath.join(root, check_relative_key(path))
 
-    def read_path(self, path: str) -> bytes:  # type: ignore[override]
-        """Read one file (for Prefect result storage)."""
+    # Each operation is a private sync implementation, an async twin running it in a worker thread, and the
+    # public sync name dispatching between them (Prefect's convention): Prefect's BlockStorageAdapter and the
+    # pull_with_block step *await* get_directory(), so a plain sync method would break flow.from_source.
+    # The twins call the private implementation, never the dispatching name: in a worker thread of an async
+    # flow run the dispatcher would hand back an un-awaited coroutine.
+    def _read_path(self, path: str) -> bytes:
         try:
             return self.sys.fs.cat_file(self._storage_path(path))
         except FileNotFoundError:
             raise NotFound(f"No file {path!r} in folder {self.url}.") from None
 
-    def write_path(self, path: str, content: bytes) -> str:  # type: ignore[override]
-        """Write one file atomically (for Prefect result storage)."""
+    def _write_path(self, path: str, content: bytes) -> str:
         target = self._storage_path(path)
         transfer.write_bytes(self.sys, target, content)
         return target
 
     async def aread_path(self, path: str) -> bytes:
-        return await run_sync_in_worker_thread(self.read_path, path)
+        """Async twin of :meth:`read_path`."""
+        return await run_sync_in_worker_thread(self._read_path, path)
 
     async def awrite_path(self, path: str, content: bytes) -> str:
-        return await run_sync_in_worker_thread(self.write_path, path, content)
+        """Async twin of :meth:`write_path`."""
+        return await run_sync_in_worker_thread(self._write_path, path, content)
 
-    def get_directory(self, from_path: Optional[str] = None, local_path: Optional[str] = None) -> None:  # type: ignore[override]
-        """Download the folder (or a sub-path) to ``local_path`` (default: the current directory)."""
+    @async_dispatch(aread_path)
+    def read_path(self, path: str) -> bytes:  # type: ignore[override]
+        """Read one file (for Prefect result storage)."""
+        return self._read_path(path)
+
+    @async_dispatch(awrite_path)
+    def write_path(self, path: str, content: bytes) -> str:  # type: ignore[override]
+        """Write one file atomically (for Prefect result storage)."""
+        return self._write_path(path, content)
+
+    def _get_directory(self, from_path: Optional[str] = None, local_path: Optional[str] = None) -> None:
         src = self._storage_path(from_path) if from_path else self.fs_path
         dst = str(Path(local_path or ".").absolute())
         tasks.run(tasks.copy_tree_task, self.sys, src, get_system("file"), dst)
 
-    def put_directory(  # type: ignore[override]
+    def _put_directory(
         self, local_path: Optional[str] = None, to_path: Optional[str] = None, ignore_file: Optional[str] = None
     ) -> int:
-        """Upload a local directory (default: the current directory) into the folder; returns files copied."""
         src = str(Path(local_path or ".").absolute())
         dst = self._storage_path(to_path) if to_path else self.fs_path
         keys = None
@@ -284,13 +316,26 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
         return report.files_copied + report.files_skipped
 
     async def aget_directory(self, from_path: Optional[str] = None, local_path: Optional[str] = None) -> None:
-        await run_sync_in_worker_thread(self.get_directory, from_path, local_path)
+        """Async twin of :meth:`get_directory`."""
+        await run_sync_in_worker_thread(self._get_directory, from_path, local_path)
 
     async def aput_directory(
         self, local_path: Optional[str] = None, to_path: Optional[str] = None, ignore_file: Optional[str] = None
     ) -> int:
-        return await run_sync_in_worker_thread(self.put_directory, local_path, to_path, ignore_file)
+        """Async twin of :meth:`put_directory`."""
+        return await run_sync_in_worker_thread(self._put_directory, local_path, to_path, ignore_file)
 
+    @async_dispatch(aget_directory)
+    def get_directory(self, from_path: Optional[str] = None, local_path: Optional[str] = None) -> None:  # type: ignore[override]
+        """Download the folder (or a sub-path) to ``local_path`` (default: the current directory)."""
+        self._get_directory(from_path, local_path)
+
+    @async_dispatch(aput_directory)
+    def put_directory(  # type: ignore[override]
+        self, local_path: Optional[str] = None, to_path: Optional[str] = None, ignore_file: Optional[str] = None
+    ) -> int:
+        """Upload a local directory (default: the current directory) into the folder; returns files copied."""
+        return self._put_directory(local_path, to_path, ignore_file)
 
 def folder(
     name: Optional[str] = None,
