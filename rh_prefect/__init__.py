@@ -25,10 +25,16 @@ _EXPORTS: dict[str, str] = {
         for name in (
             "AlreadyExists", "CredentialsError", "HostKeyMismatch", "IntegrityError", "InvalidName", "InvalidPath",
             "NotFound", "ReadOnlySystem", "RhError", "SystemUnavailable", "TransferError", "UnknownSystem",
+            "SchemaMismatch", "InvalidArgument", "MissingDependency",
         )
     },
     **{name: "rh_prefect.registry" for name in ("delete", "exists", "list_names", "load")},
     **{name: "rh_prefect.resources.folder" for name in ("Folder", "folder")},
+    **{
+        name: "rh_prefect.resources.table"
+        for name in ("Table", "PandasTable", "DaskTable", "RayTable", "HuggingFaceTable", "PolarsTable", "table")
+    },
+    **{name: "rh_prefect.resources.blob" for name in ("Blob", "blob", "file")},
     **{name: "rh_prefect.systems" for name in ("Cluster", "GCSCredentials", "GitHubCredentials", "S3Credentials")},
     "cluster": "rh_prefect.systems.ssh",
 }
@@ -52,6 +58,10 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from rh_prefect.errors import *  # noqa: F403
     from rh_prefect.registry import delete, exists, list_names, load  # noqa: F401
+    from rh_prefect.resources.blob import Blob, blob, file  # noqa: F401
     from rh_prefect.resources.folder import Folder, folder  # noqa: F401
+    from rh_prefect.resources.table import (  # noqa: F401
+        DaskTable, HuggingFaceTable, PandasTable, PolarsTable, RayTable, Table, table,
+    )
     from rh_prefect.systems import Cluster, GCSCredentials, GitHubCredentials, S3Credentials  # noqa: F401
     from rh_prefect.systems.ssh import cluster  # noqa: F401

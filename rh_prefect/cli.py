@@ -2,8 +2,11 @@
 
 Arguments that name data accept a saved resource name (``my-folder``, ``/ds/bert_preproc``) or a URL
 (``s3://bucket/key``, ``gs://bucket/key``, ``ssh://user@host:22/path``, ``ssh://rh-cpu/path`` for a saved
-cluster, ``github://org/repo@ref/dir``, or a local path). Errors go to stderr with exit code 1; usage errors
-exit with 2.
+cluster, ``github://org/repo@ref/dir``, or a local path). Results go to stdout; errors go to stderr as
+``rh-prefect: error: ...`` with exit code 1; usage errors exit with 2.
+
+Commands that touch the registry or run copies need a Prefect server: ``PREFECT_API_URL`` (environment or the
+active Prefect profile) if set, else the embedded local server, started on first use (``rh-prefect server up``).
 """
 
 from __future__ import annotations
@@ -12,86 +15,112 @@ import json
 import os
 import posixpath
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, NoReturn, Optional, TypeVar
 
 import typer
 
 from rh_prefect import local_server
 
+T = TypeVar("T")
+
 app = typer.Typer(
     name="rh-prefect",
-    help="Store, list and move data between local disk, SSH clusters, S3, GCS and GitHub, named in Prefect.",
+    help="Store, list and move data between local disk, SSH clusters, S3, GCS and GitHub, named in Prefect.\n\n"
+    "Example: rh-prefect cp ./data s3://my-bucket/data && rh-prefect ls s3://my-bucket/data",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-server_app = typer.Typer(help="The embedded local Prefect server (SQLite, 127.0.0.1).", no_args_is_help=True)
-worker_app = typer.Typer(help="Prefect workers on clusters.", no_args_is_help=True)
+server_app = typer.Typer(help="The embedded local Prefect server (SQLite, 127.0.0.1).\n\n"
+                         "Example: rh-prefect server up", no_args_is_help=True)
+worker_app = typer.Typer(help="Prefect workers on clusters.\n\nExample: rh-prefect worker start --cluster rh-cpu",
+                         no_args_is_help=True)
 app.add_typer(server_app, name="server")
 app.add_typer(worker_app, name="worker")
 
+TARGET = "NAME_OR_URL"
 
-def _fail(message: str, code: int = 1) -> None:
+
+def _fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"rh-prefect: error: {message}", err=True)
     raise typer.Exit(code)
 
 
-@app.callback()
-def _main(ctx: typer.Context) -> None:
-    # Everything but `server` talks to the registry: pick the Prefect server before prefect is imported.
-    if ctx.invoked_subcommand not in (None, "server"):
-        # Prefect's per-task INFO lines are noise on a command line; results are printed by the commands.
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        local_server.ensure()
+def _connect() -> None:
+    """Pick the Prefect server before prefect is first imported (it reads its settings once, at import)."""
+    # Prefect's per-task INFO lines are noise on a command line; results are printed by the commands.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    local_server.ensure()
+
+
+def _os_message(exc: OSError) -> str:
+    if exc.strerror and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc.args[0]) if len(exc.args) == 1 else str(exc)
+
+
+def _run(fn: Callable[[], T], target: Optional[str] = None, connect: bool = True) -> T:
+    """Run a command body; known errors become one ``rh-prefect: error:`` line and exit code 1.
+
+    Anything else is a bug and keeps its traceback. Modules that import prefect are imported inside ``fn``,
+    after :func:`_connect`.
+    """
+    from rh_prefect.errors import RhError
+
+    try:
+        if connect:
+            _connect()
+        return fn()
+    except RhError as exc:
+        _fail(str(exc))
+    except FileNotFoundError as exc:
+        detail = _os_message(exc)
+        if target is None or detail.strip("/") in (target.strip("/"), target.split("://")[-1].strip("/")):
+            _fail(f"not found: {target or detail}")
+        _fail(f"not found: {target} ({detail})")
+    except OSError as exc:  # permissions, a directory where a file was expected, a refused connection
+        _fail(_os_message(exc))
 
 
 def _resolve(target: str) -> tuple[Any, str, Any]:
-    """``(System, fs path, resource or None)`` for a name or URL."""
+    """``(System, fs path, resource or None)`` for a saved name or a URL / local path."""
     from rh_prefect import names, registry
     from rh_prefect.errors import InvalidName
     from rh_prefect.systems import from_url
 
     if "://" not in target:
         try:
-            rname = names.parse(target)
+            names.parse(target)
+            saved = registry.exists(target)
         except InvalidName:  # not a valid name: it can only be a path
-            rname = None
-        if rname is not None and registry.exists(target):
+            saved = False
+        if saved:
             res = registry.load(target)
             if not hasattr(res, "fs_path"):
-                _fail(f"{target!r} is a {type(res).__name__}, which holds no data.")
+                _fail(f"{target!r} is a {type(res).__name__}, which holds no data; pass a folder, table or blob.")
             return res.sys, res.fs_path, res
     system, path = from_url(target)
     return system, system.fs_path(path), None
 
 
-def _run(fn: Any) -> Any:
-    from rh_prefect.errors import RhError
-
-    try:
-        return fn()
-    except RhError as exc:
-        _fail(str(exc))
-    except FileNotFoundError as exc:
-        _fail(f"not found: {exc}")
-
-
 @app.command()
 def ls(
-    target: str = typer.Argument(..., help="A saved name or a URL."),
+    target: str = typer.Argument(..., metavar=TARGET, help="A saved name or a URL."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="List every file below, not just the top."),
-    long: bool = typer.Option(False, "--long", "-l", help="Show sizes."),
+    long: bool = typer.Option(False, "--long", "-l", help="Show sizes in bytes."),
 ) -> None:
-    """List a folder.
+    """List a folder (directories end with '/').
 
-    Example: rh-prefect ls s3://my-bucket/data -r
+    Example: rh-prefect ls s3://my-bucket/data -r -l
     """
-    from rh_prefect import transfer
-
     def go() -> None:
+        from rh_prefect import transfer
+
         system, root, _ = _resolve(target)
         if recursive:
             entries = sorted(transfer.list_files(system, root).items())
+            if not entries and not system.fs.exists(root):
+                raise FileNotFoundError(target)
         else:
             entries = []
             for info in system.fs.ls(root, detail=True):
@@ -102,30 +131,35 @@ def ls(
         for key, info in entries:
             typer.echo(f"{int(info.get('size') or 0):>12}  {key}" if long else key)
 
-    _run(go)
+    _run(go, target)
 
 
 @app.command()
 def cp(
-    src: str = typer.Argument(..., help="Source: a saved name or a URL (folder or file)."),
-    dst: str = typer.Argument(..., help="Destination URL (or saved folder name)."),
+    src: str = typer.Argument(..., metavar="SRC", help="Source: a saved name or a URL (folder or file)."),
+    dst: str = typer.Argument(..., metavar="DST", help="Destination: a URL, a local path or a saved folder name."),
     overwrite: bool = typer.Option(True, help="Replace changed files at the destination."),
 ) -> None:
-    """Copy a folder or a file between any two systems (unchanged files are skipped).
+    """Copy a folder's contents, or one file, between any two systems. Unchanged files are skipped.
+
+    A folder's files land directly under DST. A file lands at DST, or inside DST when DST ends with '/' or is
+    an existing folder. Buckets must exist.
 
     Example: rh-prefect cp ./data s3://my-bucket/data
     """
-    from rh_prefect import tasks
-
     def go() -> None:
+        from rh_prefect import tasks
+
         s_sys, s_path, _ = _resolve(src)
         d_sys, d_path, _ = _resolve(dst)
+        d_sys.check_writable(d_path)
         d_sys.ensure_container(d_path)
         if s_sys.fs.isfile(s_path):
             if dst.endswith("/") or d_sys.fs.isdir(d_path):
                 d_path = posixpath.join(d_path, posixpath.basename(s_path))
+            d_sys.makedirs(posixpath.dirname(d_path))
             tasks.run(tasks.copy_file_task, s_sys, s_path, d_sys, d_path)
-            typer.echo(f"copied 1 file to {d_sys.describe()}:{d_path}")
+            typer.echo(f"copied 1 file to {d_sys.url(d_sys.user_path(d_path))}")
             return
         report = tasks.run(tasks.copy_tree_task, s_sys, s_path, d_sys, d_path, overwrite=overwrite)
         typer.echo(report.summary())
@@ -134,85 +168,117 @@ def cp(
 
 
 @app.command()
-def cat(target: str = typer.Argument(..., help="A file URL or a saved Blob name.")) -> None:
+def cat(target: str = typer.Argument(..., metavar=TARGET, help="A file URL or a saved Blob name.")) -> None:
     """Write a file's bytes to stdout, streaming.
 
     Example: rh-prefect cat s3://my-bucket/data/a.txt
     """
-    from rh_prefect import transfer
-
     def go() -> None:
+        from rh_prefect import transfer
+
         system, path, _ = _resolve(target)
+        if system.fs.isdir(path):
+            _fail(f"{target} is a folder, not a file; list it with `rh-prefect ls {target}`.")
         out = sys.stdout.buffer
         with system.fs.open(path, "rb", block_size=transfer.CHUNK_SIZE) as f:
             while chunk := f.read(transfer.CHUNK_SIZE):
                 out.write(chunk)
         out.flush()
 
-    _run(go)
+    _run(go, target)
 
 
 @app.command()
 def rm(
-    target: str = typer.Argument(..., help="A saved name or a URL."),
+    target: str = typer.Argument(..., metavar=TARGET, help="A saved name or a URL."),
     keep_data: bool = typer.Option(False, "--keep-data", help="For a saved name: forget the name, keep the data."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
-    """Delete data (and, for a saved name, its registry entry).
+    """Delete data, and for a saved name also its registry entry. A saved Cluster is only forgotten.
 
     Example: rh-prefect rm s3://my-bucket/tmp -y
     """
-    from rh_prefect import registry
-
     def go() -> None:
+        from rh_prefect import names, registry
+        from rh_prefect.errors import InvalidName
+
+        try:
+            saved = "://" not in target and registry.exists(target)
+        except InvalidName:
+            saved = False
+        if saved and not hasattr(registry.load(target), "fs_path"):  # a Cluster: nothing stored to delete
+            registry.delete(target)
+            typer.echo(f"forgot {names.parse(target).full}")
+            return
         system, path, res = _resolve(target)
-        what = f"{target} ({system.describe()}:{path})"
-        if not keep_data and not yes and not typer.confirm(f"Delete {what}?"):
-            raise typer.Exit(1)
-        if not keep_data:
+        where = system.url(system.user_path(path))
+        if keep_data:
+            if res is None:
+                _fail(f"--keep-data only applies to saved names; {target!r} is not one.", code=2)
+            registry.delete(target)
+            typer.echo(f"forgot {target}; data kept at {where}")
+            return
+        exists = system.fs.exists(path)
+        if not exists and res is None:
+            raise FileNotFoundError(target)
+        if not yes and not typer.confirm(f"Delete {target} ({where})?"):
+            _fail("nothing deleted.")
+        if exists:
             system.check_writable(path)
-            if system.fs.exists(path):
-                system.fs.rm(path, recursive=True)
+            system.fs.rm(path, recursive=True)
         if res is not None:
             registry.delete(target)
-        typer.echo(f"removed {what}" if not keep_data else f"forgot {target}; data kept at {system.url(path)}")
+        typer.echo(f"removed {where}" + (f" and forgot {target}" if res is not None else ""))
 
-    _run(go)
+    _run(go, target)
 
 
 @app.command()
-def info(name: str = typer.Argument(..., help="A saved resource name.")) -> None:
-    """What the registry knows about a resource: type, system, path, size, schema.
+def info(
+    name: str = typer.Argument(..., metavar="NAME", help="A saved resource name."),
+    size: bool = typer.Option(False, "--size", "-s", help="Also list the data to count its files and bytes."),
+) -> None:
+    """What the registry knows about a resource, as JSON: type, system, path, URL, size, schema.
 
-    Example: rh-prefect info my-folder
+    Example: rh-prefect info my-folder --size
     """
-    from rh_prefect import registry
-
     def go() -> None:
+        from rh_prefect import registry, transfer
+
         res = registry.load(name)
-        data: dict[str, Any] = {"name": name, "type": type(res).__name__, "block": res._block_document_name}
-        data.update(res.model_dump(mode="json", exclude={"cluster", "credentials"}))
+        data: dict[str, Any] = {"name": res.full_name, "type": type(res).__name__}
+        fields = set(type(res).model_fields) - {"cluster", "credentials"}
+        data.update(res.model_dump(mode="json", include=fields))  # SecretStr fields come out masked
         if getattr(res, "cluster", None) is not None:
             data["cluster"] = res.cluster.name or f"{res.cluster.host}:{res.cluster.port}"
+        if getattr(res, "credentials", None) is not None:
+            creds = res.credentials
+            data["credentials"] = creds._block_document_name or type(creds).__name__
         if hasattr(res, "url"):
             data["url"] = res.url
+        if size and hasattr(res, "fs_path"):
+            files = transfer.list_files(res.sys, res.fs_path)
+            data["files"] = len(files)
+            data["bytes"] = sum(int(i.get("size") or 0) for i in files.values())
+        data["block_document"] = res._block_document_name
         typer.echo(json.dumps(data, indent=2, default=str))
 
-    _run(go)
+    _run(go, name)
 
 
 @app.command("list")
 def list_(
-    namespace: Optional[str] = typer.Argument(None, help="Only names inside this namespace, e.g. /ds."),
-    recursive: bool = typer.Option(False, "--recursive", "-r"),
+    namespace: Optional[str] = typer.Argument(None, metavar="[NAMESPACE]",
+                                              help="Only names inside this namespace, e.g. /ds."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Include nested namespaces."),
 ) -> None:
-    """List saved resources.
+    """List saved resources: type and canonical name, one per line.
 
     Example: rh-prefect list /ds
     """
-    from rh_prefect import registry
-
     def go() -> None:
+        from rh_prefect import registry
+
         for full, kind in registry.list_names(namespace, recursive=recursive or namespace is None):
             typer.echo(f"{kind:<10} {full}")
 
@@ -221,13 +287,18 @@ def list_(
 
 @app.command()
 def register() -> None:
-    """Register the block types (Folder, Table, Blob, Cluster, credentials) with the Prefect server.
+    """Register the block types (Folder, Table, Blob, Cluster, credentials) with the Prefect server, so their
+    forms appear in the UI's block catalog. Same as `prefect block register -m rh_prefect.blocks`.
 
     Example: rh-prefect register
     """
-    from rh_prefect.blocks import register_all
 
-    for slug in _run(register_all):
+    def go() -> list[str]:
+        from rh_prefect.blocks import register_all
+
+        return register_all()
+
+    for slug in _run(go):
         typer.echo(f"registered {slug}")
 
 
@@ -235,9 +306,11 @@ def register() -> None:
 def server_up(port: int = typer.Option(local_server.DEFAULT_PORT, help="Port on 127.0.0.1.")) -> None:
     """Start the embedded Prefect server in the background (or show the running one).
 
-    Example: rh-prefect server up && export PREFECT_API_URL=http://127.0.0.1:4200/api
+    Its data lives in ~/.rh-prefect/server (RH_PREFECT_SERVER_HOME).
+
+    Example: rh-prefect server up --port 4200
     """
-    info_ = _run(lambda: local_server.up(port=port))
+    info_ = _run(lambda: local_server.up(port=port), connect=False)
     typer.echo(f"Prefect server running (pid {info_.pid}): UI {info_.ui_url}")
     typer.echo(f"export PREFECT_API_URL={info_.api_url}")
 
@@ -253,7 +326,7 @@ def server_down() -> None:
 
 @server_app.command("status")
 def server_status() -> None:
-    """Show whether the embedded Prefect server runs; exit 1 if not.
+    """Show whether the embedded Prefect server runs; exit code 1 if not.
 
     Example: rh-prefect server status
     """
@@ -261,21 +334,20 @@ def server_status() -> None:
     if info_ is None:
         typer.echo("not running")
         raise typer.Exit(1)
-    typer.echo(f"running (pid {info_.pid}) at {info_.api_url}")
+    typer.echo(f"running (pid {info_.pid}) at {info_.api_url}, UI {info_.ui_url}")
 
 
 @worker_app.command("start")
-def worker_start(cluster: str = typer.Option(..., "--cluster", "-c", help="Name of a saved Cluster.")) -> None:
+def worker_start(cluster: str = typer.Option(..., "--cluster", "-c", metavar="NAME",
+                                             help="Name of a saved Cluster.")) -> None:
     """Start a Prefect worker for the cluster's work queue on the cluster itself (over SSH).
 
     Example: rh-prefect worker start --cluster rh-cpu
     """
-    from rh_prefect.systems.ssh import Cluster
-
     def go() -> None:
+        from rh_prefect.systems.ssh import Cluster
+
         c = Cluster._load_named(cluster)
-        if not hasattr(c, "start_worker"):
-            _fail("this version cannot start workers on clusters.")
         typer.echo(str(c.start_worker()))
 
     _run(go)
