@@ -140,12 +140,14 @@ class S3System(ObjectStoreSystem):
         return s3fs.S3FileSystem(skip_instance_cache=True, **opts)
 
 
-    # 8 MiB parts, 4 in flight: ~32 MiB per file in transit instead of s3fs's default 10 x 50 MiB.
+    # Uploads: 8 MiB parts, 4 in flight: ~32 MiB per file in transit instead of s3fs's default 10 x 50 MiB.
     def put_options(self) -> dict[str, Any]:
         return {"chunksize": 8 * 2**20, "max_concurrency": 4}
 
+    # Downloads: one streamed GET (64 KiB reads). s3fs's default ranged GETs (10 x 50 MiB) held 418 MB for a
+    # 256 MiB file and were 3x slower here (1.5 s vs 0.54 s); parallelism comes from copying files concurrently.
     def get_options(self) -> dict[str, Any]:
-        return {"chunksize": 8 * 2**20, "max_concurrency": 4}
+        return {"max_concurrency": 1}
 
 
 class GCSSystem(ObjectStoreSystem):
