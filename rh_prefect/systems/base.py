@@ -81,6 +81,7 @@ class System(ABC):
         # there on first use: open connections and event loops cannot be pickled.
         state = dict(self.__dict__)
         state.pop("fs", None)
+        state.pop("_fs", None)
         return state
 
     def reset(self) -> None:

@@ -194,6 +194,11 @@ _CONNECTIONS: dict[tuple, AbstractFileSystem] = {}
 _CONNECTIONS_LOCK = threading.Lock()
 
 
+def _closed(fs: AbstractFileSystem) -> bool:
+    """True when the SSH connection under an SSHFileSystem has gone (peer closed it, network dropped)."""
+    return bool(fs.client.is_closed())
+
+
 class SSHSystem(System):
     """Files on a Cluster over SFTP. Relative paths and ``~/...`` are under the login user's home."""
 
@@ -229,11 +234,24 @@ class SSHSystem(System):
         auth = repr((secret, c.known_hosts, c.host_key, c.verify_host_key)).encode()
         return (*self.identity(), hashlib.sha256(auth).hexdigest())
 
+    @property  # type: ignore[override]  # not cached: a dropped connection must be replaced on next use
+    def fs(self) -> AbstractFileSystem:
+        fs = self.__dict__.get("_fs")
+        if fs is None or _closed(fs):
+            fs = self.__dict__["_fs"] = self._make_fs()
+        return fs
+
+    def reset(self) -> None:
+        """Drop the shared connection (after it broke) so the next use reconnects."""
+        with _CONNECTIONS_LOCK:
+            _CONNECTIONS.pop(self._connection_key(), None)
+        self.__dict__.pop("_fs", None)
+
     def _make_fs(self) -> AbstractFileSystem:
         key = self._connection_key()
         with _CONNECTIONS_LOCK:
             fs = _CONNECTIONS.get(key)
-            if fs is not None:
+            if fs is not None and not _closed(fs):
                 return fs
             fs = self._connect()
             _CONNECTIONS[key] = fs
@@ -323,12 +341,6 @@ class SSHSystem(System):
         from rh_prefect.systems import _tarstream
 
         _tarstream.download(self.fs, src_root, keys, local_root)
-
-    def reset(self) -> None:
-        """Drop the shared connection (after it broke) so the next use reconnects."""
-        with _CONNECTIONS_LOCK:
-            _CONNECTIONS.pop(self._connection_key(), None)
-        super().reset()
 
 
 def cluster(
