@@ -9,7 +9,9 @@ already committed at the destination.
 
 from __future__ import annotations
 
+import copy
 import errno
+import threading
 import logging
 from typing import Any, Callable, TypeVar
 
@@ -94,19 +96,38 @@ def in_prefect_run() -> bool:
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
+_UNTIMED: dict[int, Task[..., Any]] = {}
+
+
+def _untimed(t: Task[..., T]) -> Task[..., T]:
+    """The same task without its timeout, for calls off the main thread: Prefect cannot enforce a timeout in a
+    worker thread, says so in a warning on every call, and that warning stalls each call by ~2 s."""
+    if t.timeout_seconds is None or threading.current_thread() is threading.main_thread():
+        return t
+    untimed = _UNTIMED.get(id(t))
+    if untimed is None:
+        untimed = _UNTIMED[id(t)] = copy.copy(t)  # with_options(timeout_seconds=None) would keep the timeout
+        untimed.timeout_seconds = None
+    return untimed
+
+
 def run(t: Task[..., T], *args: Any, **kwargs: Any) -> T:
     """Call a task from anywhere: inside a flow it is a tracked task run; outside one it runs the same way
     (retries included) without Prefect's 'no flow run' logging warnings."""
+    t = _untimed(t)
     if in_prefect_run():
         return t(*args, **kwargs)
     try:
+        if PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW.value() == "ignore":
+            return t(*args, **kwargs)  # already quiet; temporary_settings copies all settings (~20 ms a call)
         with temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
             return t(*args, **kwargs)
     finally:
         _prefect_exit.settle()
 
 
-def _reset_on_retry(*systems: Any) -> None:
+def reset_on_retry(*systems: Any) -> None:
+    """Inside a retried task run, drop the systems' connections first: the failure may have broken them."""
     ctx = TaskRunContext.get()
     if ctx is not None and ctx.task_run.run_count > 1:
         for system in systems:
@@ -116,14 +137,14 @@ def _reset_on_retry(*systems: Any) -> None:
 @rh_task("rh-copy-tree")
 def copy_tree_task(src: Any, src_root: str, dst: Any, dst_root: str, **kwargs: Any) -> transfer.CopyReport:
     """Copy a directory tree between systems (see :func:`rh_prefect.transfer.copy_tree`)."""
-    _reset_on_retry(src, dst)
+    reset_on_retry(src, dst)
     return transfer.copy_tree(src, src_root, dst, dst_root, **kwargs)
 
 
 @rh_task("rh-copy-file")
 def copy_file_task(src: Any, src_path: str, dst: Any, dst_path: str) -> int:
     """Copy one file between systems, committed atomically."""
-    _reset_on_retry(src, dst)
+    reset_on_retry(src, dst)
     size = src.fs.size(src_path)
     return transfer.copy_file(src, src_path, dst, dst_path, size, src.same_store(dst))
 
@@ -136,5 +157,5 @@ def copy_part_task(src: Any, src_root: str, dst: Any, dst_root: str, keys: list[
     Explicit parameters (no ``**kwargs``) so that ``copy_part_task.map(..., keys=partitions)`` maps over
     the partitions; the systems travel to the task runner's workers without their connections.
     """
-    _reset_on_retry(src, dst)
+    reset_on_retry(src, dst)
     return transfer.copy_tree(src, src_root, dst, dst_root, keys=keys, overwrite=overwrite)

@@ -95,8 +95,8 @@ def test_stream_a_table_larger_than_the_memory_it_may_use(tmp_path):
     result = json.loads(lines[-1])
     grow = {k: (result[k]["hwm"] - result["base_rss"]) / 2**20 for k in ("ordered", "shuffled")}
     print(f"table on disk: {on_disk / 2**20:.0f} MiB; address space allowed beyond the warmed-up process: "
-          f"{EXTRA / 2**20:.0f} MiB; peak RSS growth: ordered stream {grow['ordered']:.1f} MiB, "
-          f"shuffled stream {grow['shuffled']:.1f} MiB; fetch() under the same cap: {result['fetch']}")
+          f"{EXTRA / 2**20:.0f} MiB; RSS high-water mark growth after the ordered stream {grow['ordered']:.1f} MiB, "
+          f"after the shuffled one {grow['shuffled']:.1f} MiB; fetch() under the same cap: {result['fetch']}")
     for label in ("ordered", "shuffled"):
         got = result[label]
         assert got["rows"] == ROWS and got["sizes"] == [1000]

@@ -463,7 +463,7 @@ def _verified(system: System, fs_path: str, size: Optional[int], sha256: Optiona
 
 @tasks.rh_task("rh-blob-write")
 def _write_task(system: System, fs_path: str, payload: _Payload, serializer: str, label: str) -> tuple[int, str]:
-    tasks._reset_on_retry(system)
+    tasks.reset_on_retry(system)
     ser = serializers.get(serializer)
     with transfer.open_write(system, fs_path) as raw:
         writer = _HashingWriter(raw)
@@ -484,7 +484,7 @@ def _write_task(system: System, fs_path: str, payload: _Payload, serializer: str
 def _fetch_task(
     system: System, fs_path: str, serializer: str, size: Optional[int], sha256: Optional[str], label: str
 ) -> _Payload:
-    tasks._reset_on_retry(system)
+    tasks.reset_on_retry(system)
     ser = serializers.get(serializer)
     with _verified(system, fs_path, size, sha256, label) as f:
         try:
@@ -501,7 +501,7 @@ def _fetch_task(
 
 @tasks.rh_task("rh-blob-verify")
 def _verify_task(system: System, fs_path: str, size: Optional[int], sha256: Optional[str], label: str) -> tuple[int, str]:
-    tasks._reset_on_retry(system)
+    tasks.reset_on_retry(system)
     with _open_read(system, fs_path, label) as f:
         found = _digest(f)
     _check(found, size, sha256, label)
@@ -510,7 +510,7 @@ def _verify_task(system: System, fs_path: str, size: Optional[int], sha256: Opti
 
 @tasks.rh_task("rh-blob-upload")
 def _upload_task(local_path: str, system: System, fs_path: str) -> tuple[int, str]:
-    tasks._reset_on_retry(system)
+    tasks.reset_on_retry(system)
     with open(local_path, "rb") as src, transfer.open_write(system, fs_path) as raw:
         writer = _HashingWriter(raw)
         while True:
@@ -526,7 +526,7 @@ def _download_task(
     system: System, fs_path: str, local: System, local_path: str, size: Optional[int], sha256: Optional[str],
     label: str,
 ) -> tuple[int, str]:
-    tasks._reset_on_retry(system)
+    tasks.reset_on_retry(system)
     with _open_read(system, fs_path, label) as src, transfer.open_write(local, local_path) as out:
         found = _digest(src, sink=out)
         _check(found, size, sha256, label)  # raising here discards the temporary file: nothing lands

@@ -35,7 +35,6 @@ from typing import Any, ClassVar, Iterator, Literal, Optional, Union
 import pyarrow as pa
 from prefect import task
 from prefect.context import TaskRunContext
-from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from rh_prefect import names, registry, tasks
@@ -111,6 +110,7 @@ class Table(StoredResource):
         description="Default batch format of stream(): pyarrow, pandas, numpy, dict or polars. Empty: per kind.",
     )
     _data: Any = PrivateAttr(default=None)
+    _last_report: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check_kind(self) -> "Table":
@@ -319,7 +319,9 @@ class Table(StoredResource):
 
         The files go through the copy engine as a retryable task (files already at the destination are
         skipped, so a re-run resumes); the destination's pointer is committed last, so readers there see the
-        old or the new table, never a partial copy.
+        old or the new table, never a partial copy. ``via``: where the bytes flow - ``"worker"`` (a flow run on the
+        worker of the cluster holding the table), ``"local"`` (this process) or ``"auto"`` (the worker when one is
+        online).
 
         Example:
             >>> s3_table = rh.table(name="my-table").to("s3", path="/my-bucket/tables/my-table")
@@ -333,10 +335,11 @@ class Table(StoredResource):
         dst_sys.check_writable(dst_path)
         dst_sys.ensure_container(dst_root)
         snap = self._snapshot()
+        report = None
         if not (dst_sys == self.sys and dst_root.rstrip("/") == self.fs_path.rstrip("/")):
             keys = [f.path for f in snap.manifest.files]
             if keys:
-                _run(tasks.copy_tree_task, self.sys, self.fs_path, dst_sys, dst_root, keys=keys)
+                report = _run(tasks.copy_tree_task, self.sys, self.fs_path, dst_sys, dst_root, keys=keys)
             dataset.commit(dst_sys, dst_root, snap.manifest)
         new = self.model_copy(deep=False)  # not deep: that would copy live connections
         new.metadata = dict(self.metadata)
@@ -345,6 +348,7 @@ class Table(StoredResource):
         new._block_document_name = None
         new._rh_name = self._rh_name
         new._data = None
+        new._last_report = report  # what the copy did (files, bytes, skips), e.g. for the transfer flow's summary
         new._record(snap.manifest)
         return new
 
@@ -509,8 +513,13 @@ class _StreamRun:
         if not _StreamRun._exit_hook:
             atexit.register(_StreamRun._finish_all)
             _StreamRun._exit_hook = True
+        try:
+            self._thread.start()
+        except RuntimeError as exc:  # no thread to spare (memory exhausted): the data matters more than the record
+            logger.warning("could not record the stream of %s as a Prefect task run: %s", url, exc)
+            self._finished = True
+            return
         _StreamRun._open.add(self)
-        self._thread.start()
 
     def _run(self, url: str, spec: stream.StreamSpec) -> None:
         try:
@@ -638,24 +647,7 @@ def _stream_task(table: str, batch_size: int, shuffle_seed: Optional[int], outco
     return rows
 
 
-_UNTIMED: dict[str, Any] = {}
-
-
 def _run(t: Any, *args: Any, **kwargs: Any) -> Any:
-    """``tasks.run``, minus the task timeout off the main thread: Prefect cannot enforce a timeout in a worker
-    thread (it says so in a warning on every call), and that warning stalls each call ~2 s."""
-    if t.timeout_seconds is not None and threading.current_thread() is not threading.main_thread():
-        untimed = _UNTIMED.get(t.name)
-        if untimed is None:
-            untimed = _UNTIMED[t.name] = copy.copy(t)  # with_options(timeout_seconds=None) keeps the timeout
-            untimed.timeout_seconds = None
-        t = untimed
-    if PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW.value() == "ignore" and not tasks.in_prefect_run():
-        # tasks.run would only set this very setting again, which copies Prefect's settings (~20 ms per call)
-        try:
-            return t(*args, **kwargs)
-        finally:
-            tasks._prefect_exit.settle()
     return tasks.run(t, *args, **kwargs)
 
 
