@@ -535,3 +535,29 @@ def test_a_table_is_a_valid_task_parameter(tmp_path):
     t = rh.table(data=frame(12), path=tmp_path / "t")
     assert f(t) == 12
     assert dict(t)["kind"] == "pandas"
+
+
+def test_write_inside_a_flow_publishes_a_table_artifact(tmp_path):
+    """Issue 6 point 4: the UI shows schema, row count and the first rows of a table written in a flow."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.context import get_run_context
+
+    df = pd.DataFrame({"id": list(range(25)), "word": [f"w{i}" for i in range(25)]})
+
+    @flow(name="rh-table-artifact-test")
+    def write_it() -> str:
+        rh.table(data=df, path=str(tmp_path / "t"))
+        return str(get_run_context().flow_run.id)
+
+    run_id = write_it()
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    tables = [a for a in arts if a.type == "table"]
+    assert len(tables) == 1, [a.type for a in arts]
+    rows = json.loads(tables[0].data) if isinstance(tables[0].data, str) else tables[0].data
+    assert rows == [{"id": i, "word": f"w{i}"} for i in range(10)]
+    assert "25 rows" in tables[0].description
+    assert "id: int64" in tables[0].description and "word:" in tables[0].description

@@ -218,9 +218,28 @@ class Table(StoredResource):
         manifest = _run(_write_task, job)
         self._data = None
         self._record(manifest)
+        if tasks.in_prefect_run():
+            self._publish_artifact()
         if self._block_document_id is not None:
             self.save()  # keep the registry entry's schema and row count true
         return self
+
+    #: rows shown in the table artifact a write publishes inside a flow
+    ARTIFACT_ROWS: ClassVar[int] = 10
+
+    def _publish_artifact(self) -> None:
+        """Inside a Prefect run: a table artifact with the first rows, described by schema and row count, so the
+        UI shows what was written."""
+        from prefect.artifacts import create_table_artifact
+
+        first = _run(_read_task, self.sys, self.fs_path, self.url, None, None, self.ARTIFACT_ROWS)
+        rows = [{k: _artifact_cell(v) for k, v in row.items()} for row in first.to_pylist()]
+        what = self.name or self.url
+        create_table_artifact(
+            table=rows,
+            description=f"**{what}** ({self.kind}) at `{self.url}`: {self.row_count} rows; first {len(rows)} shown.\n\n"
+            f"Schema:\n```\n{self.table_schema}\n```",
+        )
 
     # -- reading ------------------------------------------------------------------------------------------
     def fetch(self, columns: Optional[list[str]] = None, filters: Any = None) -> Any:
@@ -649,6 +668,14 @@ def _stream_task(table: str, batch_size: int, shuffle_seed: Optional[int], outco
 
 def _run(t: Any, *args: Any, **kwargs: Any) -> Any:
     return tasks.run(t, *args, **kwargs)
+
+
+def _artifact_cell(value: Any) -> Any:
+    """A JSON-friendly, short rendering of one cell for the UI."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = value.hex() if isinstance(value, bytes) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _ensure_bucket(sys: System, fs_path: str, create: bool) -> None:
