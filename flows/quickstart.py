@@ -70,10 +70,28 @@ def quickstart(workdir: str = ".rh-quickstart") -> dict[str, list[str]]:
     shown["ds"] = ds.resources()
     say(f"5. /ds holds {shown['ds']}; /ds/bert_preproc lives at {bert.path}")
 
+    # 6. A Table: a DataFrame stored as parquet, reloaded by name as a reference, streamed in exact batches.
+    import pandas as pd
+
+    df = pd.DataFrame({"id": range(1000), "text": [f"sentence {i}" for i in range(1000)]})
+    rh.table(data=df, name="@/my_pandas_table", path=root / "tables" / "pandas").save()
+    reloaded_table = rh.table(name="@/my_pandas_table", dryrun=True)
+    sizes = [len(batch) for batch in reloaded_table.stream(batch_size=100)]
+    shown["table"] = [f"{len(reloaded_table)} rows", f"{len(sizes)} batches of {sizes[0]}"]
+    say(f"6. table '@/my_pandas_table' ({reloaded_table.kind}): {len(reloaded_table)} rows streamed as "
+        f"{len(sizes)} batches of {sizes[0]}")
+
+    # 7. A Blob: one object (a "checkpoint"), saved with its checksum, fetched back and verified.
+    ckpt = rh.blob(data={"step": 100, "weights": [0.1, 0.2, 0.3]}, name="bert-ft-ckpt",
+                   path=root / "ckpts" / "bert.pkl").save()
+    state = rh.blob(name="bert-ft-ckpt").fetch()
+    shown["blob"] = [f"{ckpt.size} bytes", ckpt.sha256[:12]]
+    say(f"7. blob 'bert-ft-ckpt': {ckpt.size} bytes, sha256 {ckpt.sha256[:12]}..., fetched back: {state}")
+
     run = get_run_context()
     ui = API_URL.removesuffix("/api")
     say(f"\nLook in the Prefect UI: {ui}/runs/flow-run/{run.flow_run.id} (this run's task runs) and {ui}/blocks "
-        "(the saved folders).")
+        "(the saved folders, table and blob).\nThe server keeps running; stop it with `.venv/bin/rh-prefect server down`.")
     return shown
 
 
