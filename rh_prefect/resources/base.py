@@ -69,6 +69,27 @@ class StoredResource(Resource, ABC):
     def is_writable(self) -> bool:
         return self.sys.writable
 
+    def _leaf(self) -> str:
+        """The last component a copy of this resource is named after: its path's, else its name's."""
+        leaf = posixpath.basename((self.path or "").rstrip("/"))
+        if leaf:
+            return leaf
+        return names.parse(self.name).leaf if self.name else type(self).__name__.lower()
+
+    def _label(self) -> str:
+        return f"{type(self).__name__} {self.name!r} ({self.url})" if self.name else f"{type(self).__name__} {self.url}"
+
+    def _destination(self, system: "SystemArg", path: Optional[str]) -> tuple[System, str]:
+        """Where ``.to(system, path)`` puts the copy: ``path``, or the same leaf under the system's default root."""
+        dst_sys = get_system(system)
+        if path is None:
+            root = dst_sys.default_root()
+            if root is None:
+                raise InvalidPath(f"Copying {self._label()} to {dst_sys.describe()} needs a path: "
+                                  f"{dst_sys.default_root_hint()}.")
+            path = posixpath.join(root, self._leaf())
+        return dst_sys, dst_sys.normalize(str(path))
+
     @property
     def local_path(self) -> Optional[str]:
         """The local filesystem path, when the data is on this machine."""

@@ -307,14 +307,9 @@ class Blob(StoredResource):
     def _destination(self, system: Union[SystemArg, Folder], path: Optional[str]) -> tuple[System, str]:
         if isinstance(system, Folder):
             return system.sys, posixpath.join(system.path or "", check_relative_key(path or self._leaf()))
-        dst_sys = get_system(system)
         if path is None:
-            root = dst_sys.default_root()
-            if root is None:
-                raise InvalidPath(
-                    f"Copying {self._label()} to {dst_sys.describe()} needs a path: {dst_sys.default_root_hint()}."
-                )
-            return dst_sys, dst_sys.normalize(posixpath.join(root, self._leaf()))
+            return super()._destination(system, path)
+        dst_sys = get_system(system)
         path = os.fspath(path)
         if path.endswith("/"):
             return dst_sys, dst_sys.normalize(posixpath.join(path, self._leaf()))

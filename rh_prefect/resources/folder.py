@@ -20,7 +20,7 @@ from prefect.filesystems import WritableDeploymentStorage, WritableFileSystem
 from rh_prefect import registry, tasks, transfer
 from rh_prefect.errors import AlreadyExists, InvalidPath, NotFound
 from rh_prefect.resources.base import StoredResource, SystemArg, place
-from rh_prefect.systems import Cluster, System, check_relative_key, get_system
+from rh_prefect.systems import Cluster, check_relative_key, get_system
 
 Contents = Union[Mapping[str, Union[bytes, str]], str, os.PathLike, "Folder"]
 
@@ -223,16 +223,6 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
         if self._block_document_id is not None:
             self.save()
         return self
-
-    def _destination(self, system: SystemArg, path: Optional[str]) -> tuple[System, str]:
-        leaf = posixpath.basename((self.path or "").rstrip("/")) or (self.name or "folder")
-        dst_sys = get_system(system) if not isinstance(system, System) else system
-        if path is None:
-            root = dst_sys.default_root()
-            if root is None:
-                raise InvalidPath(f"Copying {self.url} to {dst_sys.describe()} needs a path: {dst_sys.default_root_hint()}.")
-            path = posixpath.join(root, leaf)
-        return dst_sys, dst_sys.normalize(str(path))
 
     # -- namespace ----------------------------------------------------------------------------------------
     def resources(self, recursive: bool = False) -> list[str]:

@@ -26,7 +26,6 @@ import copy
 import logging
 import os
 import queue
-import posixpath
 import random
 import threading
 import weakref
@@ -37,10 +36,10 @@ from prefect import task
 from prefect.context import TaskRunContext
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from rh_prefect import names, registry, tasks
-from rh_prefect.errors import InvalidArgument, InvalidPath, NotFound, RhError
+from rh_prefect import registry, tasks
+from rh_prefect.errors import InvalidArgument, NotFound, RhError
 from rh_prefect.resources.base import StoredResource, SystemArg, place
-from rh_prefect.systems import Cluster, System, get_system
+from rh_prefect.systems import Cluster, System
 from rh_prefect.tables import dataset, stream
 from rh_prefect.tables.base import KINDS, Adapter, adapter, adapter_for_data
 from rh_prefect.tables.formats import check_format
@@ -215,7 +214,7 @@ class Table(StoredResource):
         _ensure_bucket(self.sys, self.fs_path, create=False)
         job = _WriteJob(self.sys, self.fs_path, ad, data, mode, tuple(self.partition_cols or ()), self.kind or "arrow",
                         self.metadata)
-        manifest = _run(_write_task, job)
+        manifest = tasks.run(_write_task, job)
         self._data = None
         self._record(manifest)
         if tasks.in_prefect_run():
@@ -232,7 +231,7 @@ class Table(StoredResource):
         UI shows what was written."""
         from prefect.artifacts import create_table_artifact
 
-        first = _run(_read_task, self.sys, self.fs_path, self.url, None, None, self.ARTIFACT_ROWS)
+        first = tasks.run(_read_task, self.sys, self.fs_path, self.url, None, None, self.ARTIFACT_ROWS)
         rows = [{k: _artifact_cell(v) for k, v in row.items()} for row in first.to_pylist()]
         what = self.name or self.url
         create_table_artifact(
@@ -258,7 +257,7 @@ class Table(StoredResource):
         if ad.lazy:
             snap = self._snapshot()
             return ad.from_snapshot(snap, snap.columns(columns), expr)
-        table = _run(_read_task, self.sys, self.fs_path, self.url, _opt_list(columns), expr, None)
+        table = tasks.run(_read_task, self.sys, self.fs_path, self.url, _opt_list(columns), expr, None)
         return ad.from_arrow(table)
 
     @property
@@ -270,7 +269,7 @@ class Table(StoredResource):
         """The first ``n`` rows, in memory, as the kind's object (dask: pandas); reads only the first row groups."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise InvalidArgument(f"head(n): n must be a non-negative int, got {n!r}.")
-        table = _run(_read_task, self.sys, self.fs_path, self.url, _opt_list(columns), None, n)
+        table = tasks.run(_read_task, self.sys, self.fs_path, self.url, _opt_list(columns), None, n)
         return self.adapter.head_from_arrow(table)
 
     def stream(
@@ -358,7 +357,7 @@ class Table(StoredResource):
         if not (dst_sys == self.sys and dst_root.rstrip("/") == self.fs_path.rstrip("/")):
             keys = [f.path for f in snap.manifest.files]
             if keys:
-                report = _run(tasks.copy_tree_task, self.sys, self.fs_path, dst_sys, dst_root, keys=keys)
+                report = tasks.run(tasks.copy_tree_task, self.sys, self.fs_path, dst_sys, dst_root, keys=keys)
             dataset.commit(dst_sys, dst_root, snap.manifest)
         new = self.model_copy(deep=False)  # not deep: that would copy live connections
         new.metadata = dict(self.metadata)
@@ -370,17 +369,6 @@ class Table(StoredResource):
         new._last_report = report  # what the copy did (files, bytes, skips), e.g. for the transfer flow's summary
         new._record(snap.manifest)
         return new
-
-    def _destination(self, system: SystemArg, path: Optional[str]) -> tuple[System, str]:
-        dst_sys = get_system(system)
-        if path is None:
-            root = dst_sys.default_root()
-            if root is None:
-                raise InvalidPath(f"Copying {self._label()} to {dst_sys.describe()} needs a path: "
-                                  f"{dst_sys.default_root_hint()}.")
-            leaf = posixpath.basename((self.path or "").rstrip("/")) or (names.parse(self.name).leaf if self.name else "table")
-            path = posixpath.join(root, leaf)
-        return dst_sys, dst_sys.normalize(os.fspath(path))
 
     def rm(self) -> None:
         """Delete the table's data (pointer first, so readers never see a half-deleted table). The registry
@@ -542,7 +530,7 @@ class _StreamRun:
 
     def _run(self, url: str, spec: stream.StreamSpec) -> None:
         try:
-            _run(_stream_task, url, spec.batch_size, spec.shuffle_seed, self._outcome)
+            tasks.run(_stream_task, url, spec.batch_size, spec.shuffle_seed, self._outcome)
         except _StreamFailed:
             pass  # the stream's own error already reached its consumer; the task run records it as Failed
         except Exception as exc:  # the data does not depend on the bookkeeping: say so and carry on
@@ -664,10 +652,6 @@ def _stream_task(table: str, batch_size: int, shuffle_seed: Optional[int], outco
     if error is not None:
         raise _StreamFailed(f"Streaming {table} failed after {max(rows, 0)} rows: {type(error).__name__}: {error}")
     return rows
-
-
-def _run(t: Any, *args: Any, **kwargs: Any) -> Any:
-    return tasks.run(t, *args, **kwargs)
 
 
 def _artifact_cell(value: Any) -> Any:
