@@ -1,0 +1,128 @@
+"""A small TCP proxy for fault-injection tests: put it in front of a server, then cut the network.
+
+    with FaultProxy(target_port=s3_server.port) as proxy:
+        endpoint = f"http://127.0.0.1:{proxy.port}"
+        ...
+        proxy.cut(seconds=3)      # drop every open connection and refuse new ones for 3 s
+        proxy.cut()               # ... or until proxy.restore()
+
+While cut, accepted connections are closed at once (clients see a reset / EOF), which is what a flapping
+network or a restarting load balancer looks like from the client side. moto keeps no state across a
+restart, so this is how the S3 tests "lose the network" without losing the server's data.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+LOCALHOST = "127.0.0.1"
+
+
+class FaultProxy:
+    def __init__(self, target_port: int, target_host: str = LOCALHOST, host: str = LOCALHOST) -> None:
+        self.target = (target_host, target_port)
+        self._listener = socket.create_server((host, 0))
+        self.host = host
+        self.port = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._cut_until = 0.0  # monotonic deadline; inf while cut without a deadline
+        self._closed = False
+        self.connections = 0  # accepted while healthy
+        self.refused = 0  # accepted and dropped while cut
+        self.cuts = 0
+        self._thread = threading.Thread(target=self._accept_loop, name="fault-proxy", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ control
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def is_cut(self) -> bool:
+        return time.monotonic() < self._cut_until
+
+    def cut(self, seconds: float | None = None) -> int:
+        """Drop every open connection; refuse new ones for ``seconds`` (None: until restore()).
+
+        Returns how many connections were dropped."""
+        with self._lock:
+            self._cut_until = float("inf") if seconds is None else time.monotonic() + seconds
+            self.cuts += 1
+            dropped = list(self._open)
+            self._open.clear()
+        for sock in dropped:
+            _hard_close(sock)
+        return len(dropped) // 2
+
+    def restore(self) -> None:
+        with self._lock:
+            self._cut_until = 0.0
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "FaultProxy":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.is_cut:
+                self.refused += 1
+                _hard_close(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                _hard_close(client)
+                continue
+            with self._lock:
+                self.connections += 1
+                self._open.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._open.discard(source)
+                self._open.discard(sink)
+            _hard_close(sink)
+            _hard_close(source)
+
+
+def _hard_close(sock: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0), like a dropped network path, not a polite FIN."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
