@@ -518,8 +518,7 @@ class _StreamRun:
         self._thread = threading.Thread(target=context.run, args=(self._run, url, spec), name="rh-table-stream-run",
                                         daemon=True)
         if not _StreamRun._exit_hook:
-            atexit.register(_StreamRun._finish_all)
-            _StreamRun._exit_hook = True
+            _StreamRun._register_exit_hook()
         try:
             self._thread.start()
         except RuntimeError as exc:  # no thread to spare (memory exhausted): the data matters more than the record
@@ -544,6 +543,24 @@ class _StreamRun:
 
     def __del__(self) -> None:
         self.finish(-1)  # abandoned without finishing: end the task run (never join here)
+
+    @classmethod
+    def _register_exit_hook(cls) -> None:
+        """End open stream runs at interpreter exit, before Prefect drains its event queue.
+
+        Prefect flushes its events in a ``threading`` exit hook, which runs before any ``atexit`` handler and
+        after which no event can be sent (a late one prints a "can't register atexit after shutdown" traceback).
+        Threading's exit hooks run last-registered-first, so the events service is started first and this hook
+        registered after it: a short script that reads a table and exits then records its stream cleanly.
+        """
+        from prefect.events.worker import EventsWorker
+
+        cls._exit_hook = True
+        try:
+            EventsWorker.instance()
+            threading._register_atexit(cls._finish_all)  # type: ignore[attr-defined]
+        except Exception:  # no such hook on this Python, or already shutting down: fall back to atexit
+            atexit.register(cls._finish_all)
 
     @classmethod
     def _finish_all(cls) -> None:

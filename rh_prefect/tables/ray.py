@@ -1,7 +1,9 @@
 """Ray Datasets (``ray.data.Dataset``). Ray is an optional extra: ``pip install 'rh-prefect[ray]'``.
 
-Written batch by batch from ``iter_batches``; fetched lazily with ``ray.data.read_parquet`` over the table
-version's files, so reading runs on the Ray cluster in parallel.
+Written batch by batch from ``iter_batches``; fetched lazily, one Ray read task per parquet file of the table's
+version, so reading runs on the Ray cluster in parallel. The tasks read through the version's picklable
+:class:`~rh_prefect.tables.dataset.Snapshot` (as the dask kind does), not ``ray.data.read_parquet``: that one needs
+a picklable pyarrow filesystem, which an SSH connection is not, and refuses row filters since Ray 2.5x.
 """
 
 from __future__ import annotations
@@ -51,12 +53,23 @@ class RayAdapter(Adapter):
 
     def from_snapshot(self, snapshot: "Snapshot", columns: Optional[list[str]], filter: Any) -> Any:
         rd = self.require()
-        files = snapshot.file_paths()
+        files = len(snapshot.manifest.files)
         if not files:
-            return rd.from_arrow(snapshot.schema.empty_table())
-        kwargs: dict[str, Any] = {"filesystem": snapshot.arrow_fs, "columns": columns}
-        if snapshot.manifest.partition_cols:
-            kwargs["partitioning"] = rd.datasource.Partitioning("hive")
-        if filter is not None:
-            kwargs["filter"] = filter
-        return rd.read_parquet(files, **kwargs)
+            schema = snapshot.schema if columns is None else pa.schema([snapshot.schema.field(c) for c in columns])
+            return rd.from_arrow(schema.empty_table())
+        # One item per file, one block each: Ray schedules the reads in parallel and keeps the file order.
+        items = rd.from_items([{"file": i} for i in range(files)], override_num_blocks=files)
+        return items.map_batches(_ReadFiles(snapshot, columns, filter), batch_size=1, batch_format="pyarrow",
+                                 zero_copy_batch=True)
+
+
+class _ReadFiles:
+    """Reads the parquet files named in a batch of ``{"file": index}`` rows; picklable for Ray's workers."""
+
+    def __init__(self, snapshot: "Snapshot", columns: Optional[list[str]], filter: Any) -> None:
+        self.snapshot, self.columns, self.filter = snapshot, columns, filter
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        tables = [self.snapshot.read_file(i, columns=self.columns, filter=self.filter)
+                  for i in batch.column("file").to_pylist()]
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
