@@ -64,8 +64,9 @@ class SchemaMismatch(RhError, ValueError):
     """Rows appended to a table do not have the table's columns and types; the message names the differences."""
 
 
-class InvalidArgument(RhError, ValueError):
-    """An argument value is not acceptable (e.g. ``batch_size <= 0``, an unknown format or write mode)."""
+class InvalidArgument(RhError, ValueError, TypeError):
+    """An argument's value or type is not acceptable (e.g. ``batch_size <= 0``, an unknown format or write mode,
+    an int where bytes are needed). Also a ``TypeError``, so ``except TypeError`` around a call keeps working."""
 
 
 class MissingDependency(RhError, ImportError):

@@ -78,7 +78,7 @@ def parse(name: str) -> ResourceName:
     '/ds'
     """
     if not isinstance(name, str):
-        raise InvalidName(f"A resource name must be a string, got {type(name).__name__}.")
+        raise InvalidName(f"A resource name must be a string, got {type(name).__name__}; pass e.g. 'my-folder'.")
     raw = name
     if not name or name.strip() != name:
         raise InvalidName(f"Resource name {raw!r} is empty or has surrounding whitespace; pass e.g. 'my-folder'.")

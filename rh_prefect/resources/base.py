@@ -12,7 +12,9 @@ from pydantic import Field, PrivateAttr
 from rh_prefect import names, registry
 from rh_prefect.errors import InvalidPath, NotFound
 from rh_prefect.registry import Resource
-from rh_prefect.systems import Cluster, GCSCredentials, GitHubCredentials, S3Credentials, System, get_system
+from rh_prefect.systems import (
+    Cluster, GCSCredentials, GitHubCredentials, S3Credentials, System, check_path, get_system,
+)
 
 SystemArg = Union[str, Cluster, System, None]
 
@@ -88,7 +90,7 @@ class StoredResource(Resource, ABC):
                 raise InvalidPath(f"Copying {self._label()} to {dst_sys.describe()} needs a path: "
                                   f"{dst_sys.default_root_hint()}.")
             path = posixpath.join(root, self._leaf())
-        return dst_sys, dst_sys.normalize(str(path))
+        return dst_sys, dst_sys.normalize(check_path(path))
 
     @property
     def local_path(self) -> Optional[str]:
@@ -118,7 +120,7 @@ def place(
             raise InvalidPath(f"No path given for {name or 'this ' + kind} on {sys.describe()}: {sys.default_root_hint()}.")
         leaf = names.parse(name).leaf if name else f"{kind}-{uuid.uuid4().hex[:8]}"
         path = posixpath.join(root, leaf)
-    return sys, sys.normalize(str(path))
+    return sys, sys.normalize(check_path(path))
 
 
 def _namespace_folder(namespace: str) -> Optional["StoredResource"]:

@@ -18,7 +18,7 @@ from prefect.utilities.asyncutils import run_sync_in_worker_thread
 from prefect.filesystems import WritableDeploymentStorage, WritableFileSystem
 
 from rh_prefect import registry, tasks, transfer
-from rh_prefect.errors import AlreadyExists, InvalidPath, NotFound
+from rh_prefect.errors import AlreadyExists, InvalidArgument, InvalidPath, NotFound
 from rh_prefect.resources.base import StoredResource, SystemArg, place
 from rh_prefect.systems import Cluster, check_relative_key, get_system
 
@@ -148,7 +148,7 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
                 )
             return self
         if not isinstance(contents, Mapping):
-            raise TypeError(
+            raise InvalidArgument(
                 f"put() takes a dict of name -> bytes/str, a local path or a Folder, not {type(contents).__name__}."
             )
         items: dict[str, bytes] = {}
@@ -157,7 +157,10 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
             if isinstance(value, str):
                 value = value.encode("utf-8")
             if not isinstance(value, (bytes, bytearray, memoryview)):
-                raise TypeError(f"put(): value for {key!r} must be bytes or str, not {type(value).__name__}.")
+                raise InvalidArgument(
+                    f"put(): value for {key!r} must be bytes or str, not {type(value).__name__}; encode it first, "
+                    "e.g. json.dumps(value).encode(). Nothing was written."
+                )
             items[clean] = bytes(value)
         self.sys.ensure_container(self.fs_path)
         if not overwrite:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-from rh_prefect.systems.base import System, check_relative_key, system_class
+from rh_prefect.systems.base import System, check_path, check_relative_key, system_class
 from rh_prefect.systems.credentials import GCSCredentials, GitHubCredentials, S3Credentials
 from rh_prefect.systems.github import GitHubSystem
 from rh_prefect.systems.local import LocalSystem
@@ -71,6 +71,7 @@ __all__ = [
     "SSHSystem",
     "System",
     "SystemLike",
+    "check_path",
     "check_relative_key",
     "get_system",
 ]

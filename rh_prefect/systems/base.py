@@ -117,9 +117,14 @@ class System(ABC):
         """True when a copy from ``self`` to ``other`` can run server-side (no bytes through this process)."""
         return False
 
-    def server_side_copy(self, src_fs_path: str, dst_fs_path: str) -> None:
-        """Copy one object within the store without downloading it."""
+    def server_side_copy(self, src_fs_path: str, dst_fs_path: str, size: Optional[int] = None) -> None:
+        """Copy one object within the store without downloading it (``size``: from the listing, if known)."""
         self.fs.copy(src_fs_path, dst_fs_path)
+
+    async def server_side_copy_async(self, src_fs_path: str, dst_fs_path: str, size: Optional[int] = None) -> None:
+        """:meth:`server_side_copy` as a coroutine on an asynchronous filesystem's event loop (used for many
+        small objects at once); only called when ``fs.async_impl`` is true."""
+        await self.fs._cp_file(src_fs_path, dst_fs_path)
 
     def check_writable(self, path: str) -> None:
         if not self.writable:
@@ -210,13 +215,34 @@ class System(ABC):
         appearing atomically. Only called when :attr:`bulk_reads` is True."""
         raise NotImplementedError
 
-    def put_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``fs.put_file`` that keep memory bounded (part size, parts in flight)."""
+    def bulk_read(self, src_root: str, keys: list[str], handle: Any) -> None:
+        """Read many small files (``src_root/key``) in one round trip, calling ``handle(key, content)`` for each
+        as it arrives (an exception from ``handle`` stops the stream and is raised). Only called when
+        :attr:`bulk_reads` is True."""
+        raise NotImplementedError
+
+    def put_options(self, size: Optional[int] = None) -> dict[str, Any]:
+        """Keyword arguments for ``fs.put_file`` of a ``size``-byte file (when known) that keep memory bounded
+        (part size, parts in flight)."""
         return {}
 
-    def get_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``fs.get_file`` that keep memory bounded."""
+    def get_options(self, size: Optional[int] = None) -> dict[str, Any]:
+        """Keyword arguments for ``fs.get_file`` of a ``size``-byte file (when known) that keep memory bounded."""
         return {}
+
+    def find_files(self, fs_root: str) -> dict[str, dict[str, Any]]:
+        """``{path: info}`` of every file under ``fs_root`` (``fs_root`` itself when it is a file), as
+        ``fs.find(detail=True)`` gives it; empty or ``FileNotFoundError`` when nothing is there."""
+        return self.fs.find(fs_root, detail=True, withdirs=False)
+
+    def open_read(self, fs_path: str, size: Optional[int] = None) -> Any:
+        """A binary file object for reading ``fs_path`` once from start to end (streaming copies)."""
+        return self.fs.open(fs_path, "rb", block_size=8 * 2**20)
+
+    def open_upload(self, fs_path: str, block_size: int, size: Optional[int] = None) -> Any:
+        """On :attr:`atomic_writes` systems: a binary file object whose bytes appear under ``fs_path`` only when
+        ``close()`` succeeds; ``discard()`` abandons it. ``size``: the total to be written, when known."""
+        return self.fs.open(fs_path, "wb", block_size=block_size)
 
     def work_queue(self) -> Optional[str]:
         """The Prefect work queue of a worker colocated with this system's data (a cluster's), or None."""
@@ -236,6 +262,15 @@ def system_class(name: str) -> type[System]:
         known = ", ".join(sorted(k for k, v in _REGISTRY.items() if k == v.name))
         raise UnknownSystem(f"Unknown system {name!r}; use one of: {known}, or pass a Cluster object.")
     return _REGISTRY[key]
+
+
+def check_path(path: Any) -> str:
+    """Validate a resource path as the user typed it: no NUL or newline (no system stores them safely, and
+    remote commands would split on them). Returns it as a string."""
+    text = str(path)
+    if any(c in text for c in "\x00\n\r"):
+        raise InvalidPath(f"Path {text!r} contains a NUL or newline character; remove it.")
+    return text
 
 
 def check_relative_key(key: str) -> str:

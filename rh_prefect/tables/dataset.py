@@ -158,7 +158,8 @@ def read_manifest(system: System, root: str) -> Optional[Manifest]:
     """The current manifest of the table at ``root`` (fs path), or None when no table is stored there."""
     path = pointer_path(root)
     try:
-        raw = system.fs.cat_file(path)
+        with system.guard(system.url(system.user_path(root))):  # refused credentials etc.: our errors
+            raw = system.fs.cat_file(path)
     except FileNotFoundError:
         return None
     return Manifest.from_json(raw, system.url(system.user_path(path)))
