@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from rh_prefect.errors import SystemUnavailable
+from rh_prefect.errors import InvalidArgument, SystemUnavailable
 
 if TYPE_CHECKING:  # pragma: no cover
     from rh_prefect.systems.ssh import Cluster
@@ -203,12 +203,24 @@ class _LocalHost(_Host):
         return done.returncode, done.stdout, done.stderr
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_env(env: dict[str, str]) -> None:
+    bad = [k for k in env if not isinstance(k, str) or not _ENV_NAME.fullmatch(k)]
+    if bad:
+        raise InvalidArgument(f"Environment variable names {bad!r} for the worker are not valid shell names; use "
+                              "letters, digits and '_' (not starting with a digit).")
+
+
 def _tag(queue: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", queue)
 
 
 def _start_script(queue: str, pool: str, prefect_bin: str, workdir: Optional[str], env: dict[str, str]) -> str:
     tag = _tag(queue)
+    _check_env(env)
+    # Every value that comes from the user is shell-quoted: queue names, paths and values reach `sh -c`.
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     cd = f"cd {shlex.quote(workdir)} || exit 3\n" if workdir else 'cd "$HOME"\n'
     # A lock makes concurrent starts agree on one worker; the pid file is trusted only when that PID still
@@ -224,7 +236,7 @@ if [ -s "$pidf" ]; then
     echo "running $pid $log"; exit 0
   fi
 fi
-{cd}{exports}echo "--- $(date -u +%FT%TZ) starting worker for queue {queue}" >> "$log"
+{cd}{exports}printf '%s\\n' "--- $(date -u +%FT%TZ) starting worker for queue "{shlex.quote(queue)} >> "$log"
 setsid nohup {worker_command(queue, pool, prefect_bin)} </dev/null >>"$log" 2>&1 9>&- &
 pid=$!
 echo "$pid" > "$pidf"
@@ -275,8 +287,9 @@ def _api_url(explicit: Optional[str]) -> str:
 
 def _launch(host: _Host, queue: str, pool: str, prefect_bin: str, workdir: Optional[str], api_url: str,
             env: Optional[dict[str, str]], wait: bool, timeout: float) -> WorkerInfo:
-    ensure_queue(queue, pool)
     full_env = {"PREFECT_API_URL": api_url, **(env or {})}
+    _check_env(full_env)  # before anything is created on the server or the host
+    ensure_queue(queue, pool)
     rc, out, err = host.run(_start_script(queue, pool, prefect_bin, workdir, full_env))
     words = out.split()
     if rc != 0 or len(words) < 3 or words[0] not in ("started", "running"):

@@ -17,8 +17,8 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
+import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -149,7 +149,9 @@ class GitHubSystem(System):
         with _LOCK:
             if os.path.isdir(target):
                 return target
-            tmp = tempfile.mkdtemp(prefix=".clone-", dir=self.cache_root())
+            # Not mkdtemp(): its mode 0700 would outlive the rename; a checkout gets the user's umask like any file.
+            tmp = os.path.join(self.cache_root(), f".clone-{uuid.uuid4().hex}")
+            os.mkdir(tmp)
             try:
                 self._git("init", "-q", tmp)
                 self._git("fetch", "-q", "--depth", "1", loc.repo_url, sha, cwd=tmp)
