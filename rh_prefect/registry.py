@@ -8,6 +8,7 @@ reversibly onto Prefect's ``[a-z0-9-]`` block names (see :mod:`rh_prefect.names`
 
 from __future__ import annotations
 
+import copy
 import importlib
 from abc import ABC
 from typing import Any, ClassVar, Optional, TypeVar
@@ -15,6 +16,7 @@ from typing import Any, ClassVar, Optional, TypeVar
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL
 from pydantic import PrivateAttr
 
 from rh_prefect import _prefect_exit, names  # noqa: F401  (quiet exit)
@@ -26,6 +28,9 @@ R = TypeVar("R", bound="Resource")
 # knowing its type in advance.
 _TYPES: dict[str, type["Resource"]] = {}
 _ALL_TYPES_LOADED = False
+_SCHEMA_CACHE: dict[Any, dict[str, Any]] = {}
+# (class, API URL) whose block type and schema this process has registered
+_REGISTERED: set[tuple[type, Any]] = set()
 
 
 class Resource(Block, ABC):
@@ -43,6 +48,31 @@ class Resource(Block, ABC):
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("_rh_registered", True) and "_block_type_name" in cls.__dict__:
             _TYPES[cls.get_block_type_slug()] = cls
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        # Prefect regenerates the JSON schema dozens of times per save (once per field in _field_has_secrets),
+        # about a second of CPU with the nested Cluster/credential blocks. A class's schema never changes.
+        key = (cls, args, tuple(sorted(kwargs.items(), key=lambda kv: kv[0])))
+        cached = _SCHEMA_CACHE.get(key)
+        if cached is None:
+            cached = _SCHEMA_CACHE[key] = super().model_json_schema(*args, **kwargs)
+        return copy.deepcopy(cached)
+
+    @classmethod
+    def register_type_and_schema(cls, client: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        # Prefect registers the block type and schema - and those of every nested block type (Cluster, the
+        # credential blocks) - before every save: about ten API round trips, more than the save itself. They
+        # cannot change while this process runs, so register once per class and Prefect server. (Only the
+        # synchronous call that save() makes is short-cut; an awaited call, e.g. `prefect block register`, is not.)
+        if kwargs.get("_sync") is not True:
+            return super().register_type_and_schema(client=client, **kwargs)
+        key = (cls, PREFECT_API_URL.value())
+        if key in _REGISTERED and cls._block_type_id is not None and cls._block_schema_id is not None:
+            return None
+        super().register_type_and_schema(client=client, **kwargs)
+        _REGISTERED.add(key)
+        return None
 
     # -- naming -------------------------------------------------------------------------------------------
     @property
@@ -80,10 +110,7 @@ class Resource(Block, ABC):
         self._before_save(rname)
         other = find(rname.full)
         if other is not None and other[0] != type(self).get_block_type_slug():
-            raise AlreadyExists(
-                f"The name {self.name!r} is already used by a {_TYPES[other[0]].__name__}; "
-                f"pick another name or delete it first with rh.delete({self.name!r})."
-            )
+            raise _name_taken(self.name, other[0])
         if other is not None and not overwrite:
             raise AlreadyExists(f"{self.name!r} is already saved; pass overwrite=True to replace it.")
         if other is None:
@@ -92,6 +119,15 @@ class Resource(Block, ABC):
         self._save_sync(name=rname.block_name, overwrite=True)
         _prefect_exit.settle()
         return self
+
+    def _check_name_free(self) -> None:
+        """Raise AlreadyExists if this resource's name is saved as another type of resource. save() checks it
+        too; factories that write data under a name call it first, so a collision fails before anything is stored."""
+        if not self.name:
+            return
+        other = find(names.parse(self.name).full)
+        if other is not None and other[0] != type(self).get_block_type_slug():
+            raise _name_taken(self.name, other[0])
 
     def _before_save(self, name: names.ResourceName) -> None:
         """Hook for subclasses: fill defaults that depend on the name (e.g. a namespace's path)."""
@@ -115,6 +151,13 @@ class Resource(Block, ABC):
         _prefect_exit.settle()
         obj._rh_name = name
         return obj  # type: ignore[return-value]
+
+
+def _name_taken(name: str, slug: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"The name {name!r} is already used by a {_TYPES[slug].__name__}; "
+        f"pick another name or delete it first with rh.delete({name!r})."
+    )
 
 
 def _known_types() -> dict[str, type["Resource"]]:

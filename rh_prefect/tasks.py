@@ -29,9 +29,10 @@ T = TypeVar("T")
 
 _TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
                      errno.EHOSTUNREACH, errno.ENETUNREACH}
+# "connection not open": asyncssh's SFTPNoConnection, raised by a reader still holding a connection that dropped
 _TRANSIENT_WORDS = ("throttl", "slowdown", "slow down", "timeout", "timed out", "connection reset",
-                    "connection lost", "connection closed", "temporarily unavailable", "service unavailable",
-                    "internal error", "too many requests", "broken pipe", "server disconnected",
+                    "connection lost", "connection closed", "connection not open", "temporarily unavailable",
+                    "service unavailable", "internal error", "too many requests", "broken pipe", "server disconnected",
                     "cannot connect", "connection refused", "eof", "503", "502", "500", "504", "429")
 
 
@@ -58,7 +59,7 @@ def is_transient(exc: BaseException | None) -> bool:
             return True
         name = type(exc).__name__.lower()
         text = f"{name} {exc}".lower()
-        if any(w in text for w in _TRANSIENT_WORDS) or "disconnect" in name or "connectionlost" in name:
+        if any(w in text for w in _TRANSIENT_WORDS) or any(w in name for w in ("disconnect", "connectionlost", "channelopen")):
             return True
         exc = exc.__cause__ or exc.__context__
         seen += 1

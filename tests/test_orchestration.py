@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import asyncssh
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
@@ -142,6 +143,7 @@ def test_user_error_is_not_retried(tmp_path):
         (OSError("503 Service Unavailable"), True),
         (RuntimeError("SlowDown: please reduce your request rate"), True),
         (SystemUnavailable("host down"), True),
+        (asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "open failed"), True),  # sshd out of sessions
         (FileNotFoundError(2, "No such file"), False),
         (PermissionError(13, "Permission denied"), False),
         (NotFound("no folder"), False),

@@ -19,28 +19,41 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import posixpath
 import tempfile
+import time
 import uuid
 from contextlib import contextmanager
-from typing import IO, Any, Iterator, Optional, Union
+from typing import IO, Any, Callable, Iterator, Optional, TypeVar, Union
 
 from pydantic import Field, PrivateAttr
 
 from rh_prefect import names, registry, serializers, tasks, transfer
-from rh_prefect.errors import IntegrityError, InvalidPath, NotFound
+from rh_prefect.errors import IntegrityError, InvalidArgument, InvalidPath, NotFound
 from rh_prefect.resources.base import StoredResource, SystemArg, place
 from rh_prefect.resources.folder import Folder
 from rh_prefect.serializers import SerializationError
-from rh_prefect.systems import Cluster, System, check_relative_key, get_system
+from rh_prefect.systems import Cluster, System, check_path, check_relative_key, get_system
 
 CHUNK_SIZE = transfer.CHUNK_SIZE
 #: remote blobs up to this size are verified in memory before they are deserialized; larger ones in a temp file
 SPOOL_IN_MEMORY = 64 * 2**20
 #: the serializer used to read a blob that records none (described by path only); Runhouse's default
 READ_DEFAULT = "pickle"
+#: a saved blob whose stored bytes do not match its registry entry is read again until neither has changed for
+#: this long: a writer commits its bytes first and registers their checksum right after (see _until_consistent)
+REGISTRY_LAG_SECONDS = 2.0
+#: ... or for this long once either was seen changing (writers are active: a registration may be slow)
+REGISTRY_LAG_ACTIVE_SECONDS = 30.0
+#: ... and at least this many times as long as loading the entry took (a busy server registers slowly too)
+REGISTRY_LAG_LOADS = 10
+#: ... and for at most this long in all (writers overwriting the blob without a pause)
+REGISTRY_LAG_MAX_SECONDS = 60.0
 
+logger = logging.getLogger("rh_prefect.blob")
+T = TypeVar("T")
 _NO_DATA = object()
 
 
@@ -116,6 +129,45 @@ class Blob(StoredResource):
         if self._block_document_id is not None:
             self.save()
 
+    def _settle(self) -> None:
+        """After registering: make the entry describe the bytes actually stored.
+
+        Bytes are committed before their checksum is registered, so two writers of one saved blob can register in
+        the opposite order of their commits, leaving an entry that names bytes which were replaced. The stored
+        bytes are read back once: if another writer's (complete) version is there, its size and checksum are
+        recorded instead. The last writer to register thus always leaves an entry that matches storage.
+        """
+        if self.sha256 is None or self._in_memory():
+            return
+        for _ in range(10):
+            try:
+                found = _verify_task.fn(self.sys, self.fs_path, None, None, self._label())
+            except (OSError, NotFound) as exc:  # committed and registered already; a reader re-checks anyway
+                logger.warning("could not read back %s after registering it: %s", self._label(), exc)
+                return
+            if found == (self.size, self.sha256):
+                return
+            logger.info("%s was overwritten by another writer meanwhile; registering the stored version",
+                        self._label())
+            self.size, self.sha256 = found
+            super().save()
+
+    def _refresher(self) -> Optional[Callable[[], Optional[tuple]]]:
+        """For a saved blob: a function returning its registry entry as loaded now, ``(size, sha256,
+        serializer)``, or None if the name now describes another place (see :func:`_until_consistent`)."""
+        if self._block_document_id is None or not self.name:
+            return None
+        name = self.name
+
+        def refresh() -> Optional[tuple]:
+            fresh = type(self)._load_named(name)
+            if (fresh.system, fresh.path) != (self.system, self.path):
+                return None
+            self.size, self.sha256, self.serializer = fresh.size, fresh.sha256, fresh.serializer
+            return fresh.size, fresh.sha256, fresh.serializer or READ_DEFAULT
+
+        return refresh
+
     # -- writing ------------------------------------------------------------------------------------------
     def write(self, data: Any = _NO_DATA, serializer: Optional[str] = None, mkdir: bool = False) -> "Blob":
         """Serialize ``data`` and store it atomically; records size and sha256. Returns the blob.
@@ -131,7 +183,7 @@ class Blob(StoredResource):
         """
         if data is _NO_DATA:
             if not self._has_data:
-                raise TypeError("write() needs the data to store, e.g. blob.write(obj).")
+                raise InvalidArgument("write() needs the data to store, e.g. blob.write(obj).")
             data = self._data
         name = serializer or self.serializer or serializers.default_for(data)
         serializers.get(name)  # an unknown name fails before anything is touched
@@ -179,7 +231,7 @@ class Blob(StoredResource):
         self._require_stored("be fetched")
         payload = tasks.run(
             _fetch_task, self.sys, self.fs_path, self.serializer or READ_DEFAULT, self.size, self.sha256,
-            self._label(),
+            self._label(), self._refresher(),
         )
         return payload.obj
 
@@ -189,7 +241,8 @@ class Blob(StoredResource):
         A blob without a recorded checksum (described by path only) gets one recorded instead.
         """
         self._require_stored("be verified")
-        size, digest = tasks.run(_verify_task, self.sys, self.fs_path, self.size, self.sha256, self._label())
+        size, digest = tasks.run(_verify_task, self.sys, self.fs_path, self.size, self.sha256, self._label(),
+                                 self._refresher())
         if self.sha256 is None:
             self._record(size, digest, self.serializer or READ_DEFAULT)
         return self
@@ -233,7 +286,8 @@ class Blob(StoredResource):
             tasks.run(_write_task, local, dst, _Payload(self._data), self.serializer or "pickle", f"local file {dst}")
             return dst
         self._require_stored("be downloaded")
-        tasks.run(_download_task, self.sys, self.fs_path, local, dst, self.size, self.sha256, self._label())
+        tasks.run(_download_task, self.sys, self.fs_path, local, dst, self.size, self.sha256, self._label(),
+                  self._refresher())
         return dst
 
     def exists_in_system(self) -> bool:
@@ -310,7 +364,7 @@ class Blob(StoredResource):
         if path is None:
             return super()._destination(system, path)
         dst_sys = get_system(system)
-        path = os.fspath(path)
+        path = check_path(os.fspath(path))
         if path.endswith("/"):
             return dst_sys, dst_sys.normalize(posixpath.join(path, self._leaf()))
         where = dst_sys.normalize(path)
@@ -329,7 +383,9 @@ class Blob(StoredResource):
             >>> rh.blob(data=[1, 2, 3]).save("my-list")   # written to ./my-list, then registered
         """
         if not self._in_memory():
-            return super().save(name, overwrite)
+            super().save(name, overwrite)
+            self._settle()
+            return self
         target = name or self.name
         if not target:
             raise NotFound(
@@ -344,7 +400,9 @@ class Blob(StoredResource):
         sys, where = place(target, None, None, kind="blob")
         self._relocate(sys, where)
         self.write()
-        return super().save(name, overwrite)
+        super().save(name, overwrite)
+        self._settle()
+        return self
 
 
 class _Payload:
@@ -396,7 +454,8 @@ class _HashingWriter(io.RawIOBase):
 @contextmanager
 def _open_read(system: System, fs_path: str, label: str) -> Iterator[IO[bytes]]:
     try:
-        f = system.fs.open(fs_path, "rb", block_size=CHUNK_SIZE)
+        with system.guard(label):  # refused credentials, unreachable endpoints: our errors, with advice
+            f = system.fs.open(fs_path, "rb", block_size=CHUNK_SIZE)
     except FileNotFoundError:
         raise NotFound(
             f"{label} has no stored bytes (nothing at {system.url(system.user_path(fs_path))}); write it first "
@@ -423,12 +482,14 @@ def _check(found: tuple[int, str], size: Optional[int], sha256: Optional[str], l
     got_size, got_sha = found
     if (size is None or got_size == size) and (sha256 is None or got_sha == sha256):
         return
-    raise IntegrityError(
+    error = IntegrityError(
         f"{label} failed verification: the block records {size} bytes with sha256 {sha256}, but the stored "
         f"bytes are {got_size} bytes with sha256 {got_sha}. They were changed or corrupted outside rh_prefect, "
         "so nothing was deserialized. Rewrite the blob with blob.write(data), or copy it back from a good "
         "copy with good_copy.to(...)."
     )
+    error.found = found  # what is stored, for a reader telling a concurrent writer from corruption
+    raise error
 
 
 @contextmanager
@@ -439,10 +500,10 @@ def _verified(system: System, fs_path: str, size: Optional[int], sha256: Optiona
         with _open_read(system, fs_path, label) as f:
             yield f
         return
-    if system.is_local:  # a second local read is cheaper than a copy
-        with _open_read(system, fs_path, label) as f:
+    if system.is_local:  # reading the file twice is cheaper than a copy; one open file: the bytes that were
+        with _open_read(system, fs_path, label) as f:  # checked, even if a writer replaces the path meanwhile
             _check(_digest(f), size, sha256, label)
-        with _open_read(system, fs_path, label) as f:
+            f.seek(0)
             yield f
         return
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, prefix="rh-blob-") as spool:
@@ -475,32 +536,82 @@ def _write_task(system: System, fs_path: str, payload: _Payload, serializer: str
     return writer.size, writer.sha256
 
 
+def _until_consistent(read: Callable[[Optional[int], Optional[str], str], T], entry: tuple,
+                      refresh: Optional[Callable[[], Optional[tuple]]]) -> T:
+    """``read(size, sha256, serializer)`` of the registry entry ``entry``; it raises IntegrityError when the stored
+    bytes do not match.
+
+    For a saved blob (``refresh`` given) a mismatch may be a concurrent writer rather than corruption: a writer
+    commits its bytes first and registers their checksum right after. The entry is then loaded again and the bytes
+    read again, until a read verifies, or neither the entry nor the stored bytes changed for
+    :data:`REGISTRY_LAG_SECONDS` (the bytes really differ from what was written: the IntegrityError is raised;
+    :data:`REGISTRY_LAG_ACTIVE_SECONDS` once either was seen changing, i.e. writers are at work; longer on a
+    slow server, see :data:`REGISTRY_LAG_LOADS`).
+    """
+    if refresh is None:
+        return read(*entry)
+    start = last_change = time.monotonic()
+    delay = 0.05
+    seen: Any = None
+    quiet = REGISTRY_LAG_SECONDS
+    while True:
+        try:
+            return read(*entry)
+        except IntegrityError as exc:
+            now = time.monotonic()
+            state = (entry[:2], getattr(exc, "found", None))
+            if state != seen:
+                if seen is not None:
+                    quiet = max(quiet, REGISTRY_LAG_ACTIVE_SECONDS)
+                seen, last_change = state, now
+            if now - last_change >= quiet or now - start >= REGISTRY_LAG_MAX_SECONDS:
+                raise
+            time.sleep(delay)
+            delay = min(2 * delay, 0.25)
+            loading = time.monotonic()
+            fresh = refresh()
+            quiet = max(quiet, REGISTRY_LAG_LOADS * (time.monotonic() - loading))
+            if fresh is None:  # the name now describes another place: this object's entry is what it is
+                raise
+            entry = fresh
+
+
 @tasks.rh_task("rh-blob-fetch")
 def _fetch_task(
-    system: System, fs_path: str, serializer: str, size: Optional[int], sha256: Optional[str], label: str
+    system: System, fs_path: str, serializer: str, size: Optional[int], sha256: Optional[str], label: str,
+    refresh: Optional[Callable[[], Optional[tuple]]] = None,
 ) -> _Payload:
     tasks.reset_on_retry(system)
-    ser = serializers.get(serializer)
-    with _verified(system, fs_path, size, sha256, label) as f:
-        try:
-            return _Payload(ser.load(f))
-        except OSError:
-            raise  # reading failed, not decoding: the retry policy decides
-        except Exception as exc:
-            raise SerializationError(
-                f"{label} could not be read with serializer {serializer!r} ({type(exc).__name__}: "
-                f"{str(exc)[:300]}). If it holds raw bytes use rh.blob(..., serializer='bytes') or blob.open(); "
-                "if it was written by another program, pass the serializer it used."
-            ) from exc
+
+    def read(size: Optional[int], sha256: Optional[str], serializer: str) -> _Payload:
+        ser = serializers.get(serializer)
+        with _verified(system, fs_path, size, sha256, label) as f:
+            try:
+                return _Payload(ser.load(f))
+            except OSError:
+                raise  # reading failed, not decoding: the retry policy decides
+            except Exception as exc:
+                raise SerializationError(
+                    f"{label} could not be read with serializer {serializer!r} ({type(exc).__name__}: "
+                    f"{str(exc)[:300]}). If it holds raw bytes use rh.blob(..., serializer='bytes') or blob.open(); "
+                    "if it was written by another program, pass the serializer it used."
+                ) from exc
+
+    return _until_consistent(read, (size, sha256, serializer), refresh)
 
 
 @tasks.rh_task("rh-blob-verify")
-def _verify_task(system: System, fs_path: str, size: Optional[int], sha256: Optional[str], label: str) -> tuple[int, str]:
+def _verify_task(system: System, fs_path: str, size: Optional[int], sha256: Optional[str], label: str,
+                 refresh: Optional[Callable[[], Optional[tuple]]] = None) -> tuple[int, str]:
     tasks.reset_on_retry(system)
-    with _open_read(system, fs_path, label) as f:
-        found = _digest(f)
-    _check(found, size, sha256, label)
-    return found
+
+    def read(size: Optional[int], sha256: Optional[str], _: str) -> tuple[int, str]:
+        with _open_read(system, fs_path, label) as f:
+            found = _digest(f)
+        _check(found, size, sha256, label)
+        return found
+
+    return _until_consistent(read, (size, sha256, READ_DEFAULT), refresh)
 
 
 @tasks.rh_task("rh-blob-upload")
@@ -519,13 +630,17 @@ def _upload_task(local_path: str, system: System, fs_path: str) -> tuple[int, st
 @tasks.rh_task("rh-blob-download")
 def _download_task(
     system: System, fs_path: str, local: System, local_path: str, size: Optional[int], sha256: Optional[str],
-    label: str,
+    label: str, refresh: Optional[Callable[[], Optional[tuple]]] = None,
 ) -> tuple[int, str]:
     tasks.reset_on_retry(system)
-    with _open_read(system, fs_path, label) as src, transfer.open_write(local, local_path) as out:
-        found = _digest(src, sink=out)
-        _check(found, size, sha256, label)  # raising here discards the temporary file: nothing lands
-    return found
+
+    def read(size: Optional[int], sha256: Optional[str], _: str) -> tuple[int, str]:
+        with _open_read(system, fs_path, label) as src, transfer.open_write(local, local_path) as out:
+            found = _digest(src, sink=out)
+            _check(found, size, sha256, label)  # raising here discards the temporary file: nothing lands
+        return found
+
+    return _until_consistent(read, (size, sha256, READ_DEFAULT), refresh)
 
 
 # -- the factory --------------------------------------------------------------------------------------------
@@ -589,6 +704,7 @@ def blob(
         if dryrun:
             b._hold(data)
         else:
+            b._check_name_free()  # a name owned by another resource type fails before anything is written
             b.write(data, mkdir=mkdir)
     return b
 

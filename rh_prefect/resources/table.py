@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import atexit
 import contextvars
-import copy
 import logging
 import os
 import queue
@@ -45,7 +44,6 @@ from rh_prefect.tables.base import KINDS, Adapter, adapter, adapter_for_data
 from rh_prefect.tables.formats import check_format
 
 logger = logging.getLogger("rh_prefect.table")
-_SCHEMA_CACHE: dict[Any, dict[str, Any]] = {}
 Kind = Literal["arrow", "pandas", "dask", "ray", "huggingface", "polars"]
 
 _CODE_EXAMPLE = """```python
@@ -110,6 +108,8 @@ class Table(StoredResource):
     )
     _data: Any = PrivateAttr(default=None)
     _last_report: Any = PrivateAttr(default=None)
+    #: the version this object last committed (None: it wrote nothing)
+    _written: Optional[str] = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check_kind(self) -> "Table":
@@ -148,16 +148,6 @@ class Table(StoredResource):
             raise NotFound(f"{name!r} is a {type(obj).__name__}, not a {cls.__name__}; load it with rh.table(name={name!r}).")
         return obj
 
-    @classmethod
-    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
-        # Prefect regenerates the JSON schema dozens of times per save (once per field in _field_has_secrets),
-        # about a second of CPU with the nested Cluster/credential blocks. A class's schema never changes.
-        key = (cls, args, tuple(sorted(kwargs.items(), key=lambda kv: kv[0])))
-        cached = _SCHEMA_CACHE.get(key)
-        if cached is None:
-            cached = _SCHEMA_CACHE[key] = super().model_json_schema(*args, **kwargs)
-        return copy.deepcopy(cached)
-
     # Prefect reads a block's fields with dict(block) (when a block is a task or flow parameter); since
     # iterating a Table yields its rows, dict() must go through the mapping protocol instead.
     def keys(self) -> list[str]:
@@ -191,6 +181,30 @@ class Table(StoredResource):
         self.row_count = manifest.num_rows
         self.partition_cols = list(manifest.partition_cols) or None
 
+    def save(self, name: Optional[str] = None, overwrite: bool = True) -> "Table":  # type: ignore[override]
+        """Register the table by name and return it (see :meth:`rh_prefect.registry.Resource.save`)."""
+        super().save(name, overwrite)
+        self._settle()
+        return self
+
+    def _settle(self) -> None:
+        """After registering a version this object wrote: if another writer committed a newer version of the same
+        table meanwhile (and registered first), record that version's schema and row count instead, so the
+        entry describes what is stored. Only the small pointer file is read."""
+        for _ in range(10):
+            if self._written is None:
+                return
+            try:
+                current = dataset.read_manifest(self.sys, self.fs_path)
+            except Exception as exc:  # the data is committed and registered; the counts are informational
+                logger.warning("could not re-read %s after registering it: %s", self._label(), exc)
+                return
+            if current is None or current.version == self._written:
+                return
+            self._record(current)
+            self._written = current.version
+            super().save()
+
     # -- writing ------------------------------------------------------------------------------------------
     def write(self, data: Any = None, mode: str = "overwrite") -> "Table":
         """Write ``data`` (or the data this table was created with) and return the table.
@@ -215,6 +229,7 @@ class Table(StoredResource):
         job = _WriteJob(self.sys, self.fs_path, ad, data, mode, tuple(self.partition_cols or ()), self.kind or "arrow",
                         self.metadata)
         manifest = tasks.run(_write_task, job)
+        self._written = manifest.version
         self._data = None
         self._record(manifest)
         if tasks.in_prefect_run():
@@ -757,6 +772,7 @@ def table(
         if dryrun:
             t._data = data
         else:
+            t._check_name_free()  # a name owned by another resource type fails before anything is written
             _ensure_bucket(sys, sys.fs_path(where), create=mkdir)
             t.write(data)
     return t
