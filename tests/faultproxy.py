@@ -94,32 +94,64 @@ class FaultProxy:
                 _hard_close(client)
                 continue
             with self._lock:
-                self.connections += 1
-                self._open.update((client, upstream))
+                if self.is_cut:  # cut() ran while we were connecting: this connection must not survive it
+                    self.refused += 1
+                    dropped = True
+                else:
+                    self.connections += 1
+                    self._open.update((client, upstream))
+                    dropped = False
+            if dropped:
+                _hard_close(upstream)
+                _hard_close(client)
+                continue
+            ended: list[int] = []  # directions of this connection that saw a polite end (EOF)
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(a, b, ended), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, ended: list[int]) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
                 sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with self._lock:
-                self._open.discard(source)
-                self._open.discard(sink)
+            # A polite end stays polite: pass the FIN on and let the other direction finish (a server that
+            # closes after its response must not turn into a reset that destroys the response in flight).
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:  # reset by a peer, or cut(): drop the whole connection
+            polite = False
+        else:
+            polite = True
+        with self._lock:
+            if polite:
+                ended.append(1)
+                if len(ended) < 2:
+                    return
+            self._open.discard(source)
+            self._open.discard(sink)
+        if polite:
+            source.close()
+            sink.close()
+        else:
             _hard_close(sink)
             _hard_close(source)
 
 
 def _hard_close(sock: socket.socket) -> None:
-    """Close with RST (SO_LINGER 0), like a dropped network path, not a polite FIN."""
+    """Close with RST (SO_LINGER 0), like a dropped network path, not a polite FIN.
+
+    close() alone does not end a connection while a pipe thread is blocked in recv() on it: the kernel keeps
+    the socket (and the connection, ESTABLISHED) until that call returns, so the peer would hang instead of
+    seeing a reset. shutdown(SHUT_RD) wakes the blocked recv() without sending anything; the socket is then
+    released with linger 0, which sends the RST.
+    """
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    except OSError:
+        pass
+    try:
+        sock.shutdown(socket.SHUT_RD)
     except OSError:
         pass
     try:

@@ -385,12 +385,28 @@ class FakeGCSServer(_Server):
         ]
         if self.backend == "filesystem":
             root = self.tmpdir / "data"
-            root.mkdir()
+            root.mkdir(exist_ok=True)  # kept across restart()
             argv += ["-filesystem-root", str(root)]
         self._spawn(argv)
 
     def _is_ready(self) -> bool:
         return http_status(f"{self.endpoint_url}/storage/v1/b") == 200
+
+    def restart(self, down_seconds: float = 0.0, sig: int = signal.SIGKILL) -> None:
+        """Kill the server (SIGKILL: a crash, by default), stay down ``down_seconds``, start it again on the
+        same port. The filesystem backend keeps buckets and objects across this; the memory backend does not.
+        For fault-injection tests."""
+        if self.process is None:
+            raise RuntimeError(f"{self.name} is not running")
+        os.killpg(self.process.pid, sig)  # start_new_session=True: the group id is the server's PID
+        self.process.wait(timeout=self.stop_timeout)
+        self.process = None
+        self._log_file.close()
+        self._log_file = None
+        time.sleep(down_seconds)
+        self._launch()
+        wait_until(self._is_ready, self.startup_timeout, f"{self.name} restarted on port {self.port}",
+                   self.log_path, process=self.process)
 
 
 # ----------------------------------------------------------------------------- SSH (private sshd)
