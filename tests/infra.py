@@ -510,13 +510,16 @@ class SSHServer(_Server):
     def kill_sessions(self, sig: int = signal.SIGKILL) -> list[int]:
         """Abruptly drop every open SSH/SFTP connection; the listener keeps running.
 
-        Returns the PIDs signalled. Useful for fault-injection tests.
+        Signals the per-connection sshd processes (the listener's children) only: the commands they run (a login
+        shell, tar) then end on their own when their pipes close. Killing those too could interrupt a login
+        shell's start-up files half way - e.g. pyenv's rehash, which then leaves a lock behind that stalls every
+        later login on the machine for a minute. Returns the PIDs signalled. For fault-injection tests.
         """
-        pids = self.session_pids()
+        pids = _child_pids().get(self.pid, []) if self.process is not None else []
         for pid in pids:
             try:
                 os.kill(pid, sig)
-            except ProcessLookupError:  # already gone when its parent died first
+            except ProcessLookupError:  # already gone
                 continue
         return pids
 

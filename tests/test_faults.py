@@ -45,7 +45,7 @@ from rh_prefect.errors import TransferError
 from rh_prefect.systems import S3Credentials, get_system
 
 from faultproxy import FaultProxy
-from infra import FakeGCSServer, _child_pids, descendants
+from infra import FakeGCSServer, descendants
 
 REPO = Path(__file__).resolve().parents[1]
 TEMP_MARK = ".rh-tmp-"
@@ -347,22 +347,6 @@ def test_gcs_server_killed_and_restarted_mid_copy(gcs_fs_server, monkeypatch, tm
 # ============================================================================================ SSH: connections killed
 
 
-def kill_ssh_connections(ssh_server) -> list[int]:
-    """SIGKILL the per-connection sshd processes (the listener's children): every SSH connection drops at once.
-
-    Not their children: the commands they run (a login shell, tar) then end on their own when their pipes close.
-    SIGKILLing those too (``SSHServer.kill_sessions``) can interrupt a login shell's start-up files half way - e.g.
-    pyenv's rehash, which then leaves a lock behind that stalls every later login on the machine for a minute.
-    """
-    pids = _child_pids().get(ssh_server.pid, [])
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return pids
-
-
 def disk_listing(root: Path) -> Callable[[], dict[str, Any]]:
     """``{key: (size, inode, mtime_ns)}`` of the files under ``root``, read from the disk itself."""
     def listing() -> dict[str, Any]:
@@ -401,7 +385,7 @@ def test_ssh_connections_killed_mid_copy(ssh_server, rh_cluster, tmp_path, direc
     killed: list[int] = []
     try:
         with Watcher(listing, digest, expected, trigger_at=2,
-                     fault=lambda: killed.extend(kill_ssh_connections(ssh_server))) as watcher:
+                     fault=lambda: killed.extend(ssh_server.kill_sessions())) as watcher:
             dst = src.to(system=dst_system, path=dst_path)
 
         watcher.assert_clean()
