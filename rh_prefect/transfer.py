@@ -15,14 +15,18 @@ never asks which backend it is talking to. One copy:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import posixpath
+import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterator, Optional
+
+from fsspec.asyn import sync
 
 from rh_prefect.errors import AlreadyExists, IntegrityError, NotFound, RhError, TransferError
 from rh_prefect.progress import Progress, human_bytes
@@ -77,9 +81,8 @@ def _count(nbytes: int, nfiles: int = 0) -> None:
 
 def list_files(system: System, root: str) -> dict[str, dict[str, Any]]:
     """``{relative key: info}`` of every file under ``root`` (fs path), leaving out unfinished temporary files."""
-    fs = system.fs
     try:
-        found = fs.find(root, detail=True, withdirs=False)
+        found = system.find_files(root)
     except FileNotFoundError:
         return {}
     prefix = root.rstrip("/") + "/"
@@ -125,15 +128,19 @@ def copy_tree(
     """
     dst.check_writable(dst_root)
     started = time.perf_counter()
-    src_files = list_files(src, src_root)
-    if not src_files and not src.fs.exists(src_root):
-        raise NotFound(f"Nothing to copy: {src.url(src.user_path(src_root))} does not exist.")
-    if keys is not None:
-        missing = [k for k in keys if k not in src_files]
-        if missing:
-            raise NotFound(f"Not in the source folder: {missing[:5]}")
-        src_files = {k: src_files[k] for k in keys}
-    dst_files = list_files(dst, dst_root)
+    # Both sides are listed at once (connections included): a re-run of a finished copy is mostly listing.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rh-list") as lister:
+        dst_listing = lister.submit(list_files, dst, dst_root)
+        src_files = list_files(src, src_root)
+        if not src_files and not src.fs.exists(src_root):
+            raise NotFound(f"Nothing to copy: {src.url(src.user_path(src_root))} does not exist; check the path, "
+                           "or write to the folder first.")
+        if keys is not None:
+            missing = [k for k in keys if k not in src_files]
+            if missing:
+                raise NotFound(f"Not in the source folder: {missing[:5]}")
+            src_files = {k: src_files[k] for k in keys}
+        dst_files = dst_listing.result()
 
     report = CopyReport(server_side=src.same_store(dst))
     jobs: list[_Job] = []
@@ -152,11 +159,12 @@ def copy_tree(
             "pass overwrite=True to replace them. Nothing was copied."
         )
 
-    units = _plan_units(src, src_root, dst, dst_root, jobs, report.server_side)
-    for parent in sorted({posixpath.dirname(u.jobs[0].dst) for u in units if len(u.jobs) == 1}):
+    concurrency = max(1, min(max_workers or 64, src.max_concurrency, dst.max_concurrency))
+    units = _plan_units(src, src_root, dst, dst_root, jobs, report.server_side, concurrency)
+    for parent in sorted({posixpath.dirname(j.dst) for u in units if not u.makes_dirs for j in u.jobs}):
         dst.makedirs(parent)
 
-    workers = max(1, min(max_workers or 64, src.max_concurrency, dst.max_concurrency, len(units) or 1))
+    workers = max(1, min(concurrency, len(units) or 1))
     failures: dict[str, BaseException] = {}
     progress = progress or Progress(f"copy {src.describe()} -> {dst.describe()}")
     progress.start(len(jobs), sum(j.size for j in jobs), report.files_skipped, report.bytes_skipped)
@@ -165,14 +173,18 @@ def copy_tree(
             futures = {pool.submit(unit.run): unit for unit in units}
             for fut in as_completed(futures):
                 unit = futures[fut]
+                done = unit.jobs
                 try:
                     nbytes = fut.result()
+                except _SomeFailed as partial:  # a batch: some files committed, some not
+                    failures.update(partial.failures)
+                    done, nbytes = partial.done, partial.nbytes
                 except Exception as exc:  # collected per unit: one bad file must not hide the others' outcome
                     failures.update({j.key: exc for j in unit.jobs})
                     continue
-                report.files_copied += len(unit.jobs)
+                report.files_copied += len(done)
                 report.bytes_copied += nbytes
-                progress.advance(len(unit.jobs), sum(j.size for j in unit.jobs))
+                progress.advance(len(done), sum(j.size for j in done))
     finally:
         progress.finish(error=next(iter(failures.values()), None))
     report.seconds = time.perf_counter() - started
@@ -199,37 +211,120 @@ BULK_BATCH_BYTES = 128 * 2**20
 BULK_STREAMS = 2
 
 
+#: small files go in batches of this many to the event loop of an async filesystem (s3fs, gcsfs, sshfs)
+ASYNC_BATCH_FILES = 100
+
+
 @dataclass
 class _Unit:
-    """One piece of work for the pool: a single file, or a batch of small files in one stream."""
+    """One piece of work for the pool: a single file, or a batch of small files (one stream, or coroutines)."""
 
     jobs: list[_Job]
     run: Any  # () -> bytes moved through this process
+    makes_dirs: bool = False  # True when the unit creates its destination directories itself
 
 
-def _plan_units(src: System, src_root: str, dst: System, dst_root: str, jobs: list[_Job], server_side: bool) -> list[_Unit]:
+class _SomeFailed(Exception):
+    """Raised by a batch unit when some of its files failed: the others are committed."""
+
+    def __init__(self, done: list[_Job], nbytes: int, failures: dict[str, BaseException]) -> None:
+        super().__init__(f"{len(failures)} files failed")
+        self.done, self.nbytes, self.failures = done, nbytes, failures
+
+
+def _plan_units(src: System, src_root: str, dst: System, dst_root: str, jobs: list[_Job], server_side: bool,
+                concurrency: int = 8) -> list[_Unit]:
     bulk = None
     if not server_side and src.is_local and dst.bulk_writes:
         bulk = "up"
     elif not server_side and dst.is_local and src.bulk_reads:
         bulk = "down"
+    elif not server_side and src.bulk_reads and dst.writable:
+        bulk = "through"  # e.g. a tar stream from a cluster, each file uploaded to a bucket as it arrives
     small = [j for j in jobs if j.size <= BULK_MAX_FILE] if bulk else []
     if len(small) < 8:  # a stream costs a remote process; not worth it for a handful of files
         small = []
     small_keys = {j.key for j in small}
-    units = [
-        _Unit([j], lambda j=j: copy_file(src, j.src, dst, j.dst, j.size, server_side))
-        for j in jobs
-        if j.key not in small_keys
-    ]
+    rest = [j for j in jobs if j.key not in small_keys]
+    units = []
+    one = _async_copier(src, dst, server_side)
+    if one is not None:
+        # Files small enough to be bound by per-request overhead run as coroutines on the filesystem's event
+        # loop, ``concurrency`` at once: about half the CPU of one thread per file handing calls to the loop.
+        few = [j for j in rest if j.size <= BULK_MAX_FILE]
+        rest = [j for j in rest if j.size > BULK_MAX_FILE]
+        gate = asyncio.Semaphore(concurrency)
+        loop = (src.fs if server_side or not src.is_local else dst.fs).loop
+        for i in range(0, len(few), ASYNC_BATCH_FILES):
+            batch = few[i : i + ASYNC_BATCH_FILES]
+            units.append(_Unit(batch, lambda b=batch: sync(loop, _copy_batch, b, one, gate)))
+    units += [_Unit([j], lambda j=j: copy_file(src, j.src, dst, j.dst, j.size, server_side)) for j in rest]
     if small:
         gate = threading.Semaphore(BULK_STREAMS)  # each stream holds a channel on the remote host
         nbatches = max(min(BULK_STREAMS, len(small)), -(-len(small) // BULK_BATCH_FILES),
                        -(-sum(j.size for j in small) // BULK_BATCH_BYTES))
         for i in range(nbatches):
             batch = small[i::nbatches]
-            units.append(_Unit(batch, lambda b=batch: _gated(gate, _copy_bulk, src, src_root, dst, dst_root, b, bulk)))
+            units.append(_Unit(batch, lambda b=batch: _gated(gate, _copy_bulk, src, src_root, dst, dst_root, b, bulk),
+                               makes_dirs=True))
     return units
+
+
+def _is_async(system: System) -> bool:
+    return bool(getattr(system.fs, "async_impl", False))
+
+
+def _async_copier(src: System, dst: System, server_side: bool) -> Optional[Any]:
+    """A coroutine function copying one small file (``_Job`` -> bytes moved) when the systems' filesystems
+    are asynchronous and every file can be committed without a rename on the remote side; else None."""
+    if server_side:
+        if not (src.atomic_writes and _is_async(src)):
+            return None
+
+        async def server(job: _Job) -> int:
+            await src.server_side_copy_async(job.src, job.dst, job.size)
+            return 0
+
+        return server
+    if dst.is_local and _is_async(src):
+        async def get(job: _Job) -> int:
+            with _committing(dst, job.dst) as target:
+                await src.fs._get_file(job.src, target, **src.get_options(job.size))
+            _count(job.size, 1)
+            return job.size
+
+        return get
+    if src.is_local and dst.atomic_writes and _is_async(dst):
+        async def put(job: _Job) -> int:
+            await dst.fs._put_file(job.src, job.dst, **dst.put_options(job.size))
+            _count(job.size, 1)
+            return job.size
+
+        return put
+    if dst.atomic_writes and not src.is_local and _is_async(src) and _is_async(dst) and src.fs.loop is dst.fs.loop:
+        async def through(job: _Job) -> int:
+            data = await src.fs._cat_file(job.src)
+            if len(data) != job.size:
+                raise IntegrityError(f"{job.src}: read {len(data)} bytes but the source listed {job.size}; copy again.")
+            await dst.fs._pipe_file(job.dst, data)  # one complete-object upload: visible all at once
+            _count(job.size, 1)
+            return job.size
+
+        return through
+    return None
+
+
+async def _copy_batch(batch: list[_Job], one: Any, gate: asyncio.Semaphore) -> int:
+    async def guarded(job: _Job) -> int:
+        async with gate:
+            return await one(job)
+
+    results = await asyncio.gather(*(guarded(j) for j in batch), return_exceptions=True)
+    failures = {j.key: r for j, r in zip(batch, results) if isinstance(r, BaseException)}
+    nbytes = sum(r for r in results if not isinstance(r, BaseException))
+    if failures:
+        raise _SomeFailed([j for j in batch if j.key not in failures], nbytes, failures)
+    return nbytes
 
 
 def _gated(gate: threading.Semaphore, fn: Any, *args: Any) -> Any:
@@ -239,11 +334,61 @@ def _gated(gate: threading.Semaphore, fn: Any, *args: Any) -> Any:
 
 def _copy_bulk(src: System, src_root: str, dst: System, dst_root: str, batch: list[_Job], direction: str) -> int:
     keys = [j.key for j in batch]
+    if direction == "through":
+        return _copy_bulk_through(src, src_root, dst, batch)
     if direction == "up":
         dst.bulk_upload(src_root, keys, dst_root)
     else:
         src.bulk_download(src_root, keys, dst_root)
     nbytes = sum(j.size for j in batch)
+    _count(nbytes, len(batch))
+    return nbytes
+
+
+#: writers per bulk stream when its files go to a remote system (each holds at most two files in memory)
+BULK_THROUGH_WRITERS = 4
+
+
+def _copy_bulk_through(src: System, src_root: str, dst: System, batch: list[_Job]) -> int:
+    """One bulk read stream from ``src``; each file is written to ``dst`` as it arrives, by a few writer
+    threads (object stores take one request per file, so several must be in flight). Memory: at most
+    ``2 * BULK_THROUGH_WRITERS`` small files (<= BULK_MAX_FILE each) are held at once."""
+    jobs = {j.key: j for j in batch}
+    for parent in sorted({posixpath.dirname(j.dst) for j in batch}):
+        dst.makedirs(parent)
+    room = threading.Semaphore(2 * BULK_THROUGH_WRITERS)
+    errors: list[BaseException] = []
+    written: list[int] = []
+
+    def write(job: _Job, data: bytes) -> None:
+        try:
+            if len(data) != job.size:
+                raise IntegrityError(f"{job.src}: read {len(data)} bytes but the source listed {job.size}; copy again.")
+            if dst.atomic_writes:
+                dst.fs.pipe_file(job.dst, data)  # one complete-object upload: visible all at once
+            else:
+                with _committing(dst, job.dst) as target:
+                    dst.fs.pipe_file(target, data)
+            written.append(len(data))
+        except BaseException as exc:  # raised by the stream below (first one wins)
+            errors.append(exc)
+        finally:
+            room.release()
+
+    with ThreadPoolExecutor(max_workers=BULK_THROUGH_WRITERS, thread_name_prefix="rh-bulk-write") as writers:
+        def handle(key: str, data: bytes) -> None:
+            if errors:
+                raise errors[0]  # stop reading: a write already failed
+            room.acquire()
+            writers.submit(write, jobs[key], data)
+
+        try:
+            src.bulk_read(src_root, list(jobs), handle)
+        finally:
+            writers.shutdown(wait=True)
+    if errors:
+        raise errors[0]
+    nbytes = sum(written)
     _count(nbytes, len(batch))
     return nbytes
 
@@ -269,24 +414,24 @@ def copy_file(
     """Copy one file (fs paths) and commit it atomically; returns the bytes moved through this process."""
     if server_side:
         with _committing(dst, dst_path) as target:
-            src.server_side_copy(src_path, target)
+            src.server_side_copy(src_path, target, size)
         return 0
     if src.is_local:
         with _committing(dst, dst_path) as target:
             with _big_file_gate(size):
-                dst.fs.put_file(src_path, target, **dst.put_options())
+                dst.fs.put_file(src_path, target, **dst.put_options(size))
         nbytes = size if size is not None else dst.fs.size(dst_path)
     elif dst.is_local:
         with _committing(dst, dst_path) as target:
             with _big_file_gate(size):
-                src.fs.get_file(src_path, target, **src.get_options())
+                src.fs.get_file(src_path, target, **src.get_options(size))
         nbytes = size if size is not None else dst.fs.size(dst_path)
     else:
-        with _big_file_gate(size), src.fs.open(src_path, "rb", block_size=CHUNK_SIZE) as reader, \
-                open_write(dst, dst_path) as writer:
-            nbytes = _pump(reader, writer)
-        if size is not None and nbytes != size:
-            raise IntegrityError(f"{src_path}: read {nbytes} bytes but the source listed {size}; copy again.")
+        with _big_file_gate(size), src.open_read(src_path, size) as reader, \
+                open_write(dst, dst_path, size=size) as writer:
+            nbytes = _pump_overlapped(reader, writer) if size is None or size > CHUNK_SIZE else _pump(reader, writer)
+            if size is not None and nbytes != size:  # inside the block: the upload is discarded, not committed
+                raise IntegrityError(f"{src_path}: read {nbytes} bytes but the source listed {size}; copy again.")
     _count(nbytes, 1)
     return nbytes
 
@@ -299,6 +444,53 @@ def _pump(reader: IO[bytes], writer: IO[bytes]) -> int:
             return total
         writer.write(chunk)
         total += len(chunk)
+
+
+#: chunks read ahead of the writer in a streaming copy between two remote systems
+READ_AHEAD_CHUNKS = 1
+
+
+def _pump_overlapped(reader: IO[bytes], writer: IO[bytes]) -> int:
+    """Like :func:`_pump`, but a thread reads the next chunk while this one is being written, so a copy between
+    two remote systems takes about max(read, write) instead of read + write. At most ``READ_AHEAD_CHUNKS`` + 2
+    chunks are held at once."""
+    chunks: queue.Queue = queue.Queue(maxsize=READ_AHEAD_CHUNKS)
+    stop = threading.Event()
+
+    def offer(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def read_ahead() -> None:
+        try:
+            while not stop.is_set():
+                chunk = reader.read(CHUNK_SIZE)
+                offer(chunk)
+                if not chunk:
+                    return
+        except BaseException as exc:  # handed to the writing side, which raises it
+            offer(exc)
+
+    thread = threading.Thread(target=read_ahead, name="rh-read-ahead", daemon=True)
+    thread.start()
+    total = 0
+    try:
+        while True:
+            item = chunks.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                return total
+            writer.write(item)
+            total += len(item)
+    finally:
+        stop.set()
+        # The reader stops after the read in progress; the caller closes it only once this thread is done.
+        thread.join(timeout=120)
 
 
 @contextlib.contextmanager
@@ -325,13 +517,15 @@ def _discard(system: System, tmp: str) -> None:
 
 
 @contextlib.contextmanager
-def open_write(system: System, fs_path: str, block_size: int = CHUNK_SIZE) -> Iterator[IO[bytes]]:
-    """A binary file object whose content appears under ``fs_path`` only when the block exits cleanly."""
+def open_write(system: System, fs_path: str, block_size: int = CHUNK_SIZE,
+               size: Optional[int] = None) -> Iterator[IO[bytes]]:
+    """A binary file object whose content appears under ``fs_path`` only when the block exits cleanly.
+    ``size``: how many bytes will be written, when known (lets a store pick its upload strategy)."""
     system.check_writable(fs_path)
     system.makedirs(posixpath.dirname(fs_path))
     if system.atomic_writes:
         # Object stores publish an object only when the upload completes; abort on error so no part lingers.
-        f = system.fs.open(fs_path, "wb", block_size=block_size)
+        f = system.open_upload(fs_path, block_size, size)
         try:
             yield f
         except BaseException:

@@ -12,16 +12,20 @@ The remote side needs a POSIX shell with GNU tar, find, sort, xargs and mv (any 
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
+import select
 import shlex
 import tarfile
 import threading
 import uuid
-from typing import Any, Optional
+from typing import IO, Any, Callable, Optional
 
+import asyncssh
 from fsspec.asyn import sync
 
-from rh_prefect.errors import IntegrityError, TransferError
+from rh_prefect.errors import IntegrityError, SystemUnavailable, TransferError
 
 _BUF = 1 << 20
 
@@ -38,10 +42,13 @@ find . -type f -printf '%h\0' | sort -zu | xargs -0 -r -n 1 sh -c 'find "$1" -ma
 """
 
 
-def _produce_tar(fd: int, local_root: str, keys: list[str], errors: list[BaseException]) -> None:
+def _produce_tar(fd: int, local_root: str, keys: list[str], errors: list[BaseException],
+                 stop: Optional[threading.Event] = None) -> None:
     try:
         with os.fdopen(fd, "wb", buffering=_BUF) as out, tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for key in keys:
+                if stop is not None and stop.is_set():
+                    raise TransferError("the upload stream ended early")
                 tar.add(os.path.join(local_root, key), arcname=key, recursive=False)
     except BaseException as exc:  # reported by the caller; closing the pipe early makes the remote tar fail
         errors.append(exc)
@@ -53,16 +60,28 @@ def upload(fs: Any, local_root: str, keys: list[str], dst_root: str) -> None:
     cmd = _REMOTE_UNPACK.format(stage=shlex.quote(stage), dest=shlex.quote(dst_root))
     read_fd, write_fd = os.pipe()
     errors: list[BaseException] = []
-    producer = threading.Thread(target=_produce_tar, args=(write_fd, local_root, keys, errors), daemon=True)
+    stop = threading.Event()
+    producer = threading.Thread(target=_produce_tar, args=(write_fd, local_root, keys, errors, stop), daemon=True)
     producer.start()
     # asyncssh closes the descriptor it reads once done; it gets a duplicate so ours is closed exactly once.
     theirs = os.dup(read_fd)
     result = None
     try:
         result = sync(fs.loop, fs.client.run, cmd, stdin=theirs, bufsize=_BUF, check=False, encoding=None)
+    except asyncssh.ChannelOpenError:  # raised before the command took the descriptor: it is ours to close
+        os.close(theirs)
+        raise
     finally:
+        if result is None or result.exit_status != 0:
+            # The command ended early (a dropped connection, a failed unpack) and its reader may hold the pipe
+            # open without reading: the producer would block on a full pipe. Stop it and read the pipe dry.
+            stop.set()
+            while os.read(read_fd, _BUF):
+                pass
         os.close(read_fd)
-        producer.join(timeout=None if result is not None else 30)
+        producer.join(timeout=30)
+    if result.exit_status is None:  # the channel closed without an exit status: the connection was lost
+        raise _lost(f"unpacking {len(keys)} files (no file of them was left half-written)")
     if errors:
         raise errors[0]
     if result.exit_status != 0:
@@ -72,43 +91,135 @@ def upload(fs: Any, local_root: str, keys: list[str], dst_root: str) -> None:
         )
 
 
-def _consume_tar(fd: int, local_root: str, keys: set[str], errors: list[BaseException], done: list[str]) -> None:
-    try:
-        with os.fdopen(fd, "rb", buffering=_BUF) as inp, tarfile.open(fileobj=inp, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                if member.name not in keys:
-                    raise IntegrityError(f"The cluster sent {member.name!r}, which was not asked for; stopping.")
-                final = os.path.join(local_root, member.name)
-                os.makedirs(os.path.dirname(final), exist_ok=True)
-                tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.rh-tmp-{uuid.uuid4().hex[:12]}")
-                src = tar.extractfile(member)
-                assert src is not None  # a regular file always has a payload
-                try:
-                    with open(tmp, "wb") as out:
-                        while chunk := src.read(_BUF):
-                            out.write(chunk)
-                    if os.path.getsize(tmp) != member.size:
-                        raise IntegrityError(f"{member.name}: got {os.path.getsize(tmp)} of {member.size} bytes.")
-                    os.utime(tmp, (member.mtime, member.mtime))
-                    os.replace(tmp, final)
-                except BaseException:
-                    if os.path.exists(tmp):
-                        os.remove(tmp)
-                    raise
-                done.append(member.name)
-    except BaseException as exc:  # reported by the caller
-        errors.append(exc)
+class _PipeReader(io.RawIOBase):
+    """The read end of a pipe that gives up (``ConnectionAbortedError``) once ``abandon`` is set and nothing more
+    arrives: when the remote command never started, its copy of the write end may stay open, so EOF never comes."""
+
+    def __init__(self, fd: int, abandon: threading.Event) -> None:
+        super().__init__()
+        self._fd, self._abandon = fd, abandon
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def readinto(self, buffer: Any) -> int:
+        while not select.select([self._fd], [], [], 0.2)[0]:
+            if self._abandon.is_set():
+                raise ConnectionAbortedError("the stream from the cluster was abandoned")
+        data = os.read(self._fd, len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+def _consume_tar(fd: int, keys: set[str], on_member: Callable[[tarfile.TarInfo, IO[bytes]], None],
+                 errors: list[BaseException], done: list[str], failed: threading.Event,
+                 abandon: threading.Event) -> None:
+    with io.BufferedReader(_PipeReader(fd, abandon), _BUF) as inp:
+        try:
+            with tarfile.open(fileobj=inp, mode="r|") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    if member.name not in keys:
+                        raise IntegrityError(f"The cluster sent {member.name!r}, which was not asked for; stopping.")
+                    src = tar.extractfile(member)
+                    assert src is not None  # a regular file always has a payload
+                    on_member(member, src)
+                    done.append(member.name)
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+            failed.set()  # the caller closes the remote command's channel
+            try:  # read on until then: writes into a closed pipe would fill asyncio's log with warnings
+                while inp.read(_BUF):
+                    pass
+            except OSError:
+                pass
+
+
+def _write_local(local_root: str) -> Callable[[tarfile.TarInfo, IO[bytes]], None]:
+    """Unpack each member into a hidden temporary name next to its final one, then rename it into place."""
+
+    def write(member: tarfile.TarInfo, src: IO[bytes]) -> None:
+        final = os.path.join(local_root, member.name)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.rh-tmp-{uuid.uuid4().hex[:12]}")
+        try:
+            with open(tmp, "wb") as out:
+                while chunk := src.read(_BUF):
+                    out.write(chunk)
+            if os.path.getsize(tmp) != member.size:
+                raise IntegrityError(f"{member.name}: got {os.path.getsize(tmp)} of {member.size} bytes.")
+            os.utime(tmp, (member.mtime, member.mtime))
+            os.replace(tmp, final)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+    return write
 
 
 def download(fs: Any, src_root: str, keys: list[str], local_root: str) -> list[str]:
     """Fetch ``src_root/key`` for each key from the SSH host into ``local_root/key``; returns the keys written."""
+    return _stream_out(fs, src_root, keys, _write_local(local_root))
+
+
+def read_files(fs: Any, src_root: str, keys: list[str], handle: Callable[[str, bytes], None]) -> list[str]:
+    """Stream ``src_root/key`` for each key from the SSH host and call ``handle(key, content)`` for each file as
+    it arrives (on a helper thread, in archive order). Returns the keys handled; an exception from ``handle``
+    stops the stream and is raised here."""
+
+    def read(member: tarfile.TarInfo, src: IO[bytes]) -> None:
+        data = src.read()
+        if len(data) != member.size:
+            raise IntegrityError(f"{member.name}: got {len(data)} of {member.size} bytes.")
+        handle(member.name, data)
+
+    return _stream_out(fs, src_root, keys, read)
+
+
+def _lost(what: str) -> SystemUnavailable:
+    """The remote command's channel closed without an exit status: the SSH connection dropped (transient)."""
+    return SystemUnavailable(f"The SSH connection to the cluster was lost while {what}; files already committed "
+                             "stay, and the copy resumes when it is run again.")
+
+
+async def _run_until(fs: Any, cmd: str, failed: threading.Event, **redirects: Any) -> Optional[Any]:
+    """Run ``cmd`` on the host like ``client.run``, but close its channel as soon as ``failed`` is set (the
+    local reader of its output gave up): otherwise the remote side blocks on a full window and the call never
+    returns. Returns the completed process, or None when it was stopped."""
+    proc = await fs.client.create_process(cmd, bufsize=_BUF, encoding=None, **redirects)
+    finished = asyncio.ensure_future(proc.wait(check=False))
+    while not finished.done():
+        await asyncio.wait({finished}, timeout=0.1)
+        if failed.is_set() and not finished.done():
+            proc.close()
+            try:
+                await asyncio.wait_for(finished, timeout=10)
+            except (asyncio.TimeoutError, Exception):  # stopped on purpose: the reader's error is what counts
+                finished.cancel()
+            return None
+    return finished.result()
+
+
+def _stream_out(fs: Any, src_root: str, keys: list[str],
+                on_member: Callable[[tarfile.TarInfo, IO[bytes]], None]) -> list[str]:
     cmd = f"cd {shlex.quote(src_root)} && tar -c --null -T - -f -"
     read_fd, write_fd = os.pipe()
     errors: list[BaseException] = []
     done: list[str] = []
-    consumer = threading.Thread(target=_consume_tar, args=(read_fd, local_root, set(keys), errors, done), daemon=True)
+    failed = threading.Event()
+    abandon = threading.Event()
+    consumer = threading.Thread(target=_consume_tar, args=(read_fd, set(keys), on_member, errors, done, failed,
+                                                           abandon), daemon=True)
     consumer.start()
     names = "".join(f"{k}\0" for k in keys).encode()
     result: Optional[Any] = None
@@ -117,11 +228,17 @@ def download(fs: Any, src_root: str, keys: list[str], local_root: str) -> list[s
     # pipe, since descriptor numbers are reused across threads).
     theirs = os.dup(write_fd)
     try:
-        result = sync(fs.loop, fs.client.run, cmd, input=names, stdout=theirs, bufsize=_BUF, check=False,
-                      encoding=None)
+        result = sync(fs.loop, _run_until, fs, cmd, failed, input=names, stdout=theirs)
+    except asyncssh.ChannelOpenError:  # raised before the command took the descriptor: it is ours to close
+        os.close(theirs)
+        raise
     finally:
         os.close(write_fd)
-        consumer.join(timeout=None if result is not None else 30)
+        if result is None:  # stopped, or failed before or while starting: the pipe may never see EOF
+            abandon.set()
+        consumer.join(timeout=30)
+    if result is not None and result.exit_status is None:  # the connection was lost: the reader's error follows
+        raise _lost(f"packing {len(keys)} files")
     if errors:
         raise errors[0]
     if result is not None and result.exit_status != 0:

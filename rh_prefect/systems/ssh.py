@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import posixpath
@@ -11,9 +12,9 @@ from typing import Any, ClassVar, Optional
 
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
-from rh_prefect.errors import CredentialsError, HostKeyMismatch, SystemUnavailable
+from rh_prefect.errors import CredentialsError, HostKeyMismatch, InvalidArgument, SystemUnavailable
 from rh_prefect.registry import Resource
 from rh_prefect.systems.base import System
 
@@ -100,9 +101,10 @@ class Cluster(Resource):
     @model_validator(mode="after")
     def _check(self) -> "Cluster":
         if not self.host or any(c in self.host for c in " \n\x00/"):
-            raise ValueError(f"Cluster host {self.host!r} is not a valid host name or address.")
+            raise ValueError(f"Cluster host {self.host!r} is not a valid host name or address; pass a name such as "
+                             "'head.example.com' or an address such as '10.0.0.5'.")
         if not 0 < self.port < 65536:
-            raise ValueError(f"Cluster port {self.port} is out of range 1-65535.")
+            raise ValueError(f"Cluster port {self.port} is out of range 1-65535; the SSH port is usually 22.")
         return self
 
     # -- connection ----------------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ class Cluster(Resource):
         """Keyword arguments for ``asyncssh.connect`` (and so ``sshfs.SSHFileSystem``)."""
         import asyncssh
 
-        opts: dict[str, Any] = {"port": self.port, "connect_timeout": 15}
+        opts: dict[str, Any] = {"port": self.port, "connect_timeout": 15, "encryption_algs": _cipher_preference()}
         if self.user:
             opts["username"] = self.user
         if self.ssh_key is not None:
@@ -189,6 +191,17 @@ class Cluster(Resource):
         return worker.online(self)
 
 
+def _cipher_preference() -> list[str]:
+    """asyncssh's default ciphers with AES-GCM first: with AES instructions it moved 256 MiB over SFTP in
+    ~0.9 s and 0.36 s of CPU here, against ~1.3 s and 0.6 s for asyncssh's first choice, chacha20-poly1305.
+    Only the order changes: a server without AES-GCM still gets the others."""
+    from asyncssh.encryption import get_default_encryption_algs
+
+    names = [a.decode() for a in get_default_encryption_algs()]
+    first = [a for a in ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com") if a in names]
+    return first + [a for a in names if a not in first]
+
+
 # One connection per (host, port, user, key, host-key trust): reused across resources, dropped when it breaks.
 _CONNECTIONS: dict[tuple, AbstractFileSystem] = {}
 _CONNECTIONS_LOCK = threading.Lock()
@@ -265,7 +278,11 @@ class SSHSystem(System):
         # Outside the try: a bad key or a missing known_hosts is the user's to fix, not "host unavailable".
         options = c.connect_options()
         try:
-            return SSHFileSystem(c.host, skip_instance_cache=True, **options)
+            # OpenSSH allows 10 sessions per connection (MaxSessions) and counts a finished command's session
+            # until it has reaped it. sshfs keeps max_sessions - 2 SFTP channels open once a burst of requests
+            # filled its pool; 5 (not 8) leave room for the tar streams (2 per copy), `cp` of server-side copies
+            # and sessions not yet reaped - with 8, a `cp` right after another one failed with "open failed".
+            return SSHFileSystem(c.host, skip_instance_cache=True, max_sessions=7, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
             raise HostKeyMismatch(
                 f"The host key of {self.describe()} is not the trusted one ({exc.reason}). If the host was "
@@ -315,10 +332,15 @@ class SSHSystem(System):
     def default_root(self) -> Optional[str]:
         return self.cluster.default_root
 
+    def ensure_container(self, path: str, create: bool = False) -> None:
+        """Connect now (or reuse the connection): before a write, an unreachable host, a refused login or an
+        untrusted host key fails at once with its own error instead of inside a retried task."""
+        self.fs
+
     def same_store(self, other: System) -> bool:
         return isinstance(other, SSHSystem) and other.identity() == self.identity()
 
-    def server_side_copy(self, src_fs_path: str, dst_fs_path: str) -> None:
+    def server_side_copy(self, src_fs_path: str, dst_fs_path: str, size: Optional[int] = None) -> None:
         self.fs.makedirs(posixpath.dirname(dst_fs_path), exist_ok=True)
         self.fs.cp_file(src_fs_path, dst_fs_path)
 
@@ -329,8 +351,48 @@ class SSHSystem(System):
         return self.cluster.work_queue
 
     # 128 KiB SFTP reads: 256 MiB in 0.63 s here vs 0.86 s with sshfs's 48 KiB (OpenSSH refuses >= 256 KiB).
-    def get_options(self) -> dict[str, Any]:
+    def get_options(self, size: Optional[int] = None) -> dict[str, Any]:
         return {"block_size": 2**17}
+
+    def find_files(self, fs_root: str) -> dict[str, dict[str, Any]]:
+        """Like ``fs.find``, but the directories of each tree level are read concurrently (pipelined requests
+        on the SFTP channels): one round trip per level instead of one per directory."""
+        fs = self.fs
+
+        async def walk() -> Optional[dict[str, dict[str, Any]]]:
+            gate = asyncio.Semaphore(32)
+
+            async def ls(path: str) -> Any:
+                async with gate:
+                    try:
+                        return await fs._ls(path, detail=True)
+                    except FileNotFoundError as exc:
+                        return exc
+
+            found: dict[str, dict[str, Any]] = {}
+            level = [fs_root]
+            while level:
+                listings = await asyncio.gather(*(ls(d) for d in level))
+                if isinstance(listings[0], FileNotFoundError) and level == [fs_root]:
+                    return None  # a file, or nothing: fs.find below says which
+                level = []
+                for listing in listings:
+                    if isinstance(listing, FileNotFoundError):
+                        continue  # removed while we walked
+                    for info in listing:
+                        if info["type"] == "directory":
+                            level.append(info["name"])
+                        else:
+                            found[info["name"]] = info
+            return found
+
+        found = sync(fs.loop, walk)
+        return fs.find(fs_root, detail=True, withdirs=False) if found is None else found
+
+    # The same 128 KiB requests for streaming reads (many in flight per read call); a larger block_size would
+    # become the SFTP request size, which OpenSSH caps.
+    def open_read(self, fs_path: str, size: Optional[int] = None) -> Any:
+        return self.fs.open(fs_path, "rb", block_size=2**17)
 
     def bulk_upload(self, local_root: str, keys: list[str], dst_root: str) -> None:
         from rh_prefect.systems import _tarstream
@@ -341,6 +403,11 @@ class SSHSystem(System):
         from rh_prefect.systems import _tarstream
 
         _tarstream.download(self.fs, src_root, keys, local_root)
+
+    def bulk_read(self, src_root: str, keys: list[str], handle: Any) -> None:
+        from rh_prefect.systems import _tarstream
+
+        _tarstream.read_files(self.fs, src_root, keys, handle)
 
 
 def cluster(
@@ -366,9 +433,18 @@ def cluster(
         if name is None:
             raise CredentialsError("rh.cluster() needs a name of a saved cluster or a host.")
         return Cluster._load_named(name)
-    c = Cluster(
-        host=host, port=port, user=user, ssh_key=ssh_key, known_hosts=known_hosts, host_key=host_key,
-        verify_host_key=verify_host_key, work_queue=work_queue, default_root=default_root, **worker_fields,
-    )
+    try:
+        c = Cluster(
+            host=host, port=port, user=user, ssh_key=ssh_key, known_hosts=known_hosts, host_key=host_key,
+            verify_host_key=verify_host_key, work_queue=work_queue, default_root=default_root, **worker_fields,
+        )
+    except ValidationError as exc:
+        # Only field names and messages: pydantic's own text repeats the input, which may hold the ssh_key.
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'cluster'}: {e['msg'].removeprefix('Value error, ').rstrip('.')}"
+            for e in exc.errors()
+        )
+        raise InvalidArgument(f"rh.cluster() got an unusable argument ({problems}). Example: "
+                              "rh.cluster(name='rh-cpu', host='10.0.0.5', port=22, user='ubuntu').") from None
     c._set_name(name)
     return c

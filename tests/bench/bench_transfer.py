@@ -147,10 +147,10 @@ def child_main(spec_path: str) -> int:
         # Absolute paths on every system here, so fs_path needs no network (no home-directory lookup).
         src_root, dst_root = src_sys.fs_path(src["path"]), dst_sys.fs_path(dst["path"])
         rss_before = _vm_hwm_mb()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         report = copy_tree(src_sys, src_root, dst_sys, dst_root)
-        seconds = time.perf_counter() - t0
-        result = dict(files=report.files_copied, bytes=report.bytes_copied, files_skipped=report.files_skipped,
+        seconds, result["cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+        result.update(files=report.files_copied, bytes=report.bytes_copied, files_skipped=report.files_skipped,
                       bytes_skipped=report.bytes_skipped, server_side=report.server_side)
     elif tool == "fsspec":
         rss_before = _vm_hwm_mb()
@@ -286,8 +286,10 @@ def _vm_hwm_mb(pid: int | str = "self") -> Optional[float]:
     return None
 
 
-def _wait_child(argv: list[str], env: dict[str, str], log_path: Path) -> tuple[int, float, Optional[float]]:
-    """Run argv; return (exit code, wall seconds, peak RSS MB of that child).
+def _wait_child(argv: list[str], env: dict[str, str], log_path: Path,
+                cpu: Optional[list[float]] = None) -> tuple[int, float, Optional[float]]:
+    """Run argv; return (exit code, wall seconds, peak RSS MB of that child); ``cpu`` (a list) receives the
+    child's user + system CPU seconds (from wait4).
 
     Peak RSS is the child's VmHWM, sampled every 20 ms until it exits: rusage's ru_maxrss is useless here
     because Linux carries the parent's (this ~200 MB process's) high-water mark into a child across fork/exec.
@@ -310,7 +312,9 @@ def _wait_child(argv: list[str], env: dict[str, str], log_path: Path) -> tuple[i
         timer = threading.Timer(RUN_TIMEOUT, proc.kill)  # only this child, by its Popen handle
         timer.start()
         try:
-            _, status, _ = os.wait4(proc.pid, 0)
+            _, status, usage = os.wait4(proc.pid, 0)
+            if cpu is not None:
+                cpu.append(usage.ru_utime + usage.ru_stime)
         finally:
             timer.cancel()
             done.set()
@@ -355,8 +359,9 @@ def rclone_cmd(src: dict, dst: dict) -> list[str]:
 
 def run_rclone(env: Env, src: dict, dst: dict) -> dict:
     log_path = env.tmp / f"rclone-{uuid.uuid4().hex[:6]}.log"
-    code, wall, rss = _wait_child(rclone_cmd(src, dst), env.rclone_env, log_path)
-    res = {"ok": code == 0, "seconds": wall, "rss_mb": rss}
+    cpu: list[float] = []
+    code, wall, rss = _wait_child(rclone_cmd(src, dst), env.rclone_env, log_path, cpu)
+    res = {"ok": code == 0, "seconds": wall, "rss_mb": rss, "cpu_s": cpu[0] if cpu else None}
     if code != 0:
         res["error"] = f"exit {code}: {_tail(log_path)}"
     log_path.unlink()
@@ -373,6 +378,23 @@ def verify(env: Env, expected: dict[str, int], dst: dict) -> Optional[str]:
     wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
     return f"destination differs: {len(missing)} missing {missing[:3]}, {len(extra)} extra {extra[:3]}, " \
            f"{len(wrong)} wrong size {wrong[:3]}"
+
+
+def _proc_cpu(pid: Optional[int]) -> float:
+    """User + system CPU seconds of a process and of its reaped children (sshd forks one per connection)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def servers_cpu(env: Env, kinds: set[str]) -> float:
+    """CPU seconds used so far by the servers behind these kinds of place (moto, fake-gcs-server, sshd)."""
+    pids = {"s3": env.s3.pid, "gs": env.gcs.pid, "ssh": env.ssh.pid}
+    return sum(_proc_cpu(pids[k]) for k in kinds if k in pids)
 
 
 # ===================================================================================== parent: setup
@@ -538,6 +560,7 @@ def bench_route(env: Env, route: str, workload: str, reps: int, expected: dict[s
                 continue
             run_id = f"{route}-{workload}-{name.split()[0].replace('>', '')}-{rep}-{uuid.uuid4().hex[:6]}"
             dst = place(env, spec["dst"], "dst", workload, run_id)
+            server_cpu0 = servers_cpu(env, {spec["src"], spec["dst"]})
             if tool == "rh":
                 rh_src_kind = next(k for label, k, _ in spec["variants"] if label == name)
                 src = place(env, rh_src_kind, "src", workload)
@@ -555,12 +578,14 @@ def bench_route(env: Env, route: str, workload: str, reps: int, expected: dict[s
                 res["error"] += ("\nRemoteFileSystem(basepath='sftp://...').put_directory fails with sshfs: it "
                                  "passes full sftp:// URLs to put_file, which opens them as literal paths "
                                  "(FileNotFoundError)")
+            res["server_cpu_s"] = servers_cpu(env, {spec["src"], spec["dst"]}) - server_cpu0
             if res.get("ok"):
                 problem = verify(env, expected, dst)
                 if problem:
                     res.update(ok=False, error=problem)
             shown = f"{res['seconds']:.2f}s" if res.get("ok") else f"FAILED {_short(res.get('error', ''))}"
-            log(f"  [{route} {workload} rep{rep}] {name}: {shown}  peak rss {_f(res.get('rss_mb'), '{:.0f}')} MB")
+            log(f"  [{route} {workload} rep{rep}] {name}: {shown}  peak rss {_f(res.get('rss_mb'), '{:.0f}')} MB"
+                f"  cpu {_f(res.get('cpu_s'))}s  server cpu {_f(res.get('server_cpu_s'))}s")
             cells[name]["runs"].append(res)
             if tool == "rh" and rep == 0 and res.get("ok"):
                 again = run_python_tool(env, "rh", src, dst)
@@ -619,6 +644,9 @@ def build_rows(results: dict) -> tuple[list[dict], list[dict]]:
                        "rerun_bytes": again.get("bytes") if again and again.get("ok") else None,
                        "rh_error": None if rh else _err(r["cells"][label]),
                        "rclone_error": None if rc else (r["rclone_na"] or _err(r["cells"]["rclone"]))}
+                row.update(rh_cpu_s=rh.get("cpu_s") if rh else None, rclone_cpu_s=rc.get("cpu_s") if rc else None,
+                           rh_server_cpu_s=rh.get("server_cpu_s") if rh else None,
+                           rclone_server_cpu_s=rc.get("server_cpu_s") if rc else None)
                 row["ratio"] = (row["rclone_s"] / row["rh_s"]) if rh and rc else None
                 row["met"] = (row["ratio"] >= target) if row["ratio"] is not None else None
                 rows.append(row)
@@ -683,6 +711,12 @@ def render(rows: list[dict], base_rows: list[dict], meta: dict) -> str:
     for b in base_rows:
         out.append(f"| {b['route']} | {b['workload']} | {_f(b['rh_s'])} | {_f(b.get('fsspec_s'))} "
                    f"| {_f(b.get('fsspec_ratio'))} | {_f(b.get('prefect_s'))} | {_f(b.get('prefect_ratio'))} |")
+    out += ["", "CPU seconds of the best runs above (where the time goes):", "",
+            "| route | workload | rh-prefect copy CPU s | server CPU s during it | rclone process CPU s "
+            "| server CPU s during it |", "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['route']} | {r['workload']} | {_f(r.get('rh_cpu_s'))} | {_f(r.get('rh_server_cpu_s'))} "
+                   f"| {_f(r.get('rclone_cpu_s'))} | {_f(r.get('rclone_server_cpu_s'))} |")
     notes = ["", "Notes:",
              f"- {meta['workloads_desc']}; best (min) of {meta['reps']} alternating runs, fresh destination each "
              "run; every destination verified (keys and sizes). A run that failed is excluded from the best and "
@@ -701,7 +735,15 @@ def render(rows: list[dict], base_rows: list[dict], meta: dict) -> str:
              "- re-run %: the same rh-prefect copy again onto the finished destination, as % of the first run; "
              "(B) = bytes it transferred.",
              "- Ratios in the second table: baseline time / rh-prefect time (> 1 means rh-prefect is faster).",
-             f"- Machine: {meta['machine']}. Shared with other jobs during the run: single numbers are noisy.",
+             "- CPU table: rh-prefect = CPU of the copy_tree() call (all threads of the child, imports excluded); "
+             "rclone = its whole process (wait4 rusage); server = moto / fake-gcs-server / sshd (with the "
+             "per-connection sshd processes it has reaped) for the route's systems during that run. moto and "
+             "the Python client both spend ~2 ms of CPU per request; on 2 cores shared with other jobs that "
+             "CPU, not the network, sets the pace of the many-small-file S3 routes.",
+             f"- Machine: {meta['machine']}. Shared with other jobs during the run: single numbers are noisy."
+             + (" Load average (1/5/15 min) at start {start}, at end {end}.".format(
+                 **{k: "/".join(f"{x:.1f}" for x in v) for k, v in meta["loadavg_1_5_15"].items()})
+                if meta.get("loadavg_1_5_15") else ""),
              ]
     for r in rows:
         where = f"- {r['route']} {r['workload']}"
@@ -803,6 +845,7 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, str(REPO / "tests"))
     rclone_version = ensure_rclone()
     started = time.time()
+    load_start = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="rh-bench-"))
     servers: dict[str, Any] = {}
     try:
@@ -856,6 +899,7 @@ def main(argv: list[str]) -> int:
             "machine": machine_desc(), "versions": dict(versions(), rh_prefect_snapshot_sha256=engine_digest),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "duration_s": time.time() - started,
+            "loadavg_1_5_15": {"start": load_start, "end": os.getloadavg()},
             "command": "python tests/bench/bench_transfer.py " + " ".join(argv),
         }
         out = Path(args.out) if args.out else HERE / "results" / ("latest-quick.json" if args.quick else "latest.json")
