@@ -72,6 +72,7 @@ class Browser:
         self.websockets: list[str] = []
         self.responses_from_outside: list[str] = []
         self.console_errors: list[str] = []
+        self.failed_responses: list[str] = []  # "STATUS METHOD URL" of API calls that failed (>= 400)
         self._pw = sync_playwright().start()
         try:
             # playwright gives the browser a fresh temporary profile (its own --user-data-dir) and removes it.
@@ -99,6 +100,8 @@ class Browser:
     def _on_response(self, response: Any) -> None:
         if not is_loopback(response.url):
             self.responses_from_outside.append(response.url)
+        if response.status >= 400:
+            self.failed_responses.append(f"{response.status} {response.request.method} {response.url}")
 
     # -- navigation helpers ---------------------------------------------------------------------------------
     def goto(self, path: str, idle: bool = True) -> None:
