@@ -247,8 +247,10 @@ def test_s3_network_cut_mid_copy(s3_server, s3_env, s3_bucket, monkeypatch, tmp_
             listed = dst.ls(recursive=True, full_paths=False)  # the user's view, through the proxy
 
     watcher.assert_clean()
-    assert fault["dropped"] >= 1, "the cut dropped no connection: it did not land mid-copy"
-    assert proxy.refused >= 1, "nothing tried to connect during the cut: the copy was over"
+    # The cut landed mid-copy: the copy tried to connect while the network was down (its pooled connections,
+    # if any were open at that instant, were dropped too; between requests there may be none).
+    assert proxy.refused >= 1, (f"nothing tried to connect during the cut: the copy was over "
+                                f"({fault['dropped']} connections dropped)")
     assert_equal_to_source(listing(), digest, expected)
     assert sorted(listed) == sorted(expected)
 
