@@ -68,13 +68,7 @@ def _chain_text(exc: BaseException | None) -> str:
     return "\n".join(parts)
 
 
-def _log_text(caplog) -> str:
-    parts = []
-    for record in caplog.records:
-        parts.append(record.getMessage())
-        if record.exc_info:
-            parts.append(logging.Formatter().formatException(record.exc_info))
-    return "\n".join(parts)
+from test_errors import _all_log_text as _log_text  # noqa: E402  (one helper for both modules)
 
 
 def _key_secret_lines(key_text: str) -> list[str]:
