@@ -290,6 +290,54 @@ def test_a_script_that_ends_with_a_stream_exits_cleanly(tmp_path):
     assert "Task run 'rh-table-stream' - Finished in state Completed()" in proc.stderr
 
 
+def test_a_long_stream_shows_as_running_and_a_short_one_is_recorded_at_its_end(tmp_path):
+    # A stream is one Prefect task run. It starts once the stream has run for RECORD_AFTER_SECONDS, so a slow
+    # consumer sees it Running in the UI; a sub-second stream is recorded after its last batch.
+    import time
+    from datetime import datetime, timezone
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    from rh_prefect.resources.table import RECORD_AFTER_SECONDS
+
+    def stream_runs(since):
+        with get_client(sync_client=True) as c:
+            return c.read_task_runs(task_run_filter=TaskRunFilter(
+                name=TaskRunFilterName(any_=["rh-table-stream"]),
+                start_time=TaskRunFilterStartTime(after_=since)), sort=TaskRunSort.EXPECTED_START_TIME_DESC)
+
+    def wait_for(check, timeout=20.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if (got := check()):
+                return got
+            time.sleep(0.2)
+        return check()
+
+    t = rh.table(data=frame(100), path=tmp_path / "t")
+    since = datetime.now(timezone.utc)
+    s = t.stream(batch_size=10, batch_format="pyarrow")
+    first = next(s)
+    assert s.recorded(timeout=0) is False  # not started yet
+    time.sleep(RECORD_AFTER_SECONDS + 0.2)
+    second = next(s)
+    running = wait_for(lambda: [r for r in stream_runs(since) if r.state and r.state.is_running()])
+    assert len(running) == 1, stream_runs(since)
+    rest = list(s)
+    assert [r["id"] for b in [first, second, *rest] for r in b.to_pylist()] == list(range(100))
+    assert s.recorded(timeout=30)
+    done = wait_for(lambda: [r for r in stream_runs(since) if r.id == running[0].id and r.state.is_completed()])
+    assert done, stream_runs(since)
+
+    since = datetime.now(timezone.utc)
+    quick = t.stream(batch_size=10, batch_format="pyarrow")
+    assert sum(len(b) for b in quick) == 100
+    assert quick.recorded(timeout=30)
+    assert wait_for(lambda: [r for r in stream_runs(since) if r.state.is_completed()])
+
+
 def test_stream_resumes_at_a_row_and_counts_rows(tmp_path, small_groups):
     t = rh.table(data=frame(250), path=tmp_path / "t")
     s = t.stream(batch_size=40, batch_format="pyarrow")

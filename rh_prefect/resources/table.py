@@ -27,6 +27,7 @@ import os
 import queue
 import random
 import threading
+import time
 import weakref
 from typing import Any, ClassVar, Iterator, Literal, Optional, Union
 
@@ -436,6 +437,8 @@ _KIND_CLASSES: dict[str, type[Table]] = {
 assert set(_KIND_CLASSES) == set(KINDS)
 #: rows per batch when iterating rows
 _ROW_BATCH = 4096
+#: a stream's Prefect task run starts once the stream has run this long (a shorter stream is recorded at its end)
+RECORD_AFTER_SECONDS = 1.0
 
 
 # ------------------------------------------------------------------------------------------------- streaming
@@ -445,11 +448,12 @@ class TableStream:
     ``rows_delivered`` counts the rows handed out so far; ``table.stream(..., start_row=s.rows_delivered)``
     continues a stream where it stopped.
 
-    Each stream is one Prefect task run ("rh-table-stream"): it starts with the stream, ends with it (Completed
-    with the number of rows delivered, or Failed with the stream's error) and nests under the caller's flow run.
+    Each stream is one Prefect task run ("rh-table-stream"): it starts once the stream has run for
+    :data:`RECORD_AFTER_SECONDS` (a shorter stream is recorded when it ends), ends with it (Completed with the
+    number of rows delivered, or Failed with the stream's error) and nests under the caller's flow run.
     The task run is kept beside the data path rather than on it: batches never pass through Prefect's generator
-    machinery, so the ~50 ms of task-run bookkeeping does not delay the first batch and no Prefect code runs per
-    batch. Retries follow the package's policy per row group inside the reader (a Prefect-level retry would
+    machinery, so the ~50 ms of task-run bookkeeping does not delay the first batch, no Prefect code runs per
+    batch, and a sub-second stream does not share the GIL with it. :meth:`recorded` waits for the record. Retries follow the package's policy per row group inside the reader (a Prefect-level retry would
     replay the stream from its first row).
     """
 
@@ -458,6 +462,7 @@ class TableStream:
         self.rows_delivered = 0
         self._iter: Optional[Iterator[Any]] = None
         self._reader: Optional[stream.background] = None
+        self._run: Optional[_StreamRun] = None
 
     def __iter__(self) -> Iterator[Any]:
         # The generator itself: a for loop then resumes it directly, with no Python call per batch in between.
@@ -476,17 +481,30 @@ class TableStream:
             self._reader.close(wait=True)
 
     def _batches(self) -> Iterator[Any]:
-        run = None
+        # The task run starts once the stream has run for RECORD_AFTER_SECONDS: a long stream shows as Running
+        # while it runs, and a short one (a fraction of a second) is recorded when it ends, its bookkeeping
+        # (~50 ms of CPU) no longer competing with the data for the GIL.
+        self._run = None
+        deadline = time.monotonic() + RECORD_AFTER_SECONDS
         try:
             for batch in self._read():
                 yield batch
-                if run is None:  # started once the first batch is out: its bookkeeping overlaps the rest
-                    run = _StreamRun(self._url, self.spec)
+                if self._run is None and time.monotonic() >= deadline:
+                    self._run = _StreamRun(self._url, self.spec)
         except BaseException as exc:
-            run = run or _StreamRun(self._url, self.spec)
-            run.finish(self.rows_delivered, exc if not isinstance(exc, GeneratorExit) else None)
+            self._run = self._run or _StreamRun(self._url, self.spec)
+            self._run.finish(self.rows_delivered, exc if not isinstance(exc, GeneratorExit) else None)
             raise
-        (run or _StreamRun(self._url, self.spec)).finish(self.rows_delivered)
+        self._run = self._run or _StreamRun(self._url, self.spec)
+        self._run.finish(self.rows_delivered)
+
+    def recorded(self, timeout: Optional[float] = None) -> bool:
+        """Wait until this stream's Prefect task run has ended (it is recorded on a thread of its own, after the
+        stream's last batch for a short stream); True once it has, False on timeout or if it never started."""
+        if self._run is None:
+            return False
+        self._run._thread.join(timeout)
+        return not self._run._thread.is_alive()
 
     def _read(self) -> Iterator[Any]:
         restarts = 0
