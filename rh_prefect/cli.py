@@ -225,7 +225,7 @@ def rm(
             _fail("nothing deleted.")
         if exists:
             system.check_writable(path)
-            system.fs.rm(path, recursive=True)
+            system.rm_tree(path)
         if res is not None:
             registry.delete(target)
         typer.echo(f"removed {where}" + (f" and forgot {target}" if res is not None else ""))

@@ -51,6 +51,8 @@ class CopyReport:
     seconds: float = 0.0
     server_side: bool = False
     failures: dict[str, str] = field(default_factory=dict)
+    #: temporary files left by earlier interrupted writes, removed from the destination
+    temps_removed: int = 0
 
     @property
     def throughput(self) -> float:
@@ -79,8 +81,14 @@ def _count(nbytes: int, nfiles: int = 0) -> None:
         COUNTERS["files_copied"] += nfiles
 
 
-def list_files(system: System, root: str) -> dict[str, dict[str, Any]]:
-    """``{relative key: info}`` of every file under ``root`` (fs path), leaving out unfinished temporary files."""
+#: a temporary file untouched for this long was left by a write that died (a killed process): a copy onto its
+#: directory removes it. Live writes touch their file as they go, so a slow write is never taken for one.
+STALE_TEMP_SECONDS = 3600.0
+
+
+def list_files(system: System, root: str, temps: Optional[list[dict[str, Any]]] = None) -> dict[str, dict[str, Any]]:
+    """``{relative key: info}`` of every file under ``root`` (fs path), leaving out unfinished temporary files
+    (appended to ``temps`` when given: the hidden ``.name.rh-tmp-...`` files of single-file writes)."""
     try:
         found = system.find_files(root)
     except FileNotFoundError:
@@ -98,9 +106,38 @@ def list_files(system: System, root: str) -> dict[str, dict[str, Any]]:
         else:
             continue
         if system.is_temp_name(key):
+            head, tail = posixpath.split(key)
+            if temps is not None and system.is_temp_name(tail) and not system.is_temp_name(head):
+                temps.append(dict(info, path=norm))
             continue
         out[key] = dict(info, path=norm)
     return out
+
+
+def _remove_stale_temps(system: System, temps: list[dict[str, Any]]) -> int:
+    """Remove temporary files untouched for :data:`STALE_TEMP_SECONDS` (best effort); returns how many."""
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    removed = 0
+    for info in temps:
+        mtime = system.mtime(info)
+        if mtime is None or mtime > cutoff:
+            continue
+        try:
+            system.fs.rm_file(info["path"])
+            removed += 1
+        except OSError as exc:  # gone already (another copy cleaned it), or not ours to remove: leave it
+            logger.debug("could not remove stale temporary file %s: %s", info["path"], exc)
+    if removed:
+        logger.info("removed %d temporary file(s) left by interrupted writes under %s", removed,
+                    system.describe())
+    return removed
+
+
+def _unchanged(src: System, src_info: dict, dst: System, dst_info: Optional[dict]) -> bool:
+    if dst_info is None or int(dst_info.get("size") or 0) != int(src_info.get("size") or 0):
+        return False
+    src_m, dst_m = src.mtime(src_info), dst.mtime(dst_info)
+    return src_m is not None and dst_m is not None and dst_m + 1.0 >= src_m
 
 
 def _unchanged(src: System, src_info: dict, dst: System, dst_info: Optional[dict]) -> bool:
@@ -130,7 +167,8 @@ def copy_tree(
     started = time.perf_counter()
     # Both sides are listed at once (connections included): a re-run of a finished copy is mostly listing.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rh-list") as lister:
-        dst_listing = lister.submit(list_files, dst, dst_root)
+        stale: list[dict[str, Any]] = []
+        dst_listing = lister.submit(list_files, dst, dst_root, stale)
         src_files = list_files(src, src_root)
         if not src_files and not src.fs.exists(src_root):
             raise NotFound(f"Nothing to copy: {src.url(src.user_path(src_root))} does not exist; check the path, "
@@ -198,6 +236,8 @@ def copy_tree(
             f"{type(first).__name__}: {first}). Files already committed stay; run the copy again to resume.",
             failures,
         ) from first
+    if stale and keys is None:  # a whole-folder copy completed: its destination directory is ours to tidy
+        report.temps_removed = _remove_stale_temps(dst, stale)
     logger.info("%s -> %s: %s", src.describe(), dst.describe(), report.summary())
     return report
 
@@ -553,7 +593,7 @@ def write_bytes(system: System, fs_path: str, data: bytes) -> None:
 
 def rm_tree(system: System, fs_path: str) -> None:
     system.check_writable(fs_path)
-    system.fs.rm(fs_path, recursive=True)
+    system.rm_tree(fs_path)
 
 
 def copy_stream(reader: IO[bytes], system: System, fs_path: str) -> int:

@@ -134,6 +134,27 @@ def test_bad_keys_are_refused_before_writing(places, sysname):
     assert contents(f) == {"keep": b"k"}
 
 
+@pytest.mark.parametrize("sysname", SYSTEMS)
+def test_a_backslash_is_a_character_of_a_name_everywhere(places, sysname, tmp_path):
+    # Keys are '/'-separated; a backslash is part of a name in put, get, ls, open, rm and copies alike, so a
+    # name listed by ls() round-trips (before, put() read it as a separator while copies kept it).
+    f = make(places, sysname)
+    f.put({"a\\b.txt": b"one", "dir\\x/c.txt": b"two", "..\\not-up": b"three"})
+    assert f.ls(full_paths=False, recursive=True) == ["..\\not-up", "a\\b.txt", "dir\\x/c.txt"]
+    assert f.get("a\\b.txt") == b"one" and f.get("dir\\x/c.txt") == b"two"
+    assert not raw_exists(f, "a/b.txt")
+    with f.open("a\\b.txt") as fh:
+        assert fh.read() == b"one"
+    copy = f.to("file", str(tmp_path / "copy"))
+    assert sorted(str(p.relative_to(tmp_path / "copy")) for p in (tmp_path / "copy").rglob("*") if p.is_file()) \
+        == ["..\\not-up", "a\\b.txt", "dir\\x/c.txt"]
+    assert contents(copy) == {"..\\not-up": b"three", "a\\b.txt": b"one", "dir\\x/c.txt": b"two"}
+    f.rm(["a\\b.txt"])
+    assert f.ls(full_paths=False, recursive=True) == ["..\\not-up", "dir\\x/c.txt"]
+    with pytest.raises(rh.InvalidPath, match="is absolute"):
+        f.put({"/abs\\x": b"x"})
+
+
 # --------------------------------------------------------------------------- open
 
 

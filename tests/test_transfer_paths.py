@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,36 @@ def test_one_failing_file_in_a_batch_leaves_the_others_committed(places, tmp_pat
     assert got == SMALL  # no temporary files left either
     report = transfer.copy_tree(src.sys, src.fs_path, get_system("file"), str(dst), keys=list(SMALL))
     assert (report.files_copied, report.files_skipped) == (0, len(SMALL))
+
+
+@pytest.mark.parametrize("dst_name", ["file", "ssh"])
+def test_a_copy_removes_temporary_files_left_by_killed_writes(places, ssh_server, tmp_path, dst_name):
+    # A SIGKILLed write leaves its hidden temporary file behind (never under a final name). The next whole-folder
+    # copy onto that directory removes the ones untouched for an hour, and leaves fresh ones (a live write) and
+    # anything inside a staging directory alone.
+    src = rh.folder(path=str(tmp_path / "src"))
+    src.put({"a.bin": b"a" * 100, "sub/b.bin": b"b" * 200})
+    system, base = places[dst_name]
+    dst = rh.folder(path=f"{base}/dst", system=system).mkdir()
+    # The test cluster serves this machine's disk: a relative ssh path is under the sshd user's home.
+    on_disk = Path(dst.fs_path) if dst.fs_path.startswith("/") else ssh_server.home / dst.fs_path
+    (on_disk / "sub").mkdir(parents=True, exist_ok=True)
+    (on_disk / ".rh-tmp-stage-0123456789ab").mkdir()
+    old = [on_disk / ".a.bin.rh-tmp-0123456789ab", on_disk / "sub" / ".c.bin.rh-tmp-0123456789ab",
+           on_disk / ".rh-tmp-stage-0123456789ab" / "x.bin"]
+    fresh = on_disk / "sub" / ".b.bin.rh-tmp-ba9876543210"
+    long_ago = time.time() - transfer.STALE_TEMP_SECONDS - 600
+    for p in old + [fresh]:
+        p.write_bytes(b"partial")
+    for p in old:
+        os.utime(p, (long_ago, long_ago))
+
+    report = transfer.copy_tree(src.sys, src.fs_path, dst.sys, dst.fs_path)
+
+    assert report.temps_removed == 2
+    assert not old[0].exists() and not old[1].exists()
+    assert old[2].exists() and fresh.exists()  # a staging directory's content and a live write: kept
+    assert dst.get("a.bin") == b"a" * 100 and dst.get("sub/b.bin") == b"b" * 200
+    assert dst.ls(full_paths=False, recursive=True) == ["a.bin", "sub/b.bin"]
+    again = transfer.copy_tree(src.sys, src.fs_path, dst.sys, dst.fs_path)
+    assert (again.files_copied, again.temps_removed) == (0, 0) and fresh.exists()

@@ -181,7 +181,10 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
         with self.sys.guard(self.url):
             for path in paths:
                 if self.sys.fs.exists(path):
-                    self.sys.fs.rm(path, recursive=recursive)
+                    if recursive:
+                        self.sys.rm_tree(path)
+                    else:
+                        self.sys.fs.rm(path)
 
     # -- moving -------------------------------------------------------------------------------------------
     def to(self, system: SystemArg, path: Optional[str] = None, overwrite: bool = True, via: str = "auto") -> "Folder":

@@ -157,8 +157,10 @@ def _write_local(local_root: str) -> Callable[[tarfile.TarInfo, IO[bytes]], None
                     out.write(chunk)
             if os.path.getsize(tmp) != member.size:
                 raise IntegrityError(f"{member.name}: got {os.path.getsize(tmp)} of {member.size} bytes.")
-            os.utime(tmp, (member.mtime, member.mtime))
             os.replace(tmp, final)
+            # After the rename: a temporary file never carries an old modification time, which would make it
+            # look abandoned to the copy engine's clean-up of stale temporary files.
+            os.utime(final, (member.mtime, member.mtime))
         except BaseException:
             if os.path.exists(tmp):
                 os.remove(tmp)

@@ -121,6 +121,10 @@ class System(ABC):
         """Copy one object within the store without downloading it (``size``: from the listing, if known)."""
         self.fs.copy(src_fs_path, dst_fs_path)
 
+    def rm_tree(self, fs_path: str) -> None:
+        """Delete a file, or a directory and everything under it. Raises FileNotFoundError if nothing is there."""
+        self.fs.rm(fs_path, recursive=True)
+
     async def server_side_copy_async(self, src_fs_path: str, dst_fs_path: str, size: Optional[int] = None) -> None:
         """:meth:`server_side_copy` as a coroutine on an asynchronous filesystem's event loop (used for many
         small objects at once); only called when ``fs.async_impl`` is true."""
@@ -274,14 +278,18 @@ def check_path(path: Any) -> str:
 
 
 def check_relative_key(key: str) -> str:
-    """Validate a file key inside a folder: relative, no ``..``, no NUL or newline. Returns it normalised."""
+    """Validate a file key inside a folder: relative, no ``..``, no NUL or newline. Returns it normalised.
+
+    Keys are '/'-separated on every system; a backslash is an ordinary character of a name (as in POSIX file
+    names and object keys), so a name listed by ``ls()`` or copied from elsewhere reads, writes and removes
+    as itself."""
     if not isinstance(key, str) or not key:
         raise InvalidPath(f"A file name inside a folder must be a non-empty string, got {key!r}.")
     if any(c in key for c in "\x00\n\r"):
         raise InvalidPath(f"File name {key!r} contains a NUL or newline character; remove it.")
-    if key.startswith("/") or key.startswith("\\"):
+    if key.startswith("/"):
         raise InvalidPath(f"File name {key!r} is absolute; give a path relative to the folder, e.g. 'a/b.txt'.")
-    parts = key.replace("\\", "/").split("/")
+    parts = key.split("/")
     if any(p == ".." for p in parts):
         raise InvalidPath(f"File name {key!r} contains '..'; keys must stay inside the folder.")
     clean = "/".join(p for p in parts if p not in ("", "."))

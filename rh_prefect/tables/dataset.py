@@ -410,7 +410,7 @@ def remove_version(system: System, root: str, version: str) -> None:
     """Delete one version directory; a failure is logged (an unreferenced directory is invisible to readers)."""
     path = posixpath.join(root, version)
     try:
-        system.fs.rm(path, recursive=True)
+        system.rm_tree(path)
     except FileNotFoundError:
         pass  # already gone: deleted by a concurrent writer, which is the outcome we wanted
     except OSError as exc:
@@ -425,7 +425,7 @@ def remove_table(system: System, root: str) -> None:
     except FileNotFoundError:
         pass  # no pointer: nothing is visible already
     try:
-        system.fs.rm(root, recursive=True)
+        system.rm_tree(root)
     except FileNotFoundError:
         pass  # nothing stored: the table is gone, as asked
     system.fs.invalidate_cache(root)
