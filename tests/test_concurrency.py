@@ -16,9 +16,10 @@ over, and records what it got. Asserted:
   the registry entries describe it: the blob's size and sha256 are those of the stored bytes, the table's row
   count that of its current version.
 
-Two deterministic tests pin down the interleavings behind this: a registration that arrives after another writer's
-commit (the entry must end up describing the stored bytes, not the replaced ones), and a reader that meets bytes
-committed but not yet registered (it must wait for the registration instead of reporting corruption).
+Deterministic tests pin down the interleavings behind this: a registration that arrives after another writer's
+commit (the entry must end up describing the stored bytes, not the replaced ones); a reader that meets bytes
+committed but not yet registered (it must wait for the registration instead of reporting corruption, as long as it
+takes while the writer's in-flight marker is there, and not without one); no marker is left after a save.
 """
 
 from __future__ import annotations
@@ -245,3 +246,62 @@ def test_a_reader_waits_for_a_registration_in_flight(tmp_path, unique_name):
         registered.join()
     assert reader.sha256 == writer.sha256  # the reader now holds the new entry
     rh.delete(name)
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_a_reader_tells_a_writer_in_flight_from_corruption_by_its_marker(tmp_path, unique_name, monkeypatch,
+                                                                         announced):
+    """A writer of a saved blob leaves a hidden marker before committing bytes and removes it once they are
+    registered. A reader meeting bytes its entry does not describe waits for the registration while the marker is
+    there, however slow the registry; without a marker (bytes changed outside rh_prefect) it reports corruption
+    after the short quiet window."""
+    from rh_prefect.resources import blob as blob_mod
+
+    monkeypatch.setattr(blob_mod, "REGISTRY_LAG_SECONDS", 0.3)
+    monkeypatch.setattr(blob_mod, "REGISTRY_LAG_ACTIVE_SECONDS", 0.3)
+    name = unique_name("marker")
+    path = str(tmp_path / "b.bin")
+    rh.blob(data=blob_payload(0, 0), name=name, path=path, serializer="bytes").save()
+    reader, writer = rh.blob(name=name), rh.blob(name=name)
+    size, digest, marker = blob_mod._write_task.fn(writer.sys, writer.fs_path, blob_mod._Payload(blob_payload(0, 1)),
+                                                   "bytes", "test", announced)  # committed, not yet registered
+    assert (marker is not None) == announced and (marker is None or os.path.exists(marker))
+    assert sorted(os.listdir(tmp_path)) == sorted(["b.bin"] + ([os.path.basename(marker)] if announced else []))
+    assert rh.folder(path=str(tmp_path)).ls(full_paths=False) == ["b.bin"]  # the marker is never listed
+    registered = threading.Timer(1.5, lambda: writer._record(size, digest, "bytes", marker))  # a slow registry
+    registered.start()
+    started = time.monotonic()
+    try:
+        if announced:
+            assert check_blob(reader.fetch()) == (0, 1)
+            assert time.monotonic() - started >= 1.0  # it waited for the registration
+        else:
+            with pytest.raises(rh.IntegrityError, match="failed verification"):
+                reader.fetch()
+            assert time.monotonic() - started < 1.5  # corruption is reported without waiting for a registry
+    finally:
+        registered.join()
+    assert sorted(os.listdir(tmp_path)) == ["b.bin"]  # registered: the marker is gone
+    assert check_blob(rh.blob(name=name).fetch()) == (0, 1)
+    rh.delete(name)
+
+
+def test_saved_writes_leave_no_marker_behind(tmp_path, unique_name, monkeypatch):
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # an in-memory blob saved by name is written to the current directory
+    name = unique_name("nomarker")
+    path = tmp_path / "b.bin"
+    b = rh.blob(data=b"one", name=name, path=str(path), serializer="bytes").save()
+    b.write(b"two")
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"three")
+    b.upload(src)
+    with b.open("wb") as f:
+        f.write(b"four")
+    mem = unique_name("nomarker-mem")
+    rh.blob(data=b"five", serializer="bytes").save(mem)
+    assert sorted(os.listdir(tmp_path)) == ["b.bin", "cwd", "src.bin"]
+    assert os.listdir(tmp_path / "cwd") == [mem]
+    assert rh.blob(name=name).fetch() == b"four" and rh.blob(name=mem).fetch() == b"five"
+    rh.delete(name)
+    rh.delete(mem)

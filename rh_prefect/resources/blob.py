@@ -90,6 +90,8 @@ class Blob(StoredResource):
     # Data handed over but not (yet) written: an in-memory blob, or rh.blob(data, ..., dryrun=True).
     _data: Any = PrivateAttr(default=None)
     _has_data: bool = PrivateAttr(default=False)
+    # The in-flight marker of bytes this object committed and has not registered yet (see _announce).
+    _pending: Optional[str] = PrivateAttr(default=None)
 
     # -- what and where -----------------------------------------------------------------------------------
     def _label(self) -> str:
@@ -123,11 +125,28 @@ class Blob(StoredResource):
                 f"{posixpath.join(self.path or '', 'blob.pkl')!r}, or use rh.folder() for a directory."
             )
 
-    def _record(self, size: int, sha256: str, serializer: str) -> None:
-        """Remember what was written; a blob already saved by name is re-saved so loads verify the new bytes."""
+    def _record(self, size: int, sha256: str, serializer: str, marker: Optional[str] = None) -> None:
+        """Remember what was written; a blob already saved by name is re-saved so loads verify the new bytes.
+        ``marker``: the in-flight marker the write left (removed once the bytes are registered)."""
         self.size, self.sha256, self.serializer = size, sha256, serializer
+        if marker is not None:
+            self._retract()  # an earlier unregistered write of this object: superseded
+            self._pending = marker
         if self._block_document_id is not None:
             self.save()
+
+    def _announces(self) -> bool:
+        """True when a write should leave an in-flight marker: the blob has a name, so a registration follows."""
+        return bool(self.name) and not self._in_memory()
+
+    def _retract(self) -> None:
+        """Remove the in-flight marker once the bytes it announced are registered (or superseded)."""
+        marker, self._pending = self._pending, None
+        if marker is not None:
+            try:
+                self.sys.fs.rm_file(marker)
+            except OSError as exc:  # gone already; a leftover is hidden and cleaned by copies after an hour
+                logger.debug("could not remove in-flight marker %s: %s", marker, exc)
 
     def _settle(self) -> None:
         """After registering: make the entry describe the bytes actually stored.
@@ -152,12 +171,13 @@ class Blob(StoredResource):
             self.size, self.sha256 = found
             super().save()
 
-    def _refresher(self) -> Optional[Callable[[], Optional[tuple]]]:
-        """For a saved blob: a function returning its registry entry as loaded now, ``(size, sha256,
-        serializer)``, or None if the name now describes another place (see :func:`_until_consistent`)."""
+    def _refresher(self) -> Optional["_Refresher"]:
+        """For a saved blob: what a reader needs to tell a concurrent writer from corruption (see
+        :func:`_until_consistent`)."""
         if self._block_document_id is None or not self.name:
             return None
         name = self.name
+        system, fs_path = self.sys, self.fs_path
 
         def refresh() -> Optional[tuple]:
             fresh = type(self)._load_named(name)
@@ -166,7 +186,13 @@ class Blob(StoredResource):
             self.size, self.sha256, self.serializer = fresh.size, fresh.sha256, fresh.serializer
             return fresh.size, fresh.sha256, fresh.serializer or READ_DEFAULT
 
-        return refresh
+        def in_flight(sha256: str) -> bool:
+            try:
+                return bool(system.fs.exists(_marker_path(fs_path, sha256)))
+            except OSError:
+                return False
+
+        return _Refresher(refresh, in_flight)
 
     # -- writing ------------------------------------------------------------------------------------------
     def write(self, data: Any = _NO_DATA, serializer: Optional[str] = None, mkdir: bool = False) -> "Blob":
@@ -192,9 +218,10 @@ class Blob(StoredResource):
             self.serializer = name
             return self
         self._prepare_write(mkdir)
-        size, digest = tasks.run(_write_task, self.sys, self.fs_path, _Payload(data), name, self._label())
+        size, digest, marker = tasks.run(_write_task, self.sys, self.fs_path, _Payload(data), name, self._label(),
+                                         self._announces())
         self._drop()
-        self._record(size, digest, name)
+        self._record(size, digest, name, marker)
         return self
 
     def upload(self, local_path: Union[str, os.PathLike], serializer: Optional[str] = None) -> "Blob":
@@ -210,9 +237,9 @@ class Blob(StoredResource):
         name = serializer or self.serializer or "bytes"
         serializers.get(name)
         self._prepare_write()
-        size, digest = tasks.run(_upload_task, src, self.sys, self.fs_path)
+        size, digest, marker = tasks.run(_upload_task, src, self.sys, self.fs_path, self._announces())
         self._drop()
-        self._record(size, digest, name)
+        self._record(size, digest, name, marker)
         return self
 
     # -- reading ------------------------------------------------------------------------------------------
@@ -267,11 +294,14 @@ class Blob(StoredResource):
         if mode != "wb":
             raise InvalidPath(f"Blob.open() supports mode 'rb' or 'wb', not {mode!r}.")
         self._prepare_write()
+        marker = None
         with transfer.open_write(self.sys, self.fs_path) as raw:
             writer = _HashingWriter(raw)
             yield writer  # type: ignore[misc]
+            if self._announces():
+                marker = _announce(self.sys, self.fs_path, writer.sha256)
         self._drop()
-        self._record(writer.size, writer.sha256, self.serializer or "bytes")
+        self._record(writer.size, writer.sha256, self.serializer or "bytes", marker)
 
     def download(self, local_path: Union[str, os.PathLike]) -> str:
         """Copy the stored bytes to a local file, streaming and verifying; returns the local path.
@@ -385,6 +415,7 @@ class Blob(StoredResource):
         if not self._in_memory():
             super().save(name, overwrite)
             self._settle()
+            self._retract()
             return self
         target = name or self.name
         if not target:
@@ -399,9 +430,11 @@ class Blob(StoredResource):
             return super().save(name, overwrite)  # raises the registry's AlreadyExists; nothing is written
         sys, where = place(target, None, None, kind="blob")
         self._relocate(sys, where)
+        self._set_name(target)  # named before writing: the write announces the registration that follows
         self.write()
         super().save(name, overwrite)
         self._settle()
+        self._retract()
         return self
 
 
@@ -478,10 +511,18 @@ def _digest(f: IO[bytes], sink: Optional[IO[bytes]] = None) -> tuple[int, str]:
             sink.write(chunk)
 
 
-def _check(found: tuple[int, str], size: Optional[int], sha256: Optional[str], label: str) -> None:
+#: versions of a saved blob a reader accepts: (size, sha256) -> serializer, in the order they were registered
+Accepted = dict[tuple[Optional[int], Optional[str]], str]
+
+
+def _check(found: tuple[int, str], accepted: Accepted, label: str) -> str:
+    """The serializer of the accepted version the stored bytes are; IntegrityError if they are none of them.
+    The message names the version registered last."""
     got_size, got_sha = found
-    if (size is None or got_size == size) and (sha256 is None or got_sha == sha256):
-        return
+    for (size, sha256), serializer in reversed(accepted.items()):
+        if (size is None or got_size == size) and (sha256 is None or got_sha == sha256):
+            return serializer
+    size, sha256 = next(reversed(accepted))
     error = IntegrityError(
         f"{label} failed verification: the block records {size} bytes with sha256 {sha256}, but the stored "
         f"bytes are {got_size} bytes with sha256 {got_sha}. They were changed or corrupted outside rh_prefect, "
@@ -493,34 +534,54 @@ def _check(found: tuple[int, str], size: Optional[int], sha256: Optional[str], l
 
 
 @contextmanager
-def _verified(system: System, fs_path: str, size: Optional[int], sha256: Optional[str], label: str) -> Iterator[IO[bytes]]:
-    """A reader of the stored bytes, yielded only after they matched size and sha256: deserializing bytes
-    that were tampered with (a pickle can run code) must not happen before the check."""
+def _verified(system: System, fs_path: str, accepted: Accepted, label: str) -> Iterator[tuple[IO[bytes], str]]:
+    """A reader of the stored bytes and their serializer, yielded only after they matched an accepted version
+    (size and sha256): deserializing bytes that were tampered with (a pickle can run code) must not happen before
+    the check."""
+    (size, sha256), serializer = next(reversed(accepted.items()))
     if sha256 is None:  # described by path only: nothing to verify against
         with _open_read(system, fs_path, label) as f:
-            yield f
+            yield f, serializer
         return
     if system.is_local:  # reading the file twice is cheaper than a copy; one open file: the bytes that were
         with _open_read(system, fs_path, label) as f:  # checked, even if a writer replaces the path meanwhile
-            _check(_digest(f), size, sha256, label)
+            serializer = _check(_digest(f), accepted, label)
             f.seek(0)
-            yield f
+            yield f, serializer
         return
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, prefix="rh-blob-") as spool:
         with _open_read(system, fs_path, label) as f:
             found = _digest(f, sink=spool)
-        _check(found, size, sha256, label)
+        serializer = _check(found, accepted, label)
         spool.seek(0)
-        yield spool  # type: ignore[misc]
+        yield spool, serializer  # type: ignore[misc]
 
 
 # -- tasks: every stream runs as a retryable Prefect task (tasks.RETRY_POLICY) ------------------------------
 
 
+def _marker_path(fs_path: str, sha256: str) -> str:
+    """The in-flight marker of a version: a hidden, temporary-named sibling of the blob (never listed)."""
+    head, tail = posixpath.split(fs_path)
+    return posixpath.join(head, f".{tail}.rh-tmp-pending-{sha256[:32]}")
+
+
+def _announce(system: System, fs_path: str, sha256: str) -> str:
+    """Before committing the bytes of a saved blob: leave a marker saying "a registration of these bytes
+    follows". A reader meeting bytes that its entry does not describe then knows for sure whether to wait for
+    that registration (a writer in flight) or to report corruption at once (no marker). Returns its path."""
+    marker = _marker_path(fs_path, sha256)
+    with system.fs.open(marker, "wb") as f:
+        f.write(b"")
+    return marker
+
+
 @tasks.rh_task("rh-blob-write")
-def _write_task(system: System, fs_path: str, payload: _Payload, serializer: str, label: str) -> tuple[int, str]:
+def _write_task(system: System, fs_path: str, payload: _Payload, serializer: str, label: str,
+                announce: bool = False) -> tuple[int, str, Optional[str]]:
     tasks.reset_on_retry(system)
     ser = serializers.get(serializer)
+    marker = None
     with transfer.open_write(system, fs_path) as raw:
         writer = _HashingWriter(raw)
         try:
@@ -533,59 +594,80 @@ def _write_task(system: System, fs_path: str, payload: _Payload, serializer: str
                 f"Could not serialize a {type(payload.obj).__name__} with {serializer!r} "
                 f"({type(exc).__name__}: {str(exc)[:300]}). Nothing was written: {label} is unchanged.{hint}"
             ) from exc
-    return writer.size, writer.sha256
+        if announce:
+            marker = _announce(system, fs_path, writer.sha256)
+    return writer.size, writer.sha256, marker
 
 
-def _until_consistent(read: Callable[[Optional[int], Optional[str], str], T], entry: tuple,
-                      refresh: Optional[Callable[[], Optional[tuple]]]) -> T:
-    """``read(size, sha256, serializer)`` of the registry entry ``entry``; it raises IntegrityError when the stored
-    bytes do not match.
+class _Refresher:
+    """For a reader of a saved blob: ``refresh()`` loads its registry entry again (``(size, sha256, serializer)``,
+    or None if the name now describes another place); ``in_flight(sha256)`` tells whether bytes with that checksum
+    were committed by a writer whose registration has not finished (its marker is there, see :func:`_announce`)."""
+
+    __slots__ = ("refresh", "in_flight")
+
+    def __init__(self, refresh: Callable[[], Optional[tuple]], in_flight: Callable[[str], bool]) -> None:
+        self.refresh, self.in_flight = refresh, in_flight
+
+
+def _until_consistent(read: Callable[[Accepted], T], entry: tuple, refresher: Optional[_Refresher]) -> T:
+    """``read(accepted)`` of the registry entry ``entry`` = ``(size, sha256, serializer)``; it raises
+    IntegrityError when the stored bytes are none of the accepted versions.
 
     For a saved blob (``refresh`` given) a mismatch may be a concurrent writer rather than corruption: a writer
     commits its bytes first and registers their checksum right after. The entry is then loaded again and the bytes
-    read again, until a read verifies, or neither the entry nor the stored bytes changed for
-    :data:`REGISTRY_LAG_SECONDS` (the bytes really differ from what was written: the IntegrityError is raised;
-    :data:`REGISTRY_LAG_ACTIVE_SECONDS` once either was seen changing, i.e. writers are at work; longer on a
-    slow server, see :data:`REGISTRY_LAG_LOADS`).
+    read again, now accepting every version the registry was seen to hold since the read began (each was
+    complete and registered by a writer: a read that returns one is linearizable at the moment it was seen), until
+    a read verifies. While the stored bytes carry a writer's in-flight marker the reader waits for that writer's
+    registration (up to :data:`REGISTRY_LAG_MAX_SECONDS`, for a writer that died before registering); bytes
+    without one that stay unexplained (neither entry nor bytes changing) for :data:`REGISTRY_LAG_SECONDS` were
+    changed outside rh_prefect: the IntegrityError is raised (:data:`REGISTRY_LAG_ACTIVE_SECONDS` once either was
+    seen changing, i.e. writers are at work; longer on a slow server, see :data:`REGISTRY_LAG_LOADS`).
     """
-    if refresh is None:
-        return read(*entry)
+    accepted: Accepted = {tuple(entry[:2]): entry[2]}  # type: ignore[dict-item]
+    if refresher is None:
+        return read(accepted)
     start = last_change = time.monotonic()
     delay = 0.05
     seen: Any = None
     quiet = REGISTRY_LAG_SECONDS
     while True:
         try:
-            return read(*entry)
+            return read(accepted)
         except IntegrityError as exc:
             now = time.monotonic()
-            state = (entry[:2], getattr(exc, "found", None))
+            found = getattr(exc, "found", None)
+            state = (entry[:2], found)
             if state != seen:
                 if seen is not None:
                     quiet = max(quiet, REGISTRY_LAG_ACTIVE_SECONDS)
                 seen, last_change = state, now
+            if found is not None and refresher.in_flight(found[1]):
+                last_change = now  # a writer committed these bytes and is registering them: wait for it
             if now - last_change >= quiet or now - start >= REGISTRY_LAG_MAX_SECONDS:
                 raise
             time.sleep(delay)
             delay = min(2 * delay, 0.25)
             loading = time.monotonic()
-            fresh = refresh()
+            fresh = refresher.refresh()
             quiet = max(quiet, REGISTRY_LAG_LOADS * (time.monotonic() - loading))
             if fresh is None:  # the name now describes another place: this object's entry is what it is
                 raise
             entry = fresh
+            accepted.pop(tuple(entry[:2]), None)  # re-inserted last: the latest entry names errors
+            accepted[tuple(entry[:2])] = entry[2]  # type: ignore[index]
 
 
 @tasks.rh_task("rh-blob-fetch")
 def _fetch_task(
     system: System, fs_path: str, serializer: str, size: Optional[int], sha256: Optional[str], label: str,
-    refresh: Optional[Callable[[], Optional[tuple]]] = None,
+    refresh: Optional[_Refresher] = None,
 ) -> _Payload:
     tasks.reset_on_retry(system)
 
-    def read(size: Optional[int], sha256: Optional[str], serializer: str) -> _Payload:
-        ser = serializers.get(serializer)
-        with _verified(system, fs_path, size, sha256, label) as f:
+    def read(accepted: Accepted) -> _Payload:
+        with _verified(system, fs_path, accepted, label) as (f, serializer):
+            ser = serializers.get(serializer)
             try:
                 return _Payload(ser.load(f))
             except OSError:
@@ -602,21 +684,23 @@ def _fetch_task(
 
 @tasks.rh_task("rh-blob-verify")
 def _verify_task(system: System, fs_path: str, size: Optional[int], sha256: Optional[str], label: str,
-                 refresh: Optional[Callable[[], Optional[tuple]]] = None) -> tuple[int, str]:
+                 refresh: Optional[_Refresher] = None) -> tuple[int, str]:
     tasks.reset_on_retry(system)
 
-    def read(size: Optional[int], sha256: Optional[str], _: str) -> tuple[int, str]:
+    def read(accepted: Accepted) -> tuple[int, str]:
         with _open_read(system, fs_path, label) as f:
             found = _digest(f)
-        _check(found, size, sha256, label)
+        _check(found, accepted, label)
         return found
 
     return _until_consistent(read, (size, sha256, READ_DEFAULT), refresh)
 
 
 @tasks.rh_task("rh-blob-upload")
-def _upload_task(local_path: str, system: System, fs_path: str) -> tuple[int, str]:
+def _upload_task(local_path: str, system: System, fs_path: str, announce: bool = False
+                 ) -> tuple[int, str, Optional[str]]:
     tasks.reset_on_retry(system)
+    marker = None
     with open(local_path, "rb") as src, transfer.open_write(system, fs_path) as raw:
         writer = _HashingWriter(raw)
         while True:
@@ -624,20 +708,22 @@ def _upload_task(local_path: str, system: System, fs_path: str) -> tuple[int, st
             if not chunk:
                 break
             writer.write(chunk)
-    return writer.size, writer.sha256
+        if announce:
+            marker = _announce(system, fs_path, writer.sha256)
+    return writer.size, writer.sha256, marker
 
 
 @tasks.rh_task("rh-blob-download")
 def _download_task(
     system: System, fs_path: str, local: System, local_path: str, size: Optional[int], sha256: Optional[str],
-    label: str, refresh: Optional[Callable[[], Optional[tuple]]] = None,
+    label: str, refresh: Optional[_Refresher] = None,
 ) -> tuple[int, str]:
     tasks.reset_on_retry(system)
 
-    def read(size: Optional[int], sha256: Optional[str], _: str) -> tuple[int, str]:
+    def read(accepted: Accepted) -> tuple[int, str]:
         with _open_read(system, fs_path, label) as src, transfer.open_write(local, local_path) as out:
             found = _digest(src, sink=out)
-            _check(found, size, sha256, label)  # raising here discards the temporary file: nothing lands
+            _check(found, accepted, label)  # raising here discards the temporary file: nothing lands
         return found
 
     return _until_consistent(read, (size, sha256, READ_DEFAULT), refresh)
