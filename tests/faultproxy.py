@@ -5,6 +5,8 @@
         ...
         proxy.cut(seconds=3)      # drop every open connection and refuse new ones for 3 s
         proxy.cut()               # ... or until proxy.restore()
+        proxy.stall(seconds=20)   # keep connections open but pass no byte (a black-holed path: no reset, no FIN)
+        proxy.stall(seconds=60, existing_only=True)  # ... only the connections open now; new ones work
 
 While cut, accepted connections are closed at once (clients see a reset / EOF), which is what a flapping
 network or a restarting load balancer looks like from the client side. moto keeps no state across a
@@ -33,6 +35,9 @@ class FaultProxy:
         self.connections = 0  # accepted while healthy
         self.refused = 0  # accepted and dropped while cut
         self.cuts = 0
+        self._stall_until = 0.0  # monotonic deadline while stalled
+        self._stalled: dict[socket.socket, float] = {}  # connections stalled on their own: socket -> deadline
+        self.stalled_connections = 0
         self._thread = threading.Thread(target=self._accept_loop, name="fault-proxy", daemon=True)
         self._thread.start()
 
@@ -58,9 +63,33 @@ class FaultProxy:
             _hard_close(sock)
         return len(dropped) // 2
 
+    def stall(self, seconds: float, existing_only: bool = False) -> int:
+        """Pass no byte in either direction for ``seconds`` while every connection stays open: what a silently
+        dropped network path looks like (no reset, no FIN; the sender's window fills and its writes block).
+        ``existing_only``: stall the connections open now and let new ones through (a dead route that a
+        reconnect avoids). Returns how many connections were open."""
+        until = time.monotonic() + seconds
+        with self._lock:
+            open_now = list(self._open)
+            if existing_only:
+                self._stalled.update((sock, until) for sock in open_now)
+            else:
+                self._stall_until = until
+        self.stalled_connections += len(open_now) // 2
+        return len(open_now) // 2
+
+    @property
+    def is_stalled(self) -> bool:
+        return time.monotonic() < self._stall_until
+
+    def _held(self, sock: socket.socket) -> bool:
+        return self.is_stalled or time.monotonic() < self._stalled.get(sock, 0.0)
+
     def restore(self) -> None:
         with self._lock:
             self._cut_until = 0.0
+        self._stall_until = 0.0
+        self._stalled.clear()
 
     def close(self) -> None:
         self._closed = True
@@ -112,9 +141,13 @@ class FaultProxy:
     def _pipe(self, source: socket.socket, sink: socket.socket, ended: list[int]) -> None:
         try:
             while True:
+                while self._held(source) and not self._closed:  # read nothing: the kernel buffers fill up
+                    time.sleep(0.05)
                 data = source.recv(65536)
                 if not data:
                     break
+                while self._held(source) and not self._closed:  # ... and what was read is held back
+                    time.sleep(0.05)
                 sink.sendall(data)
             # A polite end stays polite: pass the FIN on and let the other direction finish (a server that
             # closes after its response must not turn into a reset that destroys the response in flight).

@@ -412,6 +412,46 @@ def test_ssh_connections_killed_mid_copy(ssh_server, rh_cluster, tmp_path, direc
         shutil.rmtree(on_cluster, ignore_errors=True)
 
 
+def test_ssh_path_going_silent_mid_copy(ssh_server, tmp_path, monkeypatch):
+    """The SSH connection's path goes silent (no reset, no FIN: a dropped route): every byte on the open connections
+    is held, forever as far as the copy can tell. Keepalives declare the connection dead, the copy's retry
+    reconnects (new connections get through) and completes, long before the stalled path would come back."""
+    import rh_prefect.systems.ssh as ssh_mod
+
+    monkeypatch.setattr(ssh_mod, "KEEPALIVE_INTERVAL", 1)
+    monkeypatch.setattr(ssh_mod, "KEEPALIVE_COUNT_MAX", 2)
+    rel = f"rh-test/faults-{uuid.uuid4().hex[:10]}"
+    on_cluster = ssh_server.home / rel
+    expected = make_tree(tmp_path / "src", small=300, big=10, big_size=8 * 2**20)
+    listing, digest = disk_listing(on_cluster / "dst"), disk_digest(on_cluster / "dst")
+    with FaultProxy(target_port=ssh_server.port) as proxy:
+        cluster = rh.cluster(host=ssh_server.host, port=proxy.port, user=ssh_server.user,
+                             ssh_key=str(ssh_server.client_key_path), host_key=ssh_server.host_public_key)
+        stalled: list[int] = []
+        gave_up = threading.Timer(120, proxy.restore)  # if keepalives did not work, the copy would wait for this
+        gave_up.start()
+        try:
+            with Watcher(listing, digest, expected, trigger_at=2,
+                         fault=lambda: stalled.append(proxy.stall(3600, existing_only=True))) as watcher:
+                dst = rh.folder(path=str(tmp_path / "src")).to(system=cluster, path=f"{rel}/dst")
+            still_held = bool(proxy._stalled) and gave_up.is_alive()
+        finally:
+            gave_up.cancel()
+        try:
+            watcher.assert_clean()
+            assert stalled and stalled[0] >= 1, "no SSH connection was open to stall"
+            assert still_held, "the copy finished only once the stalled path was restored: it hung on it"
+            final = listing()
+            assert_equal_to_source(final, digest, expected)
+            committed = watcher.committed_before_fault
+            assert {k: final[k] for k in committed} == committed  # not transferred again
+            report = dst._last_report
+            assert report.files_skipped >= len(committed) and report.files_copied >= 1, report.summary()
+            print(f"\nssh stall: {stalled[0]} connections stalled; last attempt: {report.summary()}")
+        finally:
+            shutil.rmtree(on_cluster, ignore_errors=True)
+
+
 # ============================================================================================ worker killed
 
 VENV_PREFECT = str(Path(sys.executable).parent / "prefect")

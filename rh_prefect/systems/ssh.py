@@ -113,7 +113,12 @@ class Cluster(Resource):
         """Keyword arguments for ``asyncssh.connect`` (and so ``sshfs.SSHFileSystem``)."""
         import asyncssh
 
-        opts: dict[str, Any] = {"port": self.port, "connect_timeout": 15, "encryption_algs": _cipher_preference()}
+        opts: dict[str, Any] = {
+            "port": self.port, "connect_timeout": 15, "encryption_algs": _cipher_preference(),
+            # A path that goes silent (no reset, no FIN: a dropped route, a dead NAT entry) would block a copy
+            # forever; unanswered keepalives end the connection, and the copy's retry reconnects.
+            "keepalive_interval": KEEPALIVE_INTERVAL, "keepalive_count_max": KEEPALIVE_COUNT_MAX,
+        }
         if self.user:
             opts["username"] = self.user
         if self.ssh_key is not None:
@@ -190,6 +195,12 @@ class Cluster(Resource):
         from rh_prefect import worker
 
         return worker.online(self)
+
+
+#: seconds between SSH keepalive requests while a connection is idle or stalled (OpenSSH: ServerAliveInterval)
+KEEPALIVE_INTERVAL = 15
+#: unanswered keepalives after which a connection is declared dead (OpenSSH: ServerAliveCountMax)
+KEEPALIVE_COUNT_MAX = 4
 
 
 def _cipher_preference() -> list[str]:
