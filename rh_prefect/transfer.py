@@ -140,13 +140,6 @@ def _unchanged(src: System, src_info: dict, dst: System, dst_info: Optional[dict
     return src_m is not None and dst_m is not None and dst_m + 1.0 >= src_m
 
 
-def _unchanged(src: System, src_info: dict, dst: System, dst_info: Optional[dict]) -> bool:
-    if dst_info is None or int(dst_info.get("size") or 0) != int(src_info.get("size") or 0):
-        return False
-    src_m, dst_m = src.mtime(src_info), dst.mtime(dst_info)
-    return src_m is not None and dst_m is not None and dst_m + 1.0 >= src_m
-
-
 def copy_tree(
     src: System,
     src_root: str,
@@ -166,9 +159,11 @@ def copy_tree(
     dst.check_writable(dst_root)
     started = time.perf_counter()
     # Both sides are listed at once (connections included): a re-run of a finished copy is mostly listing.
+    # Within one store the destination is listed through the source's connection, which the server-side copy
+    # uses for both ends anyway: one client to set up instead of two (~0.1 s of CPU for an S3 client).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rh-list") as lister:
         stale: list[dict[str, Any]] = []
-        dst_listing = lister.submit(list_files, dst, dst_root, stale)
+        dst_listing = lister.submit(list_files, src if src.same_store(dst) else dst, dst_root, stale)
         src_files = list_files(src, src_root)
         if not src_files and not src.fs.exists(src_root):
             raise NotFound(f"Nothing to copy: {src.url(src.user_path(src_root))} does not exist; check the path, "
@@ -329,7 +324,10 @@ def _async_copier(src: System, dst: System, server_side: bool) -> Optional[Any]:
     if dst.is_local and _is_async(src):
         async def get(job: _Job) -> int:
             with _committing(dst, job.dst) as target:
-                await src.fs._get_file(job.src, target, **src.get_options(job.size))
+                nbytes = await src.get_file_async(job.src, target, job.size)
+                if nbytes != job.size:  # inside the block: the temporary file is discarded, not committed
+                    raise IntegrityError(f"{job.src}: read {nbytes} bytes but the source listed {job.size}; "
+                                         "copy again.")
             _count(job.size, 1)
             return job.size
 
@@ -542,7 +540,7 @@ def _committing(system: System, fs_path: str) -> Iterator[str]:
     tmp = system.temp_path(fs_path)
     try:
         yield tmp
-        system.fs.mv(tmp, fs_path)
+        system.commit_temp(tmp, fs_path)
     except BaseException:
         _discard(system, tmp)
         raise

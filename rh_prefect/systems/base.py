@@ -12,6 +12,7 @@ Paths: users write *system paths* (``/my-bucket/a/b`` on S3, ``/home/me/data`` o
 from __future__ import annotations
 
 import contextlib
+import os
 import posixpath
 import uuid
 from datetime import datetime, timezone
@@ -199,6 +200,11 @@ class System(ABC):
         head, tail = posixpath.split(fs_path)
         return posixpath.join(head, f".{tail}.rh-tmp-{uuid.uuid4().hex[:12]}")
 
+    def commit_temp(self, tmp: str, fs_path: str) -> None:
+        """Rename the finished temporary file ``tmp`` (from :meth:`temp_path`) to ``fs_path`` in one step,
+        replacing a file already there."""
+        self.fs.mv(tmp, fs_path)
+
     @staticmethod
     def is_temp_name(fs_path: str) -> bool:
         """True for unfinished writes: a hidden temporary file, or anything inside a staging directory."""
@@ -233,6 +239,13 @@ class System(ABC):
     def get_options(self, size: Optional[int] = None) -> dict[str, Any]:
         """Keyword arguments for ``fs.get_file`` of a ``size``-byte file (when known) that keep memory bounded."""
         return {}
+
+    async def get_file_async(self, fs_path: str, local_path: str, size: Optional[int] = None) -> int:
+        """Download ``fs_path`` to the local file ``local_path`` (whose directory exists) as a coroutine on an
+        asynchronous filesystem's event loop, and return how many bytes were written. Used for many small
+        files at once; only called when ``fs.async_impl`` is true. ``size``: from the listing, if known."""
+        await self.fs._get_file(fs_path, local_path, **self.get_options(size))
+        return os.path.getsize(local_path)
 
     def find_files(self, fs_root: str) -> dict[str, dict[str, Any]]:
         """``{path: info}`` of every file under ``fs_root`` (``fs_root`` itself when it is a file), as

@@ -179,6 +179,8 @@ class S3System(ObjectStoreSystem):
     def _make_fs(self) -> AbstractFileSystem:
         import s3fs
 
+        from rh_prefect.systems._s3tls import PlainHTTPSession, SharedTLSHTTPSession
+
         opts = self.storage_options()
         if self.credentials is None:  # the environment chain: botocore's debug logs must not show these either
             redact_in_logs([os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN")])
@@ -186,10 +188,14 @@ class S3System(ObjectStoreSystem):
         opts.setdefault("endpoint_url", self._endpoint())
         # Checksums "when required" (botocore's default before 1.36): a CRC per request costs CPU on both ends
         # and S3-compatible stores differ in what they accept; integrity is checked by size and our own sha256.
+        # The CA bundle is loaded once per process for all clients, and not at all for a plain-HTTP endpoint:
+        # see _s3tls.
+        plain = str(opts.get("endpoint_url") or "").lower().startswith("http://")
         opts.setdefault(
             "config_kwargs",
             {"max_pool_connections": 32, "request_checksum_calculation": "when_required",
-             "response_checksum_validation": "when_required"},
+             "response_checksum_validation": "when_required",
+             "http_session_cls": PlainHTTPSession if plain else SharedTLSHTTPSession},
         )
         if "session" not in opts:
             opts["session"] = _aio_session()
@@ -282,12 +288,58 @@ class GCSSystem(ObjectStoreSystem):
             return {"concurrency": 1}
         return {"concurrency": 4, "chunk_size": 8 * 2**20}
 
+    # Small files to local disk: one media GET each through gcsfs's own session, read whole and written in one
+    # go. gcsfs's _get_file costs about twice the CPU per file (a retry decorator that binds its signature on
+    # every call, directory checks and makedirs per file, 128 KiB reads); with thousands of small files that
+    # is what bounds a copy, not the network.
+    async def get_file_async(self, fs_path: str, local_path: str, size: Optional[int] = None) -> int:
+        fs = self.fs
+        if size is None or size > GCS_DIRECT_GET_MAX or fs.consistency not in (None, "none"):
+            return await super().get_file_async(fs_path, local_path, size)
+        data = await _gcs_media_get(fs, fs_path)
+        with open(local_path, "wb") as f:
+            f.write(data)
+        return len(data)
+
     # Streamed uploads of large objects in 32 MiB resumable-upload chunks (Google's own client uses 100 MiB;
     # rclone 16 MiB): each chunk is one round trip, and fake-gcs-server rewrites the object so far per chunk.
     def open_upload(self, fs_path: str, block_size: int, size: Optional[int] = None) -> Any:
         if size is not None and size > GCS_UPLOAD_CHUNK:
             block_size = max(block_size, GCS_UPLOAD_CHUNK)
         return super().open_upload(fs_path, block_size, size)
+
+
+#: objects up to this size are read whole by one GET when copied to local disk (GCSSystem.get_file_async)
+GCS_DIRECT_GET_MAX = 8 * 2**20
+
+
+async def _gcs_media_get(fs: Any, fs_path: str) -> bytes:
+    """The content of one object: a media GET through the gcsfs filesystem's session, headers (credentials)
+    and parameters (requester pays), retried on the errors and with the backoff gcsfs's own requests use."""
+    import random
+
+    from gcsfs.retry import is_retriable, validate_response
+
+    await fs._set_session()
+    url = fs.url(fs_path)
+    params = fs._get_params({}) or None
+    for attempt in range(fs.retries):
+        if attempt:
+            await asyncio.sleep(min(random.random() + 2 ** (attempt - 1), 32))
+        try:
+            async with fs.session.get(url, params=params, headers=fs._get_headers(None),
+                                      timeout=fs.requests_timeout) as r:
+                data = await r.read()
+                if r.status >= 400:
+                    validate_response(r.status, data, fs_path)
+                return data
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # gcsfs's rule decides (HTTP 5xx/408/429, connection errors, expired tokens)
+            if attempt == fs.retries - 1 or not is_retriable(exc):
+                raise
+            logger.debug("GET %s failed (%s: %s); retrying", fs_path, type(exc).__name__, exc)
+    raise AssertionError("unreachable")
 
 
 #: resumable-upload chunk of streamed GCS uploads of large objects
