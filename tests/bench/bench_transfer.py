@@ -16,8 +16,9 @@ What it does (issue 7):
   holds exactly the source's files and sizes;
 * rh-prefect copies run in a child process (this file with ``--_run SPEC``) that imports everything first and then
   times only ``rh_prefect.transfer.copy_tree(...)`` (connection set-up and listing included, Python imports
-  excluded); rclone is timed as its whole process (it starts in ~50 ms, measured and printed). Peak RSS of both
-  comes from ``os.wait4`` on the child;
+  excluded, and the garbage they leave collected before the clock starts); rclone is timed as its whole process
+  (it starts in ~50 ms, measured and printed). Every run starts after the servers sat idle for ``SETTLE_SECONDS``.
+  Peak RSS of both comes from ``os.wait4`` on the child;
 * ssh->s3 is measured twice for rh-prefect: "colocated worker" (the copy runs on the cluster; the test cluster is
   this machine, so that is a local->s3 copy of the directory the cluster serves) and "through host" (SFTP -> this
   process -> S3); rclone always goes through the host;
@@ -33,6 +34,7 @@ The machine has 2 cores and is shared: treat single numbers as noisy, compare ra
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -52,6 +54,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 SEED = 20240607
 RUN_TIMEOUT = 1800.0  # seconds; a hung copy must not hang the whole benchmark
+#: every run starts after the servers sat idle this long: on this VM moto spends up to 1.5x the CPU on the same
+#: CopyObject after an idle pause than right after another request (memory reclaim between requests), and the
+#: rh-prefect child's imports (~1.5 s) would otherwise give only its runs that pause
+SETTLE_SECONDS = 1.5
 
 # route key -> source kind, destination kind, rh-prefect variants (label, rh source kind, target ratio), baselines
 ROUTES: dict[str, dict[str, Any]] = {
@@ -139,6 +145,9 @@ def child_main(spec_path: str) -> int:
     if not rh_prefect.__file__.startswith(os.environ["PYTHONPATH"]):  # the snapshot, not the live tree
         raise RuntimeError(f"rh_prefect imported from {rh_prefect.__file__}, not the benchmark's snapshot")
     _preimport({src["kind"], dst["kind"]})
+    # The imports leave ~1 M objects for the process's first full garbage collection, which would otherwise land
+    # in the timed copy (~0.1 s here): it belongs to the imports, which are not timed.
+    gc.collect()
     result: dict[str, Any] = {}
     if tool == "rh":
         from rh_prefect.transfer import copy_tree
@@ -560,6 +569,7 @@ def bench_route(env: Env, route: str, workload: str, reps: int, expected: dict[s
                 continue
             run_id = f"{route}-{workload}-{name.split()[0].replace('>', '')}-{rep}-{uuid.uuid4().hex[:6]}"
             dst = place(env, spec["dst"], "dst", workload, run_id)
+            time.sleep(SETTLE_SECONDS)
             server_cpu0 = servers_cpu(env, {spec["src"], spec["dst"]})
             if tool == "rh":
                 rh_src_kind = next(k for label, k, _ in spec["variants"] if label == name)
@@ -588,6 +598,7 @@ def bench_route(env: Env, route: str, workload: str, reps: int, expected: dict[s
                 f"  cpu {_f(res.get('cpu_s'))}s  server cpu {_f(res.get('server_cpu_s'))}s")
             cells[name]["runs"].append(res)
             if tool == "rh" and rep == 0 and res.get("ok"):
+                time.sleep(SETTLE_SECONDS)
                 again = run_python_tool(env, "rh", src, dst)
                 if again.get("ok"):
                     again["percent_of_first"] = 100.0 * again["seconds"] / res["seconds"]
