@@ -30,7 +30,7 @@ from fsspec.asyn import sync
 
 from rh_prefect.errors import AlreadyExists, IntegrityError, NotFound, RhError, TransferError
 from rh_prefect.progress import Progress, human_bytes
-from rh_prefect.systems.base import System
+from rh_prefect.systems.base import System, within_deadline
 
 logger = logging.getLogger("rh_prefect.transfer")
 
@@ -355,7 +355,7 @@ def _async_copier(src: System, dst: System, server_side: bool) -> Optional[Any]:
 async def _copy_batch(batch: list[_Job], one: Any, gate: asyncio.Semaphore) -> int:
     async def guarded(job: _Job) -> int:
         async with gate:
-            return await one(job)
+            return await within_deadline(one(job), job.size, job.key)
 
     results = await asyncio.gather(*(guarded(j) for j in batch), return_exceptions=True)
     failures = {j.key: r for j, r in zip(batch, results) if isinstance(r, BaseException)}

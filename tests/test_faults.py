@@ -265,6 +265,45 @@ def test_s3_network_cut_mid_copy(s3_server, s3_env, s3_bucket, monkeypatch, tmp_
           f"{dst._last_report.summary()}")
 
 
+def test_s3_path_going_silent_mid_copy(s3_server, s3_env, s3_bucket, monkeypatch, tmp_path):
+    """The S3 connections' path goes silent mid-copy (no reset: every byte held). Uploads blocked on it would wait
+    forever (the client times out reading an answer, not sending a body); each request has a deadline, so they
+    fail as timeouts, the retry opens new connections (which get through) and the copy completes while the
+    stalled ones are still held."""
+    import s3fs
+
+    import rh_prefect.systems.base as base
+
+    monkeypatch.setattr(base, "REQUEST_DEADLINE_SECONDS", 5.0)  # 120 s by default
+    monkeypatch.setattr(base, "REQUEST_MIN_RATE", 4 * 2**20)
+    expected = make_tree(tmp_path / "src", small=300, big=4, big_size=20 * 2**20)  # multipart uploads too
+    root = f"{s3_bucket}/silent"
+    direct = s3fs.S3FileSystem(key=s3_server.access_key, secret=s3_server.secret_key,
+                               endpoint_url=s3_server.endpoint_url, skip_instance_cache=True)  # not via the proxy
+    listing, digest = bucket_listing(direct, root, "ETag", "LastModified"), bucket_digest(direct, root)
+    stalled: list[int] = []
+    with FaultProxy(target_port=s3_server.port) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
+        gave_up = threading.Timer(150, proxy.restore)  # without deadlines the copy would wait for this
+        gave_up.start()
+        try:
+            with Watcher(listing, digest, expected, trigger_at=20,
+                         fault=lambda: stalled.append(proxy.stall(3600, existing_only=True))) as watcher:
+                dst = rh.folder(path=str(tmp_path / "src")).to(system="s3", path=f"/{s3_bucket}/silent")
+            still_held = bool(proxy._stalled) and gave_up.is_alive()
+        finally:
+            gave_up.cancel()
+    watcher.assert_clean()
+    assert stalled and stalled[0] >= 1, "no S3 connection was open to stall"
+    assert still_held, "the copy finished only once the stalled path was restored: it hung on it"
+    assert_equal_to_source(listing(), digest, expected)
+    puts = moto_uploads(s3_server.log_path, s3_bucket, "silent")
+    committed = sorted(watcher.committed_before_fault)
+    assert {k: puts[k] for k in committed} == {k: 1 for k in committed}  # not transferred again
+    print(f"\ns3 stall: {stalled[0]} connections stalled, {len(committed)} files committed before; last attempt: "
+          f"{dst._last_report.summary()}")
+
+
 # ============================================================================================ GCS: server killed
 
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through an http proxy

@@ -11,6 +11,7 @@ Paths: users write *system paths* (``/my-bucket/a/b`` on S3, ``/home/me/data`` o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import posixpath
@@ -309,3 +310,28 @@ def check_relative_key(key: str) -> str:
     if not clean:
         raise InvalidPath(f"File name {key!r} names the folder itself; give a file name.")
     return clean
+
+
+#: every request that moves data must be answered within this many seconds, plus its bytes at
+#: :data:`REQUEST_MIN_RATE`: a connection whose path went silent (no reset, no FIN) otherwise blocks an upload
+#: forever (storage clients time out reading an answer, not sending a body into a stalled window)
+REQUEST_DEADLINE_SECONDS = 120.0
+#: ... bytes per second: the slowest link a request is expected to work over (64 KiB/s)
+REQUEST_MIN_RATE = 64 * 1024
+
+
+async def within_deadline(coro: Any, nbytes: int, what: str) -> Any:
+    """Await ``coro`` (a request moving ``nbytes``); a TimeoutError, which the retry policy treats as transient,
+    when it takes longer than its deadline (see :data:`REQUEST_DEADLINE_SECONDS`)."""
+    limit = REQUEST_DEADLINE_SECONDS + max(0, nbytes) / REQUEST_MIN_RATE
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        return await asyncio.wait_for(coro, limit)
+    except TimeoutError:
+        if loop.time() - started < limit:
+            raise  # the request's own timeout, with its own message
+        raise TimeoutError(
+            f"{what}: no answer within {limit:.0f} s for {nbytes} bytes; the network path may have gone silent. "
+            "The copy retries it (running it again resumes)."
+        ) from None

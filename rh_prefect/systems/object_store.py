@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Optional
 from fsspec import AbstractFileSystem
 
 from rh_prefect.errors import CredentialsError, NotFound
-from rh_prefect.systems.base import System
+from rh_prefect.systems.base import System, within_deadline
 from rh_prefect.systems.credentials import GCSCredentials, S3Credentials, redact_in_logs
 
 logger = logging.getLogger("rh_prefect.systems")
@@ -449,8 +449,9 @@ class _S3ParallelUpload(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def _call(self, method: str, **kwargs: Any) -> Any:
-        return self._sync(self.fs.loop, self.fs._call_s3, method, Bucket=self.bucket, Key=self.key, **kwargs)
+    def _call(self, method: str, nbytes: int = 0, **kwargs: Any) -> Any:
+        request = self.fs._call_s3(method, Bucket=self.bucket, Key=self.key, **kwargs)
+        return self._sync(self.fs.loop, within_deadline, request, nbytes, f"S3 {method} of {self.path}")
 
     def write(self, data: Any) -> int:  # type: ignore[override]
         if self._closed:
@@ -469,8 +470,9 @@ class _S3ParallelUpload(io.RawIOBase):
         if self.upload_id is None:
             self.upload_id = self._call("create_multipart_upload")["UploadId"]
         number = len(self.parts) + len(self.pending) + 1
-        coro = self.fs._call_s3("upload_part", Bucket=self.bucket, Key=self.key, PartNumber=number,
-                                UploadId=self.upload_id, Body=chunk)
+        coro = within_deadline(self.fs._call_s3("upload_part", Bucket=self.bucket, Key=self.key, PartNumber=number,
+                                                UploadId=self.upload_id, Body=chunk),
+                               len(chunk), f"S3 upload of part {number} of {self.path}")
         self.pending.append((number, asyncio.run_coroutine_threadsafe(coro, self.fs.loop)))
         while len(self.pending) >= self.in_flight:
             self._collect_oldest()
@@ -487,7 +489,7 @@ class _S3ParallelUpload(io.RawIOBase):
             return
         try:
             if self.upload_id is None:
-                self._call("put_object", Body=bytes(self.buffer))
+                self._call("put_object", len(self.buffer), Body=bytes(self.buffer))
             else:
                 if self.buffer:
                     self._send(bytes(self.buffer))
