@@ -17,7 +17,8 @@ What it does (issue 7):
 * rh-prefect copies run in a child process (this file with ``--_run SPEC``) that imports everything first and then
   times only ``rh_prefect.transfer.copy_tree(...)`` (connection set-up and listing included, Python imports
   excluded, and the garbage they leave collected before the clock starts); rclone is timed as its whole process
-  (it starts in ~50 ms, measured and printed). Every run starts after the servers sat idle for ``SETTLE_SECONDS``.
+  (it starts in ~50 ms, measured and printed). Every run's first request meets servers idle for ``SETTLE_SECONDS``
+  (a Python child waits that long once imported).
   Peak RSS of both comes from ``os.wait4`` on the child;
 * ssh->s3 is measured twice for rh-prefect: "colocated worker" (the copy runs on the cluster; the test cluster is
   this machine, so that is a local->s3 copy of the directory the cluster serves) and "through host" (SFTP -> this
@@ -54,9 +55,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 SEED = 20240607
 RUN_TIMEOUT = 1800.0  # seconds; a hung copy must not hang the whole benchmark
-#: every run starts after the servers sat idle this long: on this VM moto spends up to 1.5x the CPU on the same
-#: CopyObject after an idle pause than right after another request (memory reclaim between requests), and the
-#: rh-prefect child's imports (~1.5 s) would otherwise give only its runs that pause
+#: every run's first request reaches servers that sat idle exactly this long. moto's CPU for the same request
+#: depends on it on this VM: one 256 MiB CopyObject sent by boto3 alone cost 0.65 s after 0.3 s of idle, 0.94 s
+#: after 1-1.5 s, 1.22 s after 3 s (memory returned and faulted in again); rclone starts in ~40 ms, the Python
+#: tools' children import for ~1.5 s, so without this the tools would meet differently rested servers
 SETTLE_SECONDS = 1.5
 
 # route key -> source kind, destination kind, rh-prefect variants (label, rh source kind, target ratio), baselines
@@ -148,6 +150,9 @@ def child_main(spec_path: str) -> int:
     # The imports leave ~1 M objects for the process's first full garbage collection, which would otherwise land
     # in the timed copy (~0.1 s here): it belongs to the imports, which are not timed.
     gc.collect()
+    Path(spec["ready"]).touch()  # the parent lets the servers idle SETTLE_SECONDS, then says go
+    while not os.path.exists(spec["go"]):
+        time.sleep(0.002)
     result: dict[str, Any] = {}
     if tool == "rh":
         from rh_prefect.transfer import copy_tree
@@ -348,7 +353,18 @@ def run_python_tool(env: Env, tool: str, src: dict, dst: dict) -> dict:
     spec = {"tool": tool, "src": src, "dst": dst, "out": str(spec_dir / "result.json"),
             "ssh": {"host": env.ssh.host, "port": env.ssh.port, "user": env.ssh.user,
                     "key": str(env.ssh.client_key_path), "known_hosts": str(env.ssh.known_hosts_path)}}
+    spec.update(ready=str(spec_dir / "ready"), go=str(spec_dir / "go"))
     (spec_dir / "spec.json").write_text(json.dumps(spec))
+
+    def release() -> None:  # the child has imported everything: let the servers idle SETTLE_SECONDS, then go
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not os.path.exists(spec["ready"]) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(SETTLE_SECONDS)
+        Path(spec["go"]).touch()
+
+    releaser = threading.Thread(target=release, daemon=True)
+    releaser.start()
     code, wall, rss = _wait_child([sys.executable, str(Path(__file__).resolve()), "--_run",
                                    str(spec_dir / "spec.json")], env.child_env, spec_dir / "log.txt")
     out = Path(spec["out"])
@@ -569,7 +585,8 @@ def bench_route(env: Env, route: str, workload: str, reps: int, expected: dict[s
                 continue
             run_id = f"{route}-{workload}-{name.split()[0].replace('>', '')}-{rep}-{uuid.uuid4().hex[:6]}"
             dst = place(env, spec["dst"], "dst", workload, run_id)
-            time.sleep(SETTLE_SECONDS)
+            if tool == "rclone":  # the Python tools' children wait SETTLE_SECONDS once imported (run_python_tool)
+                time.sleep(SETTLE_SECONDS)
             server_cpu0 = servers_cpu(env, {spec["src"], spec["dst"]})
             if tool == "rh":
                 rh_src_kind = next(k for label, k, _ in spec["variants"] if label == name)
@@ -598,7 +615,6 @@ def bench_route(env: Env, route: str, workload: str, reps: int, expected: dict[s
                 f"  cpu {_f(res.get('cpu_s'))}s  server cpu {_f(res.get('server_cpu_s'))}s")
             cells[name]["runs"].append(res)
             if tool == "rh" and rep == 0 and res.get("ok"):
-                time.sleep(SETTLE_SECONDS)
                 again = run_python_tool(env, "rh", src, dst)
                 if again.get("ok"):
                     again["percent_of_first"] = 100.0 * again["seconds"] / res["seconds"]
