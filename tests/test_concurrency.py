@@ -305,3 +305,25 @@ def test_saved_writes_leave_no_marker_behind(tmp_path, unique_name, monkeypatch)
     assert rh.blob(name=name).fetch() == b"four" and rh.blob(name=mem).fetch() == b"five"
     rh.delete(name)
     rh.delete(mem)
+
+
+def test_a_failed_write_takes_its_marker_back(tmp_path, unique_name, monkeypatch):
+    # The marker goes down before the commit; a commit that then fails leaves neither marker nor temporary file.
+    from rh_prefect.systems.local import LocalSystem
+
+    name = unique_name("failmarker")
+    b = rh.blob(data=b"one", name=name, path=str(tmp_path / "b.bin"), serializer="bytes").save()
+
+    def refuse(self, tmp, fs_path):
+        raise PermissionError(13, "Permission denied", fs_path)
+
+    monkeypatch.setattr(LocalSystem, "commit_temp", refuse)
+    with pytest.raises(PermissionError):
+        b.write(b"two")
+    with pytest.raises(PermissionError):
+        with b.open("wb") as f:
+            f.write(b"three")
+    assert sorted(os.listdir(tmp_path)) == ["b.bin"]
+    monkeypatch.undo()
+    assert rh.blob(name=name).fetch() == b"one"
+    rh.delete(name)

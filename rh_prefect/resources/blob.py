@@ -294,14 +294,13 @@ class Blob(StoredResource):
         if mode != "wb":
             raise InvalidPath(f"Blob.open() supports mode 'rb' or 'wb', not {mode!r}.")
         self._prepare_write()
-        marker = None
-        with transfer.open_write(self.sys, self.fs_path) as raw:
+        with _announcing(self.sys, self.fs_path) as made, transfer.open_write(self.sys, self.fs_path) as raw:
             writer = _HashingWriter(raw)
             yield writer  # type: ignore[misc]
             if self._announces():
-                marker = _announce(self.sys, self.fs_path, writer.sha256)
+                made.append(_announce(self.sys, self.fs_path, writer.sha256))
         self._drop()
-        self._record(writer.size, writer.sha256, self.serializer or "bytes", marker)
+        self._record(writer.size, writer.sha256, self.serializer or "bytes", (made or [None])[0])
 
     def download(self, local_path: Union[str, os.PathLike]) -> str:
         """Copy the stored bytes to a local file, streaming and verifying; returns the local path.
@@ -576,13 +575,28 @@ def _announce(system: System, fs_path: str, sha256: str) -> str:
     return marker
 
 
+@contextmanager
+def _announcing(system: System, fs_path: str) -> Iterator[list[str]]:
+    """Collects the marker a write leaves (see :func:`_announce`) and removes it if the write then fails: its
+    bytes were never committed, so no registration follows."""
+    made: list[str] = []
+    try:
+        yield made
+    except BaseException:
+        for marker in made:
+            try:
+                system.fs.rm_file(marker)
+            except OSError:
+                pass  # hidden, and cleaned by copies after an hour
+        raise
+
+
 @tasks.rh_task("rh-blob-write")
 def _write_task(system: System, fs_path: str, payload: _Payload, serializer: str, label: str,
                 announce: bool = False) -> tuple[int, str, Optional[str]]:
     tasks.reset_on_retry(system)
     ser = serializers.get(serializer)
-    marker = None
-    with transfer.open_write(system, fs_path) as raw:
+    with _announcing(system, fs_path) as made, transfer.open_write(system, fs_path) as raw:
         writer = _HashingWriter(raw)
         try:
             ser.dump(payload.obj, writer)
@@ -595,8 +609,8 @@ def _write_task(system: System, fs_path: str, payload: _Payload, serializer: str
                 f"({type(exc).__name__}: {str(exc)[:300]}). Nothing was written: {label} is unchanged.{hint}"
             ) from exc
         if announce:
-            marker = _announce(system, fs_path, writer.sha256)
-    return writer.size, writer.sha256, marker
+            made.append(_announce(system, fs_path, writer.sha256))
+    return writer.size, writer.sha256, (made or [None])[0]
 
 
 class _Refresher:
@@ -700,8 +714,8 @@ def _verify_task(system: System, fs_path: str, size: Optional[int], sha256: Opti
 def _upload_task(local_path: str, system: System, fs_path: str, announce: bool = False
                  ) -> tuple[int, str, Optional[str]]:
     tasks.reset_on_retry(system)
-    marker = None
-    with open(local_path, "rb") as src, transfer.open_write(system, fs_path) as raw:
+    with open(local_path, "rb") as src, _announcing(system, fs_path) as made, \
+            transfer.open_write(system, fs_path) as raw:
         writer = _HashingWriter(raw)
         while True:
             chunk = src.read(CHUNK_SIZE)
@@ -709,8 +723,8 @@ def _upload_task(local_path: str, system: System, fs_path: str, announce: bool =
                 break
             writer.write(chunk)
         if announce:
-            marker = _announce(system, fs_path, writer.sha256)
-    return writer.size, writer.sha256, marker
+            made.append(_announce(system, fs_path, writer.sha256))
+    return writer.size, writer.sha256, (made or [None])[0]
 
 
 @tasks.rh_task("rh-blob-download")
