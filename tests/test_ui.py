@@ -156,8 +156,11 @@ def test_block_catalog_shows_rh_types_with_examples_and_no_internet(browser, pre
     for block in (Folder, S3Credentials):  # a type's page shows the example from its docstring
         browser.goto(f"/blocks/catalog/{block.get_block_type_slug()}", idle=False)
         browser.page.get_by_text("Example", exact=True).wait_for()
-        code = browser.page.locator("pre, code").first.inner_text()
-        assert block.get_code_example().splitlines()[1] in code, block.__name__
+        line = block.get_code_example().splitlines()[1]
+        # the code block is there before its highlighted text: wait for the text, then check it
+        code = wait_for(lambda: (t := browser.page.locator("pre, code").first.inner_text()) and line in t and t,
+                        15, f"the example of {block.__name__} to show", interval=0.2)
+        assert line in code, block.__name__
         shot(browser, f"catalog-{block.get_block_type_slug()}-example")
 
     types = api(prefect_server.api_url, "POST", "/block_types/filter", {})
@@ -282,10 +285,12 @@ def test_transfer_deployment_runs_from_ui_with_block_pickers(browser, prefect_se
         try:
             run = wait_for(submitted, 15, f"flow run {run_name} to be created by the UI")
         except AssertionError:
-            # The UI shows "Something went wrong" when the server answers the create call with an error; a
-            # person would press Submit again. Only a server-side (5xx) failure earns that second try.
+            # The UI shows "Something went wrong" when the server answers the create call with an error, or the
+            # call gets no answer; a person would press Submit again. Only a server-side (5xx) or transport
+            # failure earns that second try.
             failed = [r for r in browser.failed_responses if "create_flow_run" in r]
-            assert failed and all(r.startswith("5") for r in failed), f"no flow run and {browser.failed_responses}"
+            assert failed and all(r.startswith(("5", "network")) for r in failed), \
+                f"no flow run; failed calls {browser.failed_responses}; console errors {browser.console_errors[-5:]}"
             shot(browser, "deployment-run-form-server-error")
             page.get_by_role("button", name="Submit", exact=True).click()
             run = wait_for(submitted, 30, f"flow run {run_name} after a second Submit (first: {failed})")

@@ -72,7 +72,9 @@ class Browser:
         self.websockets: list[str] = []
         self.responses_from_outside: list[str] = []
         self.console_errors: list[str] = []
-        self.failed_responses: list[str] = []  # "STATUS METHOD URL" of API calls that failed (>= 400)
+        # "STATUS METHOD URL" of API calls that failed (>= 400), or "network METHOD URL: reason" of calls that got no
+        # answer at all (connection reset or refused; requests the test itself blocks are not counted)
+        self.failed_responses: list[str] = []
         self._pw = sync_playwright().start()
         try:
             # playwright gives the browser a fresh temporary profile (its own --user-data-dir) and removes it.
@@ -87,6 +89,7 @@ class Browser:
         self.page.on("request", lambda r: self.requests.append(r.url))
         self.page.on("websocket", lambda ws: self.websockets.append(ws.url))
         self.page.on("response", self._on_response)
+        self.page.on("requestfailed", self._on_request_failed)
         self.page.on("console", lambda m: self.console_errors.append(m.text) if m.type == "error" else None)
 
     def _route(self, route: Any) -> None:
@@ -102,6 +105,10 @@ class Browser:
             self.responses_from_outside.append(response.url)
         if response.status >= 400:
             self.failed_responses.append(f"{response.status} {response.request.method} {response.url}")
+
+    def _on_request_failed(self, request: Any) -> None:
+        if is_loopback(request.url):
+            self.failed_responses.append(f"network {request.method} {request.url}: {request.failure}")
 
     # -- navigation helpers ---------------------------------------------------------------------------------
     def goto(self, path: str, idle: bool = True) -> None:
