@@ -20,25 +20,10 @@ import pytest
 import rh_prefect as rh
 from rh_prefect import transfer
 from rh_prefect.systems import get_system
+from test_copy_matrix import sha_manifest as manifest  # one raw-fsspec sha256 manifest for both modules
 
 SMALL = {f"d{i % 3}/f{i:03d}.bin": os.urandom(1000 + i) for i in range(30)}
 BIG_SIZE = 20 * 2**20 + 12345  # above the 8 MiB streaming chunk and the 16 MiB parallel-upload threshold
-
-
-def manifest(folder: rh.Folder) -> dict[str, str]:
-    """relative path -> sha256, read through the raw fsspec filesystem (not the copy engine)."""
-    fs = folder.sys.fs
-    fs.invalidate_cache()
-    root = folder.fs_path.rstrip("/")
-    out = {}
-    for path in fs.find(root):
-        norm = path if path.startswith("/") or not root.startswith("/") else "/" + path
-        digest = hashlib.sha256()
-        with fs.open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(2**20), b""):
-                digest.update(chunk)
-        out[norm[len(root) + 1 :]] = digest.hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")
