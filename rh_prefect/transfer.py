@@ -457,7 +457,7 @@ def copy_file(
     if src.is_local:
         with _committing(dst, dst_path) as target:
             with _big_file_gate(size):
-                dst.fs.put_file(src_path, target, **dst.put_options(size))
+                dst.put_file(src_path, target, size)
         nbytes = size if size is not None else dst.fs.size(dst_path)
     elif dst.is_local:
         with _committing(dst, dst_path) as target:

@@ -38,6 +38,7 @@ class FaultProxy:
         self._stall_until = 0.0  # monotonic deadline while stalled
         self._stalled: dict[socket.socket, float] = {}  # connections stalled on their own: socket -> deadline
         self.stalled_connections = 0
+        self.bytes_passed = 0  # both directions, all connections
         self._thread = threading.Thread(target=self._accept_loop, name="fault-proxy", daemon=True)
         self._thread.start()
 
@@ -149,6 +150,7 @@ class FaultProxy:
                 while self._held(source) and not self._closed:  # ... and what was read is held back
                     time.sleep(0.05)
                 sink.sendall(data)
+                self.bytes_passed += len(data)  # a racy sum is fine: tests wait for "at least"
             # A polite end stays polite: pass the FIN on and let the other direction finish (a server that
             # closes after its response must not turn into a reset that destroys the response in flight).
             sink.shutdown(socket.SHUT_WR)

@@ -387,6 +387,69 @@ def test_gcs_server_killed_and_restarted_mid_copy(gcs_fs_server, monkeypatch, tm
           f"last attempt: {dst._last_report.summary()}")
 
 
+def test_gcs_path_going_silent_mid_streamed_upload(gcs_fs_server, monkeypatch, tmp_path):
+    """A large file goes up to GCS as one streamed request, and its path goes silent mid-body (no reset: every
+    byte held). The request would wait forever (aiohttp times out reading an answer, not sending a body into a
+    stalled window); the upload sees the connection take no bytes within its deadline and fails as a timeout,
+    the retry's new connection gets through, and the copy completes while the stalled one is still held. Only the
+    complete object is ever visible."""
+    import gcsfs
+
+    import rh_prefect.systems.base as base
+
+    monkeypatch.setattr(base, "REQUEST_DEADLINE_SECONDS", 3.0)  # 120 s by default
+    monkeypatch.setattr(base, "REQUEST_MIN_RATE", 64 * 2**20)
+    data = os.urandom(96 * 2**20)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "big.bin").write_bytes(data)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    direct = gcsfs.GCSFileSystem(endpoint_url=gcs_fs_server.endpoint_url, token="anon", project="test",
+                                 skip_instance_cache=True)  # not via the proxy
+    bucket = f"rh-faults-{uuid.uuid4().hex[:12]}"
+    direct.mkdir(bucket)
+    stalled: list[int] = []
+    sizes_seen: set[int] = set()
+    done = threading.Event()
+
+    def stall_mid_body() -> None:
+        give_up = time.monotonic() + 60
+        while proxy.bytes_passed < 16 * 2**20 and time.monotonic() < give_up and not done.is_set():
+            time.sleep(0.002)
+        stalled.append(proxy.stall(3600, existing_only=True))
+
+    def watch() -> None:  # nothing partial under the final name, ever
+        while not done.is_set():
+            direct.invalidate_cache()
+            sizes_seen.update(int(i["size"]) for i in direct.find(f"{bucket}/silent", detail=True).values())
+            time.sleep(0.05)
+
+    with FaultProxy(target_port=gcs_fs_server.port) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        gave_up = threading.Timer(150, proxy.restore)  # without the upload's deadline the copy would wait for this
+        gave_up.start()
+        helpers = [threading.Thread(target=f, daemon=True) for f in (stall_mid_body, watch)]
+        for t in helpers:
+            t.start()
+        try:
+            started = time.monotonic()
+            dst = rh.folder(path=str(tmp_path / "src")).to(system="gs", path=f"/{bucket}/silent")
+            elapsed = time.monotonic() - started
+            still_held = bool(proxy._stalled) and gave_up.is_alive()
+        finally:
+            done.set()
+            gave_up.cancel()
+            for t in helpers:
+                t.join(timeout=10)
+    assert stalled and stalled[0] >= 1, "no GCS connection was open to stall"
+    assert still_held, "the copy finished only once the stalled path was restored: it hung on it"
+    assert sizes_seen <= {len(data)}, f"a partial object was visible: sizes {sorted(sizes_seen)}"
+    direct.invalidate_cache()
+    assert direct.find(f"{bucket}/silent") == [f"{bucket}/silent/big.bin"]
+    assert hashlib.sha256(direct.cat_file(f"{bucket}/silent/big.bin")).hexdigest() == hashlib.sha256(data).hexdigest()
+    print(f"\ngcs stall: {stalled[0]} connections stalled after {proxy.bytes_passed >> 20} MiB; copy done in "
+          f"{elapsed:.1f} s; last attempt: {dst._last_report.summary()}")
+
+
 # ============================================================================================ SSH: connections killed
 
 

@@ -4,7 +4,7 @@ final name, and a clear error (not a hang) when one side fails mid-stream.
 Paths covered here and not by test_copy_matrix.py (whose tree is too small to reach them):
 * many small files from a cluster to a bucket: one tar stream, each file uploaded as it arrives;
 * a large file between two remote systems: streamed reads (one S3 GET; pipelined SFTP reads) overlapped with
-  the upload (S3 parts in parallel; GCS resumable chunks);
+  the upload (S3 parts in parallel; GCS one streamed resumable-upload request);
 * small files as coroutines on the filesystem's event loop (bucket -> local, bucket -> bucket), one of which fails.
 """
 

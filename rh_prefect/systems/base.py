@@ -237,6 +237,10 @@ class System(ABC):
         (part size, parts in flight)."""
         return {}
 
+    def put_file(self, local_path: str, fs_path: str, size: Optional[int] = None) -> None:
+        """Upload the local file ``local_path`` (``size`` bytes, when known) to ``fs_path`` with bounded memory."""
+        self.fs.put_file(local_path, fs_path, **self.put_options(size))
+
     def get_options(self, size: Optional[int] = None) -> dict[str, Any]:
         """Keyword arguments for ``fs.get_file`` of a ``size``-byte file (when known) that keep memory bounded."""
         return {}
