@@ -166,6 +166,12 @@ def child_main(spec_path: str) -> int:
         seconds, result["cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
         result.update(files=report.files_copied, bytes=report.bytes_copied, files_skipped=report.files_skipped,
                       bytes_skipped=report.bytes_skipped, server_side=report.server_side)
+        if spec.get("repeat"):  # the same copy again from this process (new System objects), as a flow would
+            src_sys, dst_sys = _child_system(src["kind"], spec), _child_system(dst["kind"], spec)
+            t1 = time.perf_counter()
+            again = copy_tree(src_sys, src_root, dst_sys, dst_root)
+            result.update(same_process_seconds=time.perf_counter() - t1, same_process_files=again.files_copied,
+                          same_process_bytes=again.bytes_copied)
     elif tool == "fsspec":
         rss_before = _vm_hwm_mb()
         if src["kind"] == "file":  # put
@@ -363,9 +369,10 @@ def _short(error: str) -> str:
     return (lines[-1] if lines else error)[:400]
 
 
-def run_python_tool(env: Env, tool: str, src: dict, dst: dict) -> dict:
+def run_python_tool(env: Env, tool: str, src: dict, dst: dict, repeat: bool = False) -> dict:
+    """Run one copy in a fresh child process; ``repeat``: the child then runs the same copy once more."""
     spec_dir = Path(tempfile.mkdtemp(prefix="spec-", dir=env.tmp))
-    spec = {"tool": tool, "src": src, "dst": dst, "out": str(spec_dir / "result.json"),
+    spec = {"tool": tool, "src": src, "dst": dst, "out": str(spec_dir / "result.json"), "repeat": repeat,
             "ssh": {"host": env.ssh.host, "port": env.ssh.port, "user": env.ssh.user,
                     "key": str(env.ssh.client_key_path), "known_hosts": str(env.ssh.known_hosts_path)}}
     spec.update(ready=str(spec_dir / "ready"), go=str(spec_dir / "go"))
@@ -630,11 +637,14 @@ def bench_route(env: Env, route: str, workload: str, reps: int, expected: dict[s
                 f"  cpu {_f(res.get('cpu_s'))}s  server cpu {_f(res.get('server_cpu_s'))}s")
             cells[name]["runs"].append(res)
             if tool == "rh" and rep == 0 and res.get("ok"):
-                again = run_python_tool(env, "rh", src, dst)
+                again = run_python_tool(env, "rh", src, dst, repeat=True)
                 if again.get("ok"):
                     again["percent_of_first"] = 100.0 * again["seconds"] / res["seconds"]
+                    again["same_process_percent"] = 100.0 * again["same_process_seconds"] / res["seconds"]
                     log(f"  [{route} {workload}] {name} re-run: {again['seconds']:.2f}s "
-                        f"({again['percent_of_first']:.1f}%), {again['files']} files / {again['bytes']} B copied")
+                        f"({again['percent_of_first']:.1f}%), {again['files']} files / {again['bytes']} B copied; "
+                        f"again in the same process {again['same_process_seconds']:.2f}s "
+                        f"({again['same_process_percent']:.1f}%), {again['same_process_bytes']} B")
                 else:
                     log(f"  [{route} {workload}] {name} re-run FAILED {_short(again.get('error', ''))}")
                 rerun[name] = again
@@ -684,6 +694,10 @@ def build_rows(results: dict) -> tuple[list[dict], list[dict]]:
                        "rerun_percent": again.get("percent_of_first") if again and again.get("ok") else None,
                        "rerun_files": again.get("files") if again and again.get("ok") else None,
                        "rerun_bytes": again.get("bytes") if again and again.get("ok") else None,
+                       "rerun_same_process_percent": again.get("same_process_percent") if again and again.get("ok")
+                       else None,
+                       "rerun_same_process_bytes": again.get("same_process_bytes") if again and again.get("ok")
+                       else None,
                        "rh_error": None if rh else _err(r["cells"][label]),
                        "rclone_error": None if rc else (r["rclone_na"] or _err(r["cells"]["rclone"]))}
                 row.update(rh_cpu_s=rh.get("cpu_s") if rh else None, rclone_cpu_s=rc.get("cpu_s") if rc else None,
@@ -726,7 +740,7 @@ RERUN_LIMIT_PERCENT = 10  # issue 7, point 4: a re-run of a finished copy
 def render(rows: list[dict], base_rows: list[dict], meta: dict) -> str:
     out = [
         "| route | workload | rh-prefect s | rclone s | ratio (rclone/rh) | target met? | rh peak RSS MB "
-        "| rclone peak RSS MB | re-run % (bytes moved) |",
+        "| rclone peak RSS MB | re-run % of first (bytes moved): new process; same process |",
         "|---|---|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in rows:
@@ -746,6 +760,9 @@ def render(rows: list[dict], base_rows: list[dict], meta: dict) -> str:
             if r["rerun_percent"] > RERUN_LIMIT_PERCENT:
                 pct = f"**{pct}** (> {RERUN_LIMIT_PERCENT}%)"
             rerun = f"{pct} ({r['rerun_bytes']} B)"
+            if r.get("rerun_same_process_percent") is not None:
+                rerun += (f"; same process {r['rerun_same_process_percent']:.1f}% "
+                          f"({r['rerun_same_process_bytes']} B)")
         out.append(f"| {r['route']} | {r['workload']} | {rh_s} | {rc_s} | {_f(r['ratio'])} "
                    f"| {met} | {rss} | {_f(r['rclone_rss_mb'], '{:.0f}')} | {rerun} |")
     out += ["", "| route | workload | rh-prefect s | fsspec put/get s | fsspec/rh | Prefect RemoteFileSystem "
@@ -775,7 +792,10 @@ def render(rows: list[dict], base_rows: list[dict], meta: dict) -> str:
              "local->s3 copy of the directory the cluster serves; target >= 1.5x rclone through the host. "
              "ssh->s3 (through host): SFTP -> this process -> S3, compared with the same rclone run.",
              "- re-run %: the same rh-prefect copy again onto the finished destination, as % of the first run; "
-             "(B) = bytes it transferred.",
+             "(B) = bytes it transferred. New process: a fresh child, so the time includes building its clients "
+             "(an S3 client is ~0.15 s of CPU the first time in a process) and logging in; this is the figure "
+             "checked against the 10% target. Same process: that child then runs the copy once more with new "
+             "System objects, as a flow, a notebook or a worker that has copied before would.",
              "- Ratios in the second table: baseline time / rh-prefect time (> 1 means rh-prefect is faster).",
              "- CPU table: rh-prefect = CPU of the copy_tree() call (all threads of the child, imports excluded); "
              "rclone = its whole process (wait4 rusage); server = moto / fake-gcs-server / sshd (with the "
