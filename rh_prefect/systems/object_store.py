@@ -307,8 +307,10 @@ class GCSSystem(ObjectStoreSystem):
     # far on each one: 256 MiB took 4.6-6.6 s in 16 MiB chunks there and 1.8 s as one request. Unknown sizes, and
     # filesystems that verify checksums themselves (consistency=...), keep gcsfs's chunked file object.
     def _streams(self, size: Optional[int]) -> bool:
-        return size is not None and size > GCS_STREAMED_UPLOAD_MIN and self.fs.consistency in (None, "none") \
-            and type(self.fs).__name__ == "GCSFileSystem"  # not gcsfs's zonal-bucket (gRPC) variant
+        import gcsfs
+
+        return (size is not None and size > GCS_STREAMED_UPLOAD_MIN and self.fs.consistency in (None, "none")
+                and type(self.fs) is gcsfs.GCSFileSystem)  # not a subclass such as gcsfs's zonal-bucket (gRPC) one
 
     def open_upload(self, fs_path: str, block_size: int, size: Optional[int] = None) -> Any:
         if self._streams(size):
