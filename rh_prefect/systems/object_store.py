@@ -536,7 +536,7 @@ class _GCSStreamedUpload(io.RawIOBase):
         if self._location is not None:
             location, self._location = self._location, None
             try:  # an unfinished session is never visible as an object; deleting it frees its storage sooner
-                await self.fs._call("DELETE", location)
+                await asyncio.wait_for(self.fs._call("DELETE", location), ABANDON_SECONDS)
             except Exception as exc:
                 logger.debug("could not cancel the upload session of %s: %s", self.path, type(exc).__name__)
 
@@ -548,6 +548,8 @@ class _GCSStreamedUpload(io.RawIOBase):
 
 #: seconds to open a connection for a streamed upload
 REQUEST_CONNECT_SECONDS = 60
+#: at most this long is spent deleting an abandoned upload session (the error that abandoned it matters more)
+ABANDON_SECONDS = 30
 #: part size and parts in flight of streamed S3 uploads (the same as put_options: ~32 MiB in transit per file)
 UPLOAD_PART = 8 * 2**20
 UPLOAD_PARTS_IN_FLIGHT = 4
