@@ -18,7 +18,7 @@ What it does (issue 7):
   times only ``rh_prefect.transfer.copy_tree(...)`` (connection set-up and listing included, Python imports
   excluded, and the garbage they leave collected before the clock starts); rclone is timed as its whole process
   (it starts in ~50 ms, measured and printed). Every run's first request meets servers idle for ``SETTLE_SECONDS``
-  (a Python child waits that long once imported).
+  since their last request (sent by this script right before: a Python child waits once imported).
   Peak RSS of both comes from ``os.wait4`` on the child;
 * ssh->s3 is measured twice for rh-prefect: "colocated worker" (the copy runs on the cluster; the test cluster is
   this machine, so that is a local->s3 copy of the directory the cluster serves) and "through host" (SFTP -> this
@@ -55,10 +55,11 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 SEED = 20240607
 RUN_TIMEOUT = 1800.0  # seconds; a hung copy must not hang the whole benchmark
-#: every run's first request reaches servers that sat idle exactly this long. moto's CPU for the same request
-#: depends on it on this VM: one 256 MiB CopyObject sent by boto3 alone cost 0.65 s after 0.3 s of idle, 0.94 s
-#: after 1-1.5 s, 1.22 s after 3 s (memory returned and faulted in again); rclone starts in ~40 ms, the Python
-#: tools' children import for ~1.5 s, so without this the tools would meet differently rested servers
+#: every run's first request reaches servers that sat idle exactly this long (the parent sends them one small
+#: request, then waits this long, then starts rclone or lets a ready Python child go). moto's CPU for the same
+#: request depends on it on this VM: one 256 MiB CopyObject sent by boto3 alone cost 0.65 s after 0.3 s of idle,
+#: 0.94 s after 1-1.5 s, 1.22 s after 3 s; rclone starts in ~40 ms, the Python tools' children import for ~1.5 s,
+#: so without this the tools would meet differently rested servers
 SETTLE_SECONDS = 1.5
 
 # route key -> source kind, destination kind, rh-prefect variants (label, rh source kind, target ratio), baselines
@@ -369,6 +370,18 @@ def _short(error: str) -> str:
     return (lines[-1] if lines else error)[:400]
 
 
+def settle(env: Env, kinds: set[str]) -> None:
+    """Send the object-store servers among ``kinds`` one small request each, then let them idle
+    SETTLE_SECONDS: whichever tool runs next, and however long it took to get ready, its first request meets
+    servers idle for the same time."""
+    if "s3" in kinds:
+        env.s3fs.call_s3("head_bucket", Bucket=SRC_BUCKET)
+    if "gs" in kinds:
+        env.gcsfs.invalidate_cache()
+        env.gcsfs.info(SRC_BUCKET)
+    time.sleep(SETTLE_SECONDS)
+
+
 def run_python_tool(env: Env, tool: str, src: dict, dst: dict, repeat: bool = False) -> dict:
     """Run one copy in a fresh child process; ``repeat``: the child then runs the same copy once more."""
     spec_dir = Path(tempfile.mkdtemp(prefix="spec-", dir=env.tmp))
@@ -382,7 +395,7 @@ def run_python_tool(env: Env, tool: str, src: dict, dst: dict, repeat: bool = Fa
         deadline = time.monotonic() + RUN_TIMEOUT
         while not os.path.exists(spec["ready"]) and time.monotonic() < deadline:
             time.sleep(0.005)
-        time.sleep(SETTLE_SECONDS)
+        settle(env, {src["kind"], dst["kind"]})
         Path(spec["go"]).touch()
 
     releaser = threading.Thread(target=release, daemon=True)
@@ -607,8 +620,8 @@ def bench_route(env: Env, route: str, workload: str, reps: int, expected: dict[s
                 continue
             run_id = f"{route}-{workload}-{name.split()[0].replace('>', '')}-{rep}-{uuid.uuid4().hex[:6]}"
             dst = place(env, spec["dst"], "dst", workload, run_id)
-            if tool == "rclone":  # the Python tools' children wait SETTLE_SECONDS once imported (run_python_tool)
-                time.sleep(SETTLE_SECONDS)
+            if tool == "rclone":  # the Python tools' children settle once imported (run_python_tool)
+                settle(env, {spec["src"], spec["dst"]})
             server_cpu0 = servers_cpu(env, {spec["src"], spec["dst"]})
             if tool == "rh":
                 rh_src_kind = next(k for label, k, _ in spec["variants"] if label == name)
