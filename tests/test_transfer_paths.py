@@ -161,3 +161,25 @@ def test_a_copy_removes_temporary_files_left_by_killed_writes(places, ssh_server
     assert dst.ls(full_paths=False, recursive=True) == ["a.bin", "sub/b.bin"]
     again = transfer.copy_tree(src.sys, src.fs_path, dst.sys, dst.fs_path)
     assert (again.files_copied, again.temps_removed) == (0, 0) and fresh.exists()
+
+
+@pytest.mark.parametrize("written", ["more", "fewer"])
+def test_gcs_streamed_upload_of_other_than_announced_size_leaves_nothing(places, big_bytes, written):
+    """A GCS upload of known size goes up as one streamed request; bytes beyond the announced size (a source that
+    grew while it was read), or fewer at close, are an IntegrityError that says so, and no object appears."""
+    system, base = places["gs"]
+    folder = rh.folder(path=f"{base}/sized", system=system)
+    folder.mkdir()
+    gs = folder.sys
+    path = f"{folder.fs_path.rstrip('/')}/big.bin"
+    announced = BIG_SIZE - 1 if written == "more" else BIG_SIZE + 1
+
+    with pytest.raises(rh.IntegrityError, match="did the source change while it was copied"):
+        with transfer.open_write(gs, path, size=announced) as f:
+            for i in range(0, BIG_SIZE, transfer.CHUNK_SIZE):
+                f.write(big_bytes[i : i + transfer.CHUNK_SIZE])
+
+    gs.fs.invalidate_cache()
+    assert not gs.fs.exists(path)
+    transfer.write_bytes(gs, path, b"still usable")  # the filesystem and its connections still work
+    assert gs.fs.cat_file(path) == b"still usable"

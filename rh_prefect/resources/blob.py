@@ -715,7 +715,7 @@ def _upload_task(local_path: str, system: System, fs_path: str, announce: bool =
                  ) -> tuple[int, str, Optional[str]]:
     tasks.reset_on_retry(system)
     with open(local_path, "rb") as src, _announcing(system, fs_path) as made, \
-            transfer.open_write(system, fs_path) as raw:
+            transfer.open_write(system, fs_path, size=os.fstat(src.fileno()).st_size) as raw:
         writer = _HashingWriter(raw)
         while True:
             chunk = src.read(CHUNK_SIZE)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Optional
 
 from fsspec import AbstractFileSystem
 
-from rh_prefect.errors import CredentialsError, NotFound
+from rh_prefect.errors import CredentialsError, IntegrityError, NotFound
 from rh_prefect.systems.base import System, within_deadline
 from rh_prefect.systems.credentials import GCSCredentials, S3Credentials, redact_in_logs
 
@@ -322,15 +322,17 @@ class GCSSystem(ObjectStoreSystem):
     def put_file(self, local_path: str, fs_path: str, size: Optional[int] = None) -> None:
         if not self._streams(size):
             return super().put_file(local_path, fs_path, size)
-        upload = _GCSStreamedUpload(self.fs, fs_path, size)
-        try:
-            with open(local_path, "rb") as f:
+        with open(local_path, "rb") as f:
+            # what the file holds now, as fsspec's put_file would send (it may have changed since it was listed);
+            # a change while it is read fails the upload instead of storing a mix of old and new bytes
+            upload = _GCSStreamedUpload(self.fs, fs_path, os.fstat(f.fileno()).st_size)
+            try:
                 while chunk := f.read(GCS_STREAM_PIECE):
                     upload.write(chunk)
-            upload.close()
-        except BaseException:
-            upload.discard()
-            raise
+                upload.close()
+            except BaseException:
+                upload.discard()
+                raise
 
 
 def _sync(loop: Any, func: Any, *args: Any) -> Any:
@@ -501,7 +503,8 @@ class _GCSStreamedUpload(io.RawIOBase):
             raise ValueError("write to a closed upload")
         n = len(data)
         if self.written + n > self.size:
-            raise ValueError(f"{self.path}: more bytes written than the {self.size} announced")
+            raise IntegrityError(f"{self.path}: more bytes than the {self.size} announced (did the source change "
+                                 "while it was copied?); nothing was uploaded, copy again.")
         if n:
             self._sync(self.fs.loop, self._offer, data if isinstance(data, bytes) else bytes(data))
             self.written += n
@@ -519,8 +522,8 @@ class _GCSStreamedUpload(io.RawIOBase):
             return
         try:
             if self.written != self.size:
-                raise ValueError(f"{self.path}: {self.written} bytes written, {self.size} announced; nothing was "
-                                 "uploaded.")
+                raise IntegrityError(f"{self.path}: {self.written} bytes written, {self.size} announced (did the "
+                                     "source change while it was copied?); nothing was uploaded, copy again.")
             self._sync(self.fs.loop, self._finish)
         except BaseException:
             self.discard()
