@@ -478,9 +478,11 @@ class _GCSStreamedUpload(io.RawIOBase):
                 if done:
                     return request.result()
                 now, piece = loop.time(), self._piece_since
-                if piece is not None and now - piece[0] > base.REQUEST_DEADLINE_SECONDS + piece[1] / base.REQUEST_MIN_RATE:
-                    raise TimeoutError(f"GCS upload of {self.path}: the connection took no bytes for {now - piece[0]:.0f} "
-                                       "s; the network path may have gone silent. The copy retries it.")
+                if piece is not None and \
+                        now - piece[0] > base.REQUEST_DEADLINE_SECONDS + piece[1] / base.REQUEST_MIN_RATE:
+                    raise TimeoutError(f"GCS upload of {self.path}: the connection took no bytes for "
+                                       f"{now - piece[0]:.0f} s; the network path may have gone silent. The copy "
+                                       "retries it.")
                 if self._all_sent_at is not None and now - self._all_sent_at > base.REQUEST_DEADLINE_SECONDS:
                     raise TimeoutError(f"GCS upload of {self.path}: no answer {now - self._all_sent_at:.0f} s after "
                                        "the last byte; the network path may have gone silent. The copy retries it.")
