@@ -351,7 +351,7 @@ def test_gcs_server_killed_and_restarted_mid_copy(gcs_fs_server, monkeypatch, tm
 
     # Batched async uploads finish 300 small files within the settle time on an idle machine: a bigger tree
     # keeps the copy running when the server is killed.
-    expected = make_tree(tmp_path / "src", small=1500, big=6, big_size=8 * 2**20)
+    expected = make_tree(tmp_path / "src", small=1500, big=6, big_size=12 * 2**20)  # > 8 MiB: streamed uploads
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     for name, value in gcs_fs_server.env().items():
         monkeypatch.setenv(name, value)
