@@ -381,6 +381,29 @@ async def _gcs_media_get(fs: Any, fs_path: str) -> bytes:
     raise AssertionError("unreachable")
 
 
+class _UploadFile(io.RawIOBase):
+    """A write-only file object of an upload that is published only by ``close()`` and abandoned by ``discard()``
+    (see ``System.open_upload``). Subclasses keep their state in ``_closed``; bytes go out as they are written, so
+    ``flush()`` has nothing to do."""
+
+    _closed = False
+
+    # io.IOBase's ``closed`` is read-only; the engine marks a discarded file closed (see transfer.open_write)
+    @property
+    def closed(self) -> bool:  # type: ignore[override]
+        return self._closed
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        self._closed = value
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+
 #: resumable-upload chunk of GCS uploads of unknown size (gcsfs's file object)
 GCS_UPLOAD_CHUNK = 16 * 2**20
 #: objects of known size above this go up as one streamed request (GCSSystem._streams)
@@ -390,7 +413,7 @@ GCS_STREAM_PIECE = 8 * 2**20
 GCS_STREAM_QUEUE = 2
 
 
-class _GCSStreamedUpload(io.RawIOBase):
+class _GCSStreamedUpload(_UploadFile):
     """A write-only file object for an object of known ``size``: one resumable-upload session, all of whose bytes
     go in a single streamed request as they are written. At most :data:`GCS_STREAM_QUEUE` written pieces wait for
     the connection, so memory stays bounded whatever the size.
@@ -417,17 +440,6 @@ class _GCSStreamedUpload(io.RawIOBase):
         self._piece_since: Optional[tuple[float, int]] = None  # (when handed to the connection, bytes) until taken
         self._all_sent_at: Optional[float] = None
         self._sync(fs.loop, self._start)
-
-    @property
-    def closed(self) -> bool:  # type: ignore[override]
-        return self._closed
-
-    @closed.setter
-    def closed(self, value: bool) -> None:
-        self._closed = value
-
-    def writable(self) -> bool:
-        return True
 
     async def _start(self) -> None:
         from gcsfs.core import initiate_upload
@@ -511,9 +523,6 @@ class _GCSStreamedUpload(io.RawIOBase):
             self._sync(self.fs.loop, self._offer, data if isinstance(data, bytes) else bytes(data))
             self.written += n
         return n
-
-    def flush(self) -> None:
-        pass  # pieces go to the connection as they are written
 
     async def _finish(self) -> None:
         await self._offer(None)
@@ -625,7 +634,7 @@ class _S3StreamReader(io.RawIOBase):
         super().close()
 
 
-class _S3ParallelUpload(io.RawIOBase):
+class _S3ParallelUpload(_UploadFile):
     """A write-only file object: a multipart upload whose parts go up concurrently (``in_flight`` at most, so
     memory stays at about ``(in_flight + 1) * part`` bytes). The object appears only when :meth:`close`
     completes the upload; :meth:`discard` (or a failure in close) aborts it, so no partial object is ever
@@ -643,18 +652,6 @@ class _S3ParallelUpload(io.RawIOBase):
         self.parts: list[dict[str, Any]] = []
         self.upload_id: Optional[str] = None
         self._closed = False
-
-    # io.IOBase's ``closed`` is read-only; the engine marks a discarded file closed (see transfer.open_write)
-    @property
-    def closed(self) -> bool:  # type: ignore[override]
-        return self._closed
-
-    @closed.setter
-    def closed(self, value: bool) -> None:
-        self._closed = value
-
-    def writable(self) -> bool:
-        return True
 
     def _call(self, method: str, nbytes: int = 0, **kwargs: Any) -> Any:
         request = self.fs._call_s3(method, Bucket=self.bucket, Key=self.key, **kwargs)
@@ -687,9 +684,6 @@ class _S3ParallelUpload(io.RawIOBase):
     def _collect_oldest(self) -> None:
         number, future = self.pending.popleft()
         self.parts.append({"PartNumber": number, "ETag": future.result()["ETag"]})
-
-    def flush(self) -> None:
-        pass  # parts go up as they fill; the rest on close()
 
     def close(self) -> None:
         if self._closed:
