@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import copy
 import errno
-import threading
 import logging
+import re
+import threading
 from typing import Any, Callable, TypeVar
 
 from prefect import Task, task
@@ -33,7 +34,10 @@ _TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, e
 _TRANSIENT_WORDS = ("throttl", "slowdown", "slow down", "timeout", "timed out", "connection reset",
                     "connection lost", "connection closed", "connection not open", "temporarily unavailable",
                     "service unavailable", "internal error", "too many requests", "broken pipe", "server disconnected",
-                    "cannot connect", "connection refused", "eof", "503", "502", "500", "504", "429")
+                    "cannot connect", "connection refused", "eof")
+#: HTTP statuses a retry can cure, as whole numbers: a path such as ``/tmp/pytest-503/...`` or a hex id
+#: containing "500" in an error message says nothing about the server
+_TRANSIENT_STATUS = re.compile(r"(?<![\w.-])(?:500|502|503|504|429)(?![\w.-])")
 
 
 def is_transient(exc: BaseException | None) -> bool:
@@ -53,13 +57,16 @@ def is_transient(exc: BaseException | None) -> bool:
             return True
         if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
             return True
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is not None:
+            return False  # a local file operation's error (ENAMETOOLONG, ENOSPC, ...): its errno has said it all
         status = getattr(getattr(exc, "response", None), "get", lambda *_: None)("ResponseMetadata") or {}
         code = status.get("HTTPStatusCode") if isinstance(status, dict) else None
         if isinstance(code, int) and (code >= 500 or code == 429):
             return True
         name = type(exc).__name__.lower()
         text = f"{name} {exc}".lower()
-        if any(w in text for w in _TRANSIENT_WORDS) or any(w in name for w in ("disconnect", "connectionlost", "channelopen")):
+        if any(w in text for w in _TRANSIENT_WORDS) or _TRANSIENT_STATUS.search(text) or \
+                any(w in name for w in ("disconnect", "connectionlost", "channelopen")):
             return True
         exc = exc.__cause__ or exc.__context__
         seen += 1

@@ -145,6 +145,11 @@ def test_user_error_is_not_retried(tmp_path):
         (SystemUnavailable("host down"), True),
         (asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "open failed"), True),  # sshd out of sessions
         (FileNotFoundError(2, "No such file"), False),
+        # a local path's error is judged by its errno, whatever digits the path holds (a CI run's tmp dir was
+        # /tmp/pytest-of-root/pytest-503/... and this was retried as a "503")
+        (OSError(36, "File name too long", "/tmp/pytest-503/d0/.n.rh-tmp-5004ab"), False),
+        (RuntimeError("upload of /data/run-500.bin failed: checksum mismatch"), False),
+        (RuntimeError("HTTP 502 Bad Gateway"), True),
         (PermissionError(13, "Permission denied"), False),
         (NotFound("no folder"), False),
         (rh.InvalidName("bad name"), False),
