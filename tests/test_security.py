@@ -240,6 +240,21 @@ def _flow_run_texts(flow_run_id) -> dict[str, str]:
     return texts
 
 
+def _wait_for_log_line(flow_run_id, needle: str, timeout: float) -> None:
+    """Until a log line of the flow run contains needle; AssertionError with the lines seen after timeout s."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with _client() as client:
+            lines = [log.message for log in client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+        if any(needle in line for line in lines):
+            return
+        assert time.monotonic() < deadline, f"no log line with {needle!r} after {timeout} s; lines: {lines}"
+        time.sleep(0.5)
+
+
 def test_secrets_stay_out_of_a_flow_that_copies_and_one_that_fails(secret_world, tmp_path, caplog, prefect_server):
     """Copies local->s3, s3->ssh (the SSH key), github->local (the token) and their failures run inside Prefect
     flows whose parameters are the credential-bearing blocks; the server then holds no secret anywhere."""
@@ -405,6 +420,10 @@ def test_secrets_stay_out_of_copies_dispatched_to_a_cluster_worker(secret_world,
             runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
                 work_queue_name=FlowRunFilterWorkQueueName(any_=[queue])))
         assert sorted(r.state.type.value for r in runs) == ["COMPLETED", "FAILED"]
+        # A run's state turns final before its process on the worker has shipped its last log lines (they go
+        # out in batches and when that process exits), so wait for the copy's closing line before reading.
+        done = next(r for r in runs if r.state.type.value == "COMPLETED")
+        _wait_for_log_line(done.id, "copied ", timeout=60)
         texts: dict[str, str] = {}
         for run in runs:
             # Blocks travelled by reference only: no block field at all in the stored parameters.
