@@ -93,12 +93,25 @@ class Progress:
     # -- engine callbacks ---------------------------------------------------------------------------------
     def start(self, files: int, nbytes: int, skipped_files: int = 0, skipped_bytes: int = 0) -> None:
         """The work is known: ``files``/``nbytes`` to move, and what was skipped as already there."""
-        self.total_files, self.total_bytes = files, nbytes
-        self.skipped_files, self.skipped_bytes = skipped_files, skipped_bytes
+        self.total_files = self.total_bytes = self.skipped_files = self.skipped_bytes = 0
         self._started = self._last_log = self._last_artifact = self._clock()
-        if self.interactive and files:
+        self.add(files, nbytes, skipped_files, skipped_bytes)
+
+    def add(self, files: int, nbytes: int, skipped_files: int = 0, skipped_bytes: int = 0) -> None:
+        """More work became known after :meth:`start` (a listing that arrives in pages while copies run)."""
+        with self._lock:
+            self.total_files += files
+            self.total_bytes += nbytes
+            self.skipped_files += skipped_files
+            self.skipped_bytes += skipped_bytes
+        if not self.total_files:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task_id, total=self.total_bytes or None,
+                             files=f"{self.files}/{self.total_files} files")
+        elif self.interactive:
             self._start_bar()
-        if self.artifacts and files:
+        if self.artifacts and self._artifact_id is None:
             self._artifact_id = self._create_artifact()
 
     def advance(self, files: int, nbytes: int) -> None:

@@ -89,10 +89,34 @@ STALE_TEMP_SECONDS = 3600.0
 def list_files(system: System, root: str, temps: Optional[list[dict[str, Any]]] = None) -> dict[str, dict[str, Any]]:
     """``{relative key: info}`` of every file under ``root`` (fs path), leaving out unfinished temporary files
     (appended to ``temps`` when given: the hidden ``.name.rh-tmp-...`` files of single-file writes)."""
+    out: dict[str, dict[str, Any]] = {}
+    for page in _pages(system, root, temps):
+        out.update(page)
+    return out
+
+
+def _pages(system: System, root: str, temps: Optional[list[dict[str, Any]]] = None) -> Iterator[dict[str, dict[str, Any]]]:
+    """:func:`list_files` in pages, as the system's listing arrives (:meth:`System.iter_files`); nothing at all
+    when ``root`` does not exist."""
+    pages = system.iter_files(root)
     try:
-        found = system.find_files(root)
-    except FileNotFoundError:
-        return {}
+        try:
+            found = next(pages)
+        except (FileNotFoundError, StopIteration):
+            return
+        while True:
+            yield _keyed(system, root, found, temps)
+            try:
+                found = next(pages)
+            except StopIteration:
+                return
+    finally:
+        pages.close()
+
+
+def _keyed(system: System, root: str, found: dict[str, dict[str, Any]],
+           temps: Optional[list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Listing entries (``{fs path: info}``) as ``{key relative to root: info}``, temporary files set aside."""
     prefix = root.rstrip("/") + "/"
     out = {}
     for path, info in found.items():
@@ -155,33 +179,138 @@ def copy_tree(
 
     ``src_root``/``dst_root`` are filesystem paths (``System.fs_path``). With ``overwrite=False`` a file that
     exists at the destination with different content raises :class:`AlreadyExists` before anything is copied.
+    Otherwise copying starts with the first page of a source listed in pages (object stores, 1000 objects a
+    page) while the next pages are listed, as rclone does.
     """
     dst.check_writable(dst_root)
     started = time.perf_counter()
-    # Both sides are listed at once (connections included): a re-run of a finished copy is mostly listing.
-    # Within one store the destination is listed through the source's connection, which the server-side copy
-    # uses for both ends anyway: one client to set up instead of two (~0.1 s of CPU for an S3 client).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rh-list") as lister:
-        stale: list[dict[str, Any]] = []
-        dst_listing = lister.submit(list_files, src if src.same_store(dst) else dst, dst_root, stale)
-        src_files = list_files(src, src_root)
-        if not src_files and not src.fs.exists(src_root):
-            raise NotFound(f"Nothing to copy: {src.url(src.user_path(src_root))} does not exist; check the path, "
-                           "or write to the folder first.")
+    report = CopyReport(server_side=src.same_store(dst))
+    concurrency = max(1, min(max_workers or 64, src.max_concurrency, dst.max_concurrency))
+    planner = _Planner(src, src_root, dst, dst_root, report.server_side, concurrency)
+    progress = progress or Progress(f"copy {src.describe()} -> {dst.describe()}")
+    progress.start(0, 0)
+    failures: dict[str, BaseException] = {}
+    running: dict[Any, _Unit] = {}
+    njobs = 0
+
+    def collect(fut: Any) -> None:
+        unit = running.pop(fut)
+        done = unit.jobs
+        try:
+            nbytes = fut.result()
+        except _SomeFailed as partial:  # a batch: some files committed, some not
+            failures.update(partial.failures)
+            done, nbytes = partial.done, partial.nbytes
+        except Exception as exc:  # collected per unit: one bad file must not hide the others' outcome
+            failures.update({j.key: exc for j in unit.jobs})
+            return
+        report.files_copied += len(done)
+        report.bytes_copied += nbytes
+        progress.advance(len(done), sum(j.size for j in done))
+
+    stale: list[dict[str, Any]] = []
+    made: set[str] = set()
+    try:
+        # Both sides are listed at once (connections included): a re-run of a finished copy is mostly listing.
+        # Within one store the destination is listed through the source's connection, which the server-side
+        # copy uses for both ends anyway: one client to set up instead of two (~0.1 s of CPU for an S3 client).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rh-list") as lister, \
+                ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rh-copy") as pool:
+            dst_listing = lister.submit(list_files, src if src.same_store(dst) else dst, dst_root, stale)
+            dst_files: Optional[dict[str, dict[str, Any]]] = None
+            pages = _source_pages(src, src_root, keys, overwrite)
+            try:
+                for page in pages:
+                    if dst_files is None:
+                        dst_files = dst_listing.result()
+                    jobs, skipped = _page_jobs(src, page, dst, dst_files, dst_root, overwrite)
+                    report.files_skipped += len(skipped)
+                    report.bytes_skipped += sum(skipped)
+                    units = planner.units(jobs)
+                    for parent in sorted({posixpath.dirname(j.dst) for u in units if not u.makes_dirs
+                                          for j in u.jobs} - made):
+                        dst.makedirs(parent)
+                        made.add(parent)
+                    progress.add(len(jobs), sum(j.size for j in jobs), len(skipped), sum(skipped))
+                    njobs += len(jobs)
+                    for unit in units:
+                        running[pool.submit(unit.run)] = unit
+                    for fut in [f for f in running if f.done()]:
+                        collect(fut)
+                for fut in as_completed(list(running)):
+                    collect(fut)
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)  # a listing failed midway, or an interrupt
+                raise
+            finally:
+                pages.close()
+    except BaseException as exc:
+        progress.finish(error=exc)
+        raise
+    progress.finish(error=next(iter(failures.values()), None))
+    report.seconds = time.perf_counter() - started
+    if failures:
+        report.failures = {k: f"{type(e).__name__}: {e}" for k, e in failures.items()}
+        first_key, first = next(iter(failures.items()))
+        if len(failures) == njobs and isinstance(first, RhError):
+            raise first
+        raise TransferError(
+            f"{len(failures)} of {njobs} files failed to copy to {dst.describe()} (first: {first_key}: "
+            f"{type(first).__name__}: {first}). Files already committed stay; run the copy again to resume.",
+            failures,
+        ) from first
+    if stale and keys is None:  # a whole-folder copy completed: its destination directory is ours to tidy
+        report.temps_removed = _remove_stale_temps(dst, stale)
+    logger.info("%s -> %s: %s", src.describe(), dst.describe(), report.summary())
+    return report
+
+
+def _source_pages(src: System, src_root: str, keys: Optional[list[str]],
+                  overwrite: bool) -> Iterator[dict[str, dict[str, Any]]]:
+    """The source listing in the pages the copy works through. One page (the whole listing) when nothing may
+    start before it ends: picked ``keys`` must all exist, and ``overwrite=False`` checks every clash first."""
+    pages = _pages(src, src_root)
+    try:
+        if keys is None and overwrite:
+            listed = 0
+            for page in pages:
+                listed += len(page)
+                yield page
+            if not listed:
+                _require_source(src, src_root)
+            return
+        src_files: dict[str, dict[str, Any]] = {}
+        for page in pages:
+            src_files.update(page)
+        if not src_files:
+            _require_source(src, src_root)
         if keys is not None:
             missing = [k for k in keys if k not in src_files]
             if missing:
                 raise NotFound(f"Not in the source folder: {missing[:5]}")
             src_files = {k: src_files[k] for k in keys}
-        dst_files = dst_listing.result()
+        yield src_files
+    finally:
+        pages.close()
 
-    report = CopyReport(server_side=src.same_store(dst))
+
+def _require_source(src: System, src_root: str) -> None:
+    """NotFound, unless ``src_root`` exists (an empty directory: nothing to copy)."""
+    if not src.fs.exists(src_root):
+        raise NotFound(f"Nothing to copy: {src.url(src.user_path(src_root))} does not exist; check the path, "
+                       "or write to the folder first.")
+
+
+def _page_jobs(src: System, page: dict[str, dict[str, Any]], dst: System, dst_files: dict[str, dict[str, Any]],
+               dst_root: str, overwrite: bool) -> tuple[list[_Job], list[int]]:
+    """The files of one page of the source listing to copy, and the sizes of those skipped as unchanged;
+    :class:`AlreadyExists` (before anything is copied) for clashes when ``overwrite`` is False."""
     jobs: list[_Job] = []
+    skipped: list[int] = []
     clashes = []
-    for key, info in sorted(src_files.items()):
+    for key, info in sorted(page.items()):
         if _unchanged(src, info, dst, dst_files.get(key)):
-            report.files_skipped += 1
-            report.bytes_skipped += int(info.get("size") or 0)
+            skipped.append(int(info.get("size") or 0))
             continue
         if key in dst_files and not overwrite:
             clashes.append(key)
@@ -191,50 +320,7 @@ def copy_tree(
             f"{len(clashes)} file(s) already exist at the destination with different content (e.g. {clashes[:3]}); "
             "pass overwrite=True to replace them. Nothing was copied."
         )
-
-    concurrency = max(1, min(max_workers or 64, src.max_concurrency, dst.max_concurrency))
-    units = _plan_units(src, src_root, dst, dst_root, jobs, report.server_side, concurrency)
-    for parent in sorted({posixpath.dirname(j.dst) for u in units if not u.makes_dirs for j in u.jobs}):
-        dst.makedirs(parent)
-
-    workers = max(1, min(concurrency, len(units) or 1))
-    failures: dict[str, BaseException] = {}
-    progress = progress or Progress(f"copy {src.describe()} -> {dst.describe()}")
-    progress.start(len(jobs), sum(j.size for j in jobs), report.files_skipped, report.bytes_skipped)
-    try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rh-copy") as pool:
-            futures = {pool.submit(unit.run): unit for unit in units}
-            for fut in as_completed(futures):
-                unit = futures[fut]
-                done = unit.jobs
-                try:
-                    nbytes = fut.result()
-                except _SomeFailed as partial:  # a batch: some files committed, some not
-                    failures.update(partial.failures)
-                    done, nbytes = partial.done, partial.nbytes
-                except Exception as exc:  # collected per unit: one bad file must not hide the others' outcome
-                    failures.update({j.key: exc for j in unit.jobs})
-                    continue
-                report.files_copied += len(done)
-                report.bytes_copied += nbytes
-                progress.advance(len(done), sum(j.size for j in done))
-    finally:
-        progress.finish(error=next(iter(failures.values()), None))
-    report.seconds = time.perf_counter() - started
-    if failures:
-        report.failures = {k: f"{type(e).__name__}: {e}" for k, e in failures.items()}
-        first_key, first = next(iter(failures.items()))
-        if len(failures) == len(jobs) and isinstance(first, RhError):
-            raise first
-        raise TransferError(
-            f"{len(failures)} of {len(jobs)} files failed to copy to {dst.describe()} (first: {first_key}: "
-            f"{type(first).__name__}: {first}). Files already committed stay; run the copy again to resume.",
-            failures,
-        ) from first
-    if stale and keys is None:  # a whole-folder copy completed: its destination directory is ours to tidy
-        report.temps_removed = _remove_stale_temps(dst, stale)
-    logger.info("%s -> %s: %s", src.describe(), dst.describe(), report.summary())
-    return report
+    return jobs, skipped
 
 
 #: files up to this size travel in bulk streams when a system offers them (tar over SSH)
@@ -267,42 +353,52 @@ class _SomeFailed(Exception):
         self.done, self.nbytes, self.failures = done, nbytes, failures
 
 
-def _plan_units(src: System, src_root: str, dst: System, dst_root: str, jobs: list[_Job], server_side: bool,
-                concurrency: int = 8) -> list[_Unit]:
-    bulk = None
-    if not server_side and src.is_local and dst.bulk_writes:
-        bulk = "up"
-    elif not server_side and dst.is_local and src.bulk_reads:
-        bulk = "down"
-    elif not server_side and src.bulk_reads and dst.writable:
-        bulk = "through"  # e.g. a tar stream from a cluster, each file uploaded to a bucket as it arrives
-    small = [j for j in jobs if j.size <= BULK_MAX_FILE] if bulk else []
-    if len(small) < 8:  # a stream costs a remote process; not worth it for a handful of files
-        small = []
-    small_keys = {j.key for j in small}
-    rest = [j for j in jobs if j.key not in small_keys]
-    units = []
-    one = _async_copier(src, dst, server_side)
-    if one is not None:
+class _Planner:
+    """Turns jobs into units of work for the pool. One per copy: its gates bound the whole copy, however many
+    pages of the source listing its jobs come from."""
+
+    def __init__(self, src: System, src_root: str, dst: System, dst_root: str, server_side: bool,
+                 concurrency: int) -> None:
+        self.src, self.src_root, self.dst, self.dst_root = src, src_root, dst, dst_root
+        self.server_side = server_side
+        self.bulk: Optional[str] = None
+        if not server_side and src.is_local and dst.bulk_writes:
+            self.bulk = "up"
+        elif not server_side and dst.is_local and src.bulk_reads:
+            self.bulk = "down"
+        elif not server_side and src.bulk_reads and dst.writable:
+            self.bulk = "through"  # e.g. a tar stream from a cluster, each file uploaded to a bucket as it arrives
+        self.one = _async_copier(src, dst, server_side)
         # Files small enough to be bound by per-request overhead run as coroutines on the filesystem's event
         # loop, ``concurrency`` at once: about half the CPU of one thread per file handing calls to the loop.
-        few = [j for j in rest if j.size <= BULK_MAX_FILE]
-        rest = [j for j in rest if j.size > BULK_MAX_FILE]
-        gate = asyncio.Semaphore(concurrency)
-        loop = (src.fs if server_side or not src.is_local else dst.fs).loop
-        for i in range(0, len(few), ASYNC_BATCH_FILES):
-            batch = few[i : i + ASYNC_BATCH_FILES]
-            units.append(_Unit(batch, lambda b=batch: sync(loop, _copy_batch, b, one, gate)))
-    units += [_Unit([j], lambda j=j: copy_file(src, j.src, dst, j.dst, j.size, server_side)) for j in rest]
-    if small:
-        gate = threading.Semaphore(BULK_STREAMS)  # each stream holds a channel on the remote host
-        nbatches = max(min(BULK_STREAMS, len(small)), -(-len(small) // BULK_BATCH_FILES),
-                       -(-sum(j.size for j in small) // BULK_BATCH_BYTES))
-        for i in range(nbatches):
-            batch = small[i::nbatches]
-            units.append(_Unit(batch, lambda b=batch: _gated(gate, _copy_bulk, src, src_root, dst, dst_root, b, bulk),
-                               makes_dirs=True))
-    return units
+        self.gate = asyncio.Semaphore(concurrency)
+        self.bulk_gate = threading.Semaphore(BULK_STREAMS)  # each stream holds a channel on the remote host
+
+    def units(self, jobs: list[_Job]) -> list[_Unit]:
+        src, dst, server_side = self.src, self.dst, self.server_side
+        small = [j for j in jobs if j.size <= BULK_MAX_FILE] if self.bulk else []
+        if len(small) < 8:  # a stream costs a remote process; not worth it for a handful of files
+            small = []
+        small_keys = {j.key for j in small}
+        rest = [j for j in jobs if j.key not in small_keys]
+        units = []
+        one = self.one
+        if one is not None:
+            few = [j for j in rest if j.size <= BULK_MAX_FILE]
+            rest = [j for j in rest if j.size > BULK_MAX_FILE]
+            loop = (src.fs if server_side or not src.is_local else dst.fs).loop
+            for i in range(0, len(few), ASYNC_BATCH_FILES):
+                batch = few[i : i + ASYNC_BATCH_FILES]
+                units.append(_Unit(batch, lambda b=batch: sync(loop, _copy_batch, b, one, self.gate)))
+        units += [_Unit([j], lambda j=j: copy_file(src, j.src, dst, j.dst, j.size, server_side)) for j in rest]
+        if small:
+            nbatches = max(min(BULK_STREAMS, len(small)), -(-len(small) // BULK_BATCH_FILES),
+                           -(-sum(j.size for j in small) // BULK_BATCH_BYTES))
+            for i in range(nbatches):
+                batch = small[i::nbatches]
+                units.append(_Unit(batch, lambda b=batch: _gated(self.bulk_gate, _copy_bulk, src, self.src_root, dst,
+                                                                 self.dst_root, b, self.bulk), makes_dirs=True))
+        return units
 
 
 def _is_async(system: System) -> bool:

@@ -183,3 +183,106 @@ def test_gcs_streamed_upload_of_other_than_announced_size_leaves_nothing(places,
     assert not gs.fs.exists(path)
     transfer.write_bytes(gs, path, b"still usable")  # the filesystem and its connections still work
     assert gs.fs.cat_file(path) == b"still usable"
+
+
+# ----------------------------------------------------------------------- sources listed in pages (object stores)
+
+#: three listing pages of 1000 objects
+MANY = {f"p{i % 7}/f{i:05d}.txt": str(i).encode() * (i % 5 + 1) for i in range(2100)}
+
+
+def _seed_many(places: dict, name: str, leaf: str) -> rh.Folder:
+    system, base = places[name]
+    src = rh.folder(path=f"{base}/{leaf}", system=system)
+    src.sys.fs.pipe({f"{src.fs_path}/{k}": v for k, v in MANY.items()})
+    return src
+
+
+def _raw_contents(folder: rh.Folder) -> dict[str, bytes]:
+    """relative path -> bytes of every file under the folder, read with the raw fsspec filesystem."""
+    fs, root = folder.sys.fs, folder.fs_path.rstrip("/")
+    fs.invalidate_cache()
+    paths = fs.find(root)
+    start = len(root.lstrip("/")) + 1
+    return {p.lstrip("/")[start:]: data for p, data in fs.cat(paths).items()}
+
+
+def _recording_pages(monkeypatch, system_type: type, root: str) -> list[float]:
+    """When each page of ``root``'s listing reached the copy (wall clock), through the public listing hook."""
+    arrived: list[float] = []
+    real = system_type.iter_files
+
+    def iter_files(self, fs_root):
+        for page in real(self, fs_root):
+            if fs_root == root:
+                arrived.append(time.time())
+            yield page
+
+    monkeypatch.setattr(system_type, "iter_files", iter_files)
+    return arrived
+
+
+@pytest.mark.parametrize("src_name,dst_name", [("s3", "file"), ("gs", "file"), ("s3", "s3")])
+def test_a_source_listed_in_pages_is_copied_whole_while_it_is_listed(places, monkeypatch, src_name, dst_name):
+    """2100 objects come in three listing pages; copying starts with the first page, every file arrives
+    byte-exact, a directory placeholder object is not taken for a file, and a re-run (a destination listed in
+    pages too) copies nothing."""
+    src = _seed_many(places, src_name, "many")
+    if src_name == "s3":  # a "folder" made in a console: an empty object whose key ends in "/"
+        bucket, _, key = src.fs_path.partition("/")
+        src.sys.fs.call_s3("put_object", Bucket=bucket, Key=f"{key}/p0/", Body=b"")
+    arrived = _recording_pages(monkeypatch, type(src.sys), src.fs_path)
+    dst_system, dst_base = places[dst_name]
+
+    dst = src.to(dst_system, f"{dst_base}/many-copy")
+
+    assert len(arrived) == 3
+    assert _raw_contents(dst) == MANY
+    assert dst._last_report.files_copied == len(MANY)
+    if dst_name == "file":  # the first file was committed before the listing's last page arrived
+        first_commit = min(p.stat().st_mtime for p in Path(dst.fs_path).rglob("*") if p.is_file())
+        assert first_commit < arrived[-1], (first_commit, arrived)
+    again = src.to(dst_system, f"{dst_base}/many-copy")
+    assert (again._last_report.files_copied, again._last_report.files_skipped) == (0, len(MANY))
+
+
+def test_overwrite_false_checks_every_page_before_copying_anything(places, tmp_path):
+    """A clash on the listing's last page still stops the copy before its first file."""
+    src = _seed_many(places, "gs", "clash")
+    last = sorted(MANY)[-1]
+    dst = tmp_path / "clash-dst"
+    (dst / last).parent.mkdir(parents=True)
+    (dst / last).write_bytes(b"the user's own version")
+
+    with pytest.raises(rh.AlreadyExists, match=r"1 file\(s\) already exist .*Nothing was copied"):
+        transfer.copy_tree(src.sys, src.fs_path, get_system("file"), str(dst), overwrite=False)
+    assert [p for p in dst.rglob("*") if p.is_file()] == [dst / last]
+    assert (dst / last).read_bytes() == b"the user's own version"
+
+
+def test_a_listing_that_breaks_midway_leaves_complete_files_and_resumes(places, tmp_path, monkeypatch):
+    """The listing's second page fails (the connection dropped): the copy raises that error once the files
+    already started are done; what is at the destination is complete, and a re-run copies only the rest."""
+    src = _seed_many(places, "s3", "broken")
+    system_type = type(src.sys)
+    real = system_type.iter_files
+
+    def breaking(self, fs_root):
+        pages = real(self, fs_root)
+        yield next(pages)
+        if fs_root == src.fs_path:
+            raise ConnectionResetError("listing connection reset by peer")
+        yield from pages
+
+    monkeypatch.setattr(system_type, "iter_files", breaking)
+    dst = tmp_path / "broken-dst"
+    with pytest.raises(ConnectionResetError, match="listing connection reset"):
+        transfer.copy_tree(src.sys, src.fs_path, get_system("file"), str(dst))
+    got = {str(p.relative_to(dst)): p.read_bytes() for p in dst.rglob("*") if p.is_file()}
+    assert got and len(got) <= 1000
+    assert all(MANY[k] == v for k, v in got.items())  # complete files only, no temporary names
+
+    monkeypatch.setattr(system_type, "iter_files", real)
+    report = transfer.copy_tree(src.sys, src.fs_path, get_system("file"), str(dst))
+    assert (report.files_copied, report.files_skipped) == (len(MANY) - len(got), len(got))
+    assert {str(p.relative_to(dst)): p.read_bytes() for p in dst.rglob("*") if p.is_file()} == MANY

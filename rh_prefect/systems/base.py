@@ -257,6 +257,12 @@ class System(ABC):
         ``fs.find(detail=True)`` gives it; empty or ``FileNotFoundError`` when nothing is there."""
         return self.fs.find(fs_root, detail=True, withdirs=False)
 
+    def iter_files(self, fs_root: str) -> Iterator[dict[str, dict[str, Any]]]:
+        """What :meth:`find_files` returns, in pages as the listing arrives, so that a copy can start before a
+        long listing ends. This default yields the whole listing as one page; systems whose servers list in
+        pages (object stores) yield each. ``FileNotFoundError`` when nothing is there."""
+        yield self.find_files(fs_root)
+
     def open_read(self, fs_path: str, size: Optional[int] = None) -> Any:
         """A binary file object for reading ``fs_path`` once from start to end (streaming copies)."""
         return self.fs.open(fs_path, "rb", block_size=8 * 2**20)

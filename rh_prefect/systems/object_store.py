@@ -10,7 +10,7 @@ import threading
 from collections import deque
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar, Optional
+from typing import Any, AsyncIterator, ClassVar, Iterator, Optional
 
 from fsspec import AbstractFileSystem
 
@@ -19,6 +19,10 @@ from rh_prefect.systems.base import System, within_deadline
 from rh_prefect.systems.credentials import GCSCredentials, S3Credentials, redact_in_logs
 
 logger = logging.getLogger("rh_prefect.systems")
+
+
+#: objects per listing page (the most S3 and GCS return in one): a copy starts on each page as it arrives
+LIST_PAGE = 1000
 
 
 class ObjectStoreSystem(System):
@@ -78,6 +82,34 @@ class ObjectStoreSystem(System):
 
     def server_side_copy(self, src_fs_path: str, dst_fs_path: str, size: Optional[int] = None) -> None:
         self.fs.cp_file(src_fs_path, dst_fs_path)
+
+    def iter_files(self, fs_root: str) -> Iterator[dict[str, dict[str, Any]]]:
+        """Each page of the store's listing under ``fs_root`` as it arrives (up to :data:`LIST_PAGE` objects),
+        entries as ``find_files`` gives them, without directory placeholders (names ending in "/"). When the
+        prefix holds nothing, ``find_files`` decides: ``fs_root`` may be one object, or nothing."""
+        bucket, _, key = fs_root.strip("/").partition("/")
+        pages = self._object_pages(bucket, key.strip("/") + "/" if key.strip("/") else "")
+        if pages is None:
+            yield from super().iter_files(fs_root)
+            return
+        found = False
+        try:
+            while True:
+                try:
+                    page = _sync(self.fs.loop, pages.__anext__)
+                except StopAsyncIteration:
+                    break
+                if page:
+                    found = True
+                    yield page
+        finally:
+            _sync(self.fs.loop, pages.aclose)
+        if not found:
+            yield self.find_files(fs_root)
+
+    def _object_pages(self, bucket: str, prefix: str) -> Optional[AsyncIterator[dict[str, dict[str, Any]]]]:
+        """An async iterator over the listing pages of ``prefix`` in ``bucket``; None to list in one piece."""
+        return None
 
     def ensure_container(self, path: str, create: bool = False) -> None:
         bucket = self.bucket_of(path)
@@ -231,6 +263,25 @@ class S3System(ObjectStoreSystem):
     def open_read(self, fs_path: str, size: Optional[int] = None) -> Any:
         return _S3StreamReader(self.fs, fs_path)
 
+    def _object_pages(self, bucket: str, prefix: str) -> Optional[AsyncIterator[dict[str, dict[str, Any]]]]:
+        fs = self.fs
+        if fs.version_aware:  # versions are listed another way; s3fs's find knows it
+            return None
+
+        async def pages() -> AsyncIterator[dict[str, dict[str, Any]]]:
+            # s3fs's own pager: each page goes through its retrying request path.
+            async for out in fs._list_pages("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=LIST_PAGE,
+                                            **fs.req_kw):
+                page = {}
+                for item in out.get("Contents", ()):
+                    if not item["Key"].endswith("/"):
+                        item["type"] = "file"
+                        fs._fill_info(item, bucket)
+                        page[item["name"]] = item
+                yield page
+
+        return pages()
+
     # Streaming uploads of known, large size: parts uploaded concurrently (like put_file), not one at a time as
     # s3fs's file object does; the object still appears only when the upload completes.
     def open_upload(self, fs_path: str, block_size: int, size: Optional[int] = None) -> Any:
@@ -280,6 +331,26 @@ class GCSSystem(ObjectStoreSystem):
 
     def put_options(self, size: Optional[int] = None) -> dict[str, Any]:
         return {"chunksize": 8 * 2**20}
+
+    def _object_pages(self, bucket: str, prefix: str) -> Optional[AsyncIterator[dict[str, dict[str, Any]]]]:
+        fs = self.fs
+
+        async def pages() -> AsyncIterator[dict[str, dict[str, Any]]]:
+            token = None
+            while True:  # each page through gcsfs's retrying request path
+                out = await fs._call_list_objects(bucket, prefix=prefix or None, maxResults=LIST_PAGE,
+                                                  pageToken=token)
+                page = {}
+                for item in out.get("items", ()):
+                    if not item["name"].endswith("/"):
+                        info = fs._process_object(bucket, item)
+                        page[info["name"]] = info
+                yield page
+                token = out.get("nextPageToken")
+                if not token:
+                    return
+
+        return pages()
 
     # Large objects: 4 ranged GETs in flight. Smaller ones (gcsfs only goes concurrent from 100 MB anyway): one
     # plain GET; the concurrent path first fetches the object's metadata, a second request per file.
