@@ -437,7 +437,7 @@ def _async_copier(src: System, dst: System, server_side: bool) -> Optional[Any]:
         return put
     if dst.atomic_writes and not src.is_local and _is_async(src) and _is_async(dst) and src.fs.loop is dst.fs.loop:
         async def through(job: _Job) -> int:
-            data = await src.fs._cat_file(job.src)
+            data = await src.cat_file_async(job.src, job.size)
             if len(data) != job.size:
                 raise IntegrityError(f"{job.src}: read {len(data)} bytes but the source listed {job.size}; copy again.")
             await dst.fs._pipe_file(job.dst, data)  # one complete-object upload: visible all at once

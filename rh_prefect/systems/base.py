@@ -252,6 +252,11 @@ class System(ABC):
         await self.fs._get_file(fs_path, local_path, **self.get_options(size))
         return os.path.getsize(local_path)
 
+    async def cat_file_async(self, fs_path: str, size: Optional[int] = None) -> bytes:
+        """The whole content of the small file ``fs_path``, as a coroutine on an asynchronous filesystem's event
+        loop (many small files at once between two remote systems). ``size``: from the listing, if known."""
+        return await self.fs._cat_file(fs_path)
+
     def find_files(self, fs_root: str) -> dict[str, dict[str, Any]]:
         """``{path: info}`` of every file under ``fs_root`` (``fs_root`` itself when it is a file), as
         ``fs.find(detail=True)`` gives it; empty or ``FileNotFoundError`` when nothing is there."""

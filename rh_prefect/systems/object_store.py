@@ -263,6 +263,11 @@ class S3System(ObjectStoreSystem):
     def open_read(self, fs_path: str, size: Optional[int] = None) -> Any:
         return _S3StreamReader(self.fs, fs_path)
 
+    async def cat_file_async(self, fs_path: str, size: Optional[int] = None) -> bytes:
+        # One GET. s3fs's _cat_file first asks for the size to choose ranged GETs, which is a HEAD per file
+        # unless its directory cache happens to hold the listing; only small files come this way.
+        return await self.fs._cat_file(fs_path, max_concurrency=1)
+
     def _object_pages(self, bucket: str, prefix: str) -> Optional[AsyncIterator[dict[str, dict[str, Any]]]]:
         fs = self.fs
         if fs.version_aware:  # versions are listed another way; s3fs's find knows it
