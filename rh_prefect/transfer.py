@@ -129,6 +129,8 @@ def _keyed(system: System, root: str, found: dict[str, dict[str, Any]],
             key = norm[len(prefix) :]
         else:
             continue
+        if not key or key.endswith("/"):  # a directory placeholder object (a "folder" made in a web console)
+            continue
         if system.is_temp_name(key):
             head, tail = posixpath.split(key)
             if temps is not None and system.is_temp_name(tail) and not system.is_temp_name(head):

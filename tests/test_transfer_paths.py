@@ -286,3 +286,23 @@ def test_a_listing_that_breaks_midway_leaves_complete_files_and_resumes(places, 
     report = transfer.copy_tree(src.sys, src.fs_path, get_system("file"), str(dst))
     assert (report.files_copied, report.files_skipped) == (len(MANY) - len(got), len(got))
     assert {str(p.relative_to(dst)): p.read_bytes() for p in dst.rglob("*") if p.is_file()} == MANY
+
+
+def test_a_prefix_holding_only_a_directory_placeholder_is_an_empty_folder(places, tmp_path):
+    """A "folder" made in the S3 console is an empty object named "<prefix>/": copying it copies nothing and
+    makes no file out of the placeholder; a placeholder next to files is not a file either."""
+    system, base = places["s3"]
+    src = rh.folder(path=f"{base}/console", system=system)
+    bucket, _, key = src.fs_path.partition("/")
+    src.sys.ensure_container(src.fs_path, create=True)
+    src.sys.fs.call_s3("put_object", Bucket=bucket, Key=f"{key}/", Body=b"")
+
+    report = transfer.copy_tree(src.sys, src.fs_path, get_system("file"), str(tmp_path / "empty"))
+    assert (report.files_copied, report.files_skipped) == (0, 0)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+    src.sys.fs.call_s3("put_object", Bucket=bucket, Key=f"{key}/sub/", Body=b"")
+    src.sys.fs.call_s3("put_object", Bucket=bucket, Key=f"{key}/sub/a.txt", Body=b"a")
+    copied = src.to("file", str(tmp_path / "one"))
+    assert _raw_contents(copied) == {"sub/a.txt": b"a"}
+    assert src.ls(full_paths=False, recursive=True) == ["sub/a.txt"]
