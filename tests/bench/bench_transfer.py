@@ -246,6 +246,8 @@ class Env:
     gcsfs: Any = None
     #: destinations of many files, removed when the benchmark ends (see remove)
     deferred: list = field(default_factory=list)
+    #: --keep-s3-objects: S3 destinations are not removed between runs either
+    keep_s3: bool = False
 
 
 def place(env: Env, kind: str, role: str, workload: str, run_id: str = "") -> dict:
@@ -292,7 +294,7 @@ def remove(env: Env, p: dict) -> None:
     deleted costs the creating process ~0.6 ms of kernel CPU per file on this ext4 volume (2000 x 4 KiB files:
     0.04 s on a quiet disk, 1.1-1.3 s after an rmtree of the same shape), a cost that would land on whichever
     tool runs next rather than on the one measured."""
-    if p["kind"] in ("file", "ssh", "gs") and p.get("workload") == "tree":
+    if (p["kind"] in ("file", "ssh", "gs") and p.get("workload") == "tree") or (p["kind"] == "s3" and env.keep_s3):
         env.deferred.append(p)
         return
     if p["kind"] in ("file", "ssh"):
@@ -791,7 +793,8 @@ def render(rows: list[dict], base_rows: list[dict], meta: dict) -> str:
                    f"| {_f(r.get('rclone_cpu_s'))} | {_f(r.get('rclone_server_cpu_s'))} |")
     notes = ["", "Notes:",
              f"- {meta['workloads_desc']}; best (min) of {meta['reps']} alternating runs, fresh destination each "
-             "run; every destination verified (keys and sizes). A run that failed is excluded from the best and "
+             + ("run (S3 destinations kept until the end: --keep-s3-objects)" if meta.get("keep_s3_objects") else "run")
+             + "; every destination verified (keys and sizes). A run that failed is excluded from the best and "
              "flagged in the table and below.",
              "- rh-prefect: time of the copy_tree() call in a child process (connections and listings included, "
              "Python imports excluded); peak RSS = VmHWM of that child, "
@@ -895,6 +898,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"comma-separated routes (default all): {','.join(ROUTES)}")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="tree,big (default both)")
     p.add_argument("--reps", type=int, default=2, help="runs per tool, route and workload; the best counts")
+    p.add_argument("--keep-s3-objects", action="store_true",
+                   help="do not delete S3 destinations between runs (moto's cost for a copy depends on whether an "
+                        "object was deleted just before it; see the README)")
     p.add_argument("--out", help="results JSON (default tests/bench/results/latest[-quick].json)")
     p.add_argument("--render", metavar="JSON", help="only rebuild the tables (and .md) from a results JSON")
     args = p.parse_args(argv)
@@ -937,7 +943,7 @@ def main(argv: list[str]) -> int:
 
         s3 = servers["s3"]
         env = Env(tmp=tmp, work=work, s3=s3, gcs=servers["gcs"], ssh=servers["ssh"], prefect=servers["prefect"],
-                  child_env=child_env, rclone_env=rclone_env,
+                  child_env=child_env, rclone_env=rclone_env, keep_s3=args.keep_s3_objects,
                   s3fs=s3fs.S3FileSystem(key=s3.access_key, secret=s3.secret_key, endpoint_url=s3.endpoint_url,
                                          skip_instance_cache=True),
                   gcsfs=gcsfs.GCSFileSystem(endpoint_url=servers["gcs"].endpoint_url, token="anon",
@@ -969,6 +975,7 @@ def main(argv: list[str]) -> int:
             "workloads_desc": ("tree = 200 x 4 KiB in 20 dirs, big = 1 x 32 MiB" if args.quick
                                else "tree = 2000 x 4 KiB in 20 dirs, big = 1 x 256 MiB"),
             "reps": args.reps, "routes": args.routes, "workloads": args.workloads,
+            "keep_s3_objects": args.keep_s3_objects,
             "rclone_version": rclone_version, "rclone_startup_s": startup,
             "rh_rss_baseline_mb": [min(before), max(before)] if before else None,
             "machine": machine_desc(), "versions": dict(versions(), rh_prefect_snapshot_sha256=engine_digest),
