@@ -91,6 +91,8 @@ class Browser:
         self.page.on("response", self._on_response)
         self.page.on("requestfailed", self._on_request_failed)
         self.page.on("console", lambda m: self.console_errors.append(m.text) if m.type == "error" else None)
+        self.page_errors: list[str] = []  # uncaught exceptions in the page's scripts
+        self.page.on("pageerror", lambda e: self.page_errors.append(str(e)))
 
     def _route(self, route: Any) -> None:
         url = route.request.url
