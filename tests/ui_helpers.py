@@ -75,6 +75,7 @@ class Browser:
         # "STATUS METHOD URL" of API calls that failed (>= 400), or "network METHOD URL: reason" of calls that got no
         # answer at all (connection reset or refused; requests the test itself blocks are not counted)
         self.failed_responses: list[str] = []
+        self.answers: list[str] = []  # "STATUS METHOD URL" of every answer from the loopback servers
         self._pw = sync_playwright().start()
         try:
             # playwright gives the browser a fresh temporary profile (its own --user-data-dir) and removes it.
@@ -105,6 +106,8 @@ class Browser:
     def _on_response(self, response: Any) -> None:
         if not is_loopback(response.url):
             self.responses_from_outside.append(response.url)
+        else:
+            self.answers.append(f"{response.status} {response.request.method} {response.url}")
         if response.status >= 400:
             self.failed_responses.append(f"{response.status} {response.request.method} {response.url}")
 
