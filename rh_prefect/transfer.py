@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import posixpath
 import queue
@@ -101,15 +102,11 @@ def _pages(system: System, root: str, temps: Optional[list[dict[str, Any]]] = No
     pages = system.iter_files(root)
     try:
         try:
-            found = next(pages)
+            first = next(pages)
         except (FileNotFoundError, StopIteration):
             return
-        while True:
+        for found in itertools.chain([first], pages):
             yield _keyed(system, root, found, temps)
-            try:
-                found = next(pages)
-            except StopIteration:
-                return
     finally:
         pages.close()
 

@@ -86,7 +86,8 @@ class ObjectStoreSystem(System):
     def iter_files(self, fs_root: str) -> Iterator[dict[str, dict[str, Any]]]:
         """Each page of the store's listing under ``fs_root`` as it arrives (up to :data:`LIST_PAGE` objects),
         entries as ``find_files`` gives them, without directory placeholders (names ending in "/"). When the
-        prefix holds nothing, ``find_files`` decides: ``fs_root`` may be one object, or nothing."""
+        prefix holds nothing, ``fs_root`` may be one object (yielded as the only entry), an empty "directory"
+        (nothing), or nothing at all (``FileNotFoundError``)."""
         bucket, _, key = fs_root.strip("/").partition("/")
         pages = self._object_pages(bucket, key.strip("/") + "/" if key.strip("/") else "")
         if pages is None:
@@ -104,8 +105,9 @@ class ObjectStoreSystem(System):
                     yield page
         finally:
             _sync(self.fs.loop, pages.aclose)
-        if not found:
-            yield self.find_files(fs_root)
+        if not found:  # one request more, not fsspec's find, which would list the prefix again first
+            info = self.fs.info(fs_root)
+            yield {info["name"]: info} if info.get("type") == "file" else {}
 
     def _object_pages(self, bucket: str, prefix: str) -> Optional[AsyncIterator[dict[str, dict[str, Any]]]]:
         """An async iterator over the listing pages of ``prefix`` in ``bucket``; None to list in one piece."""
