@@ -312,6 +312,11 @@ class MotoS3Server(_Server):
     access_key = "testing-key"
     secret_key = "testing-secret"
 
+    def __init__(self, host: str = LOCALHOST, spill_dir: str | Path | None = None) -> None:
+        super().__init__(host)
+        #: where moto keeps objects over 5 MiB (its temp files); None: the system's temp dir
+        self.spill_dir = spill_dir
+
     @property
     def endpoint_url(self) -> str:
         return f"http://{self.host}:{self.port}"
@@ -331,7 +336,8 @@ class MotoS3Server(_Server):
             raise RuntimeError(f"moto reset returned HTTP {status}")
 
     def _launch(self) -> None:
-        self._spawn([_venv_executable("moto_server"), "-H", self.host, "-p", str(self.port)])
+        env = dict(os.environ, TMPDIR=str(self.spill_dir)) if self.spill_dir else None
+        self._spawn([_venv_executable("moto_server"), "-H", self.host, "-p", str(self.port)], env=env)
 
     def _is_ready(self) -> bool:
         return http_status(self.endpoint_url + "/") is not None

@@ -482,7 +482,25 @@ def build_workloads(work: Path, quick: bool) -> dict[str, dict[str, int]]:
     return out
 
 
-def start_servers(tmp: Path) -> dict[str, Any]:
+def moto_spill_dir(choice: str) -> tuple[Optional[Path], str]:
+    """Where moto keeps objects over 5 MiB (it spills them to temp files), and how to say so in the results.
+    On this VM's ext4 volume the kernel CPU of moto writing those files varies 3x from one identical request to
+    the next (a 256 MiB CopyObject sent by boto3: user CPU 0.28-0.36 s every time, system CPU 0.29-0.91 s, same
+    page faults; 0.39-0.44 s on tmpfs), and that noise landed on whichever tool's run it hit. Both tools meet the
+    same server either way."""
+    shm = Path("/dev/shm")
+    if choice == "memory":
+        try:
+            free = shutil.disk_usage(shm).free
+        except OSError:
+            free = 0
+        if free >= 4 * 2**30 and os.access(shm, os.W_OK):
+            return Path(tempfile.mkdtemp(prefix="rh-bench-moto-", dir=shm)), "tmpfs (/dev/shm)"
+        log("--moto-spill memory: /dev/shm is missing, not writable or has < 4 GiB free; moto spills to disk")
+    return None, f"the temp dir's volume ({tempfile.gettempdir()})"
+
+
+def start_servers(tmp: Path, moto_spill: Optional[Path] = None) -> dict[str, Any]:
     """Start the four servers (Prefect's ~20 s start overlaps the others). Returns those that started."""
     from infra import FakeGCSServer, MotoS3Server, PrefectServer, SSHServer
 
@@ -496,8 +514,8 @@ def start_servers(tmp: Path) -> dict[str, Any]:
             errors.append(exc)
 
     threads = [threading.Thread(target=start, args=(n, s)) for n, s in (
-        ("prefect", PrefectServer()), ("s3", MotoS3Server()), ("gcs", FakeGCSServer(backend="filesystem")),
-        ("ssh", SSHServer()))]
+        ("prefect", PrefectServer()), ("s3", MotoS3Server(spill_dir=moto_spill)),
+        ("gcs", FakeGCSServer(backend="filesystem")), ("ssh", SSHServer()))]
     for t in threads:
         t.start()
     for t in threads:
@@ -804,6 +822,7 @@ def render(rows: list[dict], base_rows: list[dict], meta: dict) -> str:
              f"- rclone ({meta['rclone_version']}): whole `rclone copy` process, including its start-up "
              f"(`rclone version` takes {meta['rclone_startup_s'] * 1000:.0f} ms here); flags --s3-no-head "
              "--sftp-disable-hashcheck, default --transfers 4 --checkers 8.",
+             f"- moto keeps objects over 5 MiB on {meta.get('moto_spill') or 'disk'} (--moto-spill).",
              "- ssh->s3 (colocated worker): the copy runs on the cluster, which here is this machine, so it is a "
              "local->s3 copy of the directory the cluster serves; target >= 1.5x rclone through the host. "
              "ssh->s3 (through host): SFTP -> this process -> S3, compared with the same rclone run.",
@@ -901,6 +920,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keep-s3-objects", action="store_true",
                    help="do not delete S3 destinations between runs (moto's cost for a copy depends on whether an "
                         "object was deleted just before it; see the README)")
+    p.add_argument("--moto-spill", choices=("memory", "disk"), default="memory",
+                   help="where moto keeps objects over 5 MiB: tmpfs (default; steady server CPU) or the temp dir's "
+                        "disk (its kernel CPU per large object varies up to 3x between identical requests here)")
     p.add_argument("--out", help="results JSON (default tests/bench/results/latest[-quick].json)")
     p.add_argument("--render", metavar="JSON", help="only rebuild the tables (and .md) from a results JSON")
     args = p.parse_args(argv)
@@ -929,6 +951,7 @@ def main(argv: list[str]) -> int:
     load_start = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="rh-bench-"))
     servers: dict[str, Any] = {}
+    spill, spill_desc = moto_spill_dir(args.moto_spill)
     try:
         work = tmp / "work"
         log(f"building workloads in {work} ({'quick' if args.quick else 'full'}) ...")
@@ -936,7 +959,8 @@ def main(argv: list[str]) -> int:
         engine_digest = snapshot_engine(tmp)
         log(f"rh_prefect snapshot {engine_digest} (sha256 of its .py files) used by every copy")
         log("starting servers (moto S3, fake-gcs-server, sshd, Prefect) ...")
-        servers = start_servers(tmp)
+        log(f"moto keeps objects over 5 MiB on {spill_desc}")
+        servers = start_servers(tmp, spill)
         child_env, rclone_env = make_envs(tmp, servers)
         import gcsfs
         import s3fs
@@ -975,7 +999,7 @@ def main(argv: list[str]) -> int:
             "workloads_desc": ("tree = 200 x 4 KiB in 20 dirs, big = 1 x 32 MiB" if args.quick
                                else "tree = 2000 x 4 KiB in 20 dirs, big = 1 x 256 MiB"),
             "reps": args.reps, "routes": args.routes, "workloads": args.workloads,
-            "keep_s3_objects": args.keep_s3_objects,
+            "keep_s3_objects": args.keep_s3_objects, "moto_spill": spill_desc,
             "rclone_version": rclone_version, "rclone_startup_s": startup,
             "rh_rss_baseline_mb": [min(before), max(before)] if before else None,
             "machine": machine_desc(), "versions": dict(versions(), rh_prefect_snapshot_sha256=engine_digest),
@@ -992,6 +1016,8 @@ def main(argv: list[str]) -> int:
         for server in servers.values():
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+        if spill:
+            shutil.rmtree(spill, ignore_errors=True)
 
 
 if __name__ == "__main__":
