@@ -306,3 +306,35 @@ def test_a_prefix_holding_only_a_directory_placeholder_is_an_empty_folder(places
     copied = src.to("file", str(tmp_path / "one"))
     assert _raw_contents(copied) == {"sub/a.txt": b"a"}
     assert src.ls(full_paths=False, recursive=True) == ["sub/a.txt"]
+
+
+def test_small_uploads_to_s3_go_with_their_headers_and_large_parts_wait_for_continue(places, source_tree):
+    """Small bodies are sent without ``Expect: 100-continue`` (each would cost a round trip more); parts of a
+    large upload still ask the server first. Headers are read from the requests as botocore sends them."""
+    from fsspec.asyn import sync
+
+    from rh_prefect.systems.local import LocalSystem
+
+    local_root, expected = source_tree
+    _, base = places["s3"]
+    s3 = get_system("s3")
+    fs = s3.fs
+    sync(fs.loop, fs.set_session)
+    sent: list[tuple[str, str, int, str | None]] = []
+
+    def record(request, **_):
+        if request.method in ("PUT", "POST"):
+            expect = request.headers.get("Expect")
+            length = int(request.headers.get("Content-Length") or 0)
+            sent.append((request.method, request.url, length,
+                         expect.decode() if isinstance(expect, bytes) else expect))
+
+    fs.s3.meta.events.register("before-send.s3", record)
+    report = transfer.copy_tree(LocalSystem(), str(local_root), s3, s3.fs_path(f"{base}/expect"))
+
+    assert report.files_copied == len(expected)
+    assert manifest(rh.folder(path=f"{base}/expect", system="s3")) == expected
+    small = [s for s in sent if s[0] == "PUT" and "uploadId=" not in s[1]]
+    parts = [s for s in sent if s[0] == "PUT" and "uploadId=" in s[1]]
+    assert len(small) == len(SMALL) and all(s[3] is None for s in small), small
+    assert len(parts) >= 2 and all(p[2] > 2**20 and p[3] == "100-continue" for p in parts), parts
