@@ -227,7 +227,9 @@ def bucket_digest(fs: Any, root: str) -> Callable[[str], str]:
 def test_s3_network_cut_mid_copy(s3_server, s3_env, s3_bucket, monkeypatch, tmp_path):
     import s3fs
 
-    expected = make_tree(tmp_path / "src", small=300, big=4, big_size=2 * 2**20)
+    # enough files that the copy is still running SETTLE seconds after the 20th commit: 300 small files took
+    # ~0.6 s once small uploads stopped waiting for "100 Continue", and the cut once came after the last one
+    expected = make_tree(tmp_path / "src", small=1000, big=4, big_size=2 * 2**20)
     root = f"{s3_bucket}/dst"
     direct = s3fs.S3FileSystem(key=s3_server.access_key, secret=s3_server.secret_key,
                                endpoint_url=s3_server.endpoint_url, skip_instance_cache=True)  # not via the proxy
