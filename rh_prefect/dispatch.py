@@ -28,11 +28,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional, TypeVar
 from uuid import UUID
 
 from rh_prefect import errors, worker
@@ -340,31 +341,106 @@ def _running_on(queue: str) -> bool:
     return ctx is not None and ctx.flow_run is not None and ctx.flow_run.work_queue_name == queue
 
 
+#: While a flow run is awaited its state is read at least this often; its state-change events (Prefect's event
+#: stream) wake the wait as soon as they happen. Without the stream the wait polls, every 0.25 s rising to 1 s.
+STATE_CHECK_SECONDS = 5.0
+
+
 def _wait(flow_run_id: UUID, queue: str, pool: str, label: str, pickup_timeout: float) -> Any:
+    """Wait for the flow run to reach a final state; return it, or raise what it failed with."""
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    run = run_coro_as_sync(_await_final(flow_run_id, queue, pool, label, pickup_timeout))
+    if not run.state.is_completed():
+        raise _remote_error(run, queue, label)
+    return run
+
+
+async def _await_final(flow_run_id: UUID, queue: str, pool: str, label: str, pickup_timeout: float) -> Any:
+    import anyio
     from prefect.client.orchestration import get_client
 
     began = time.monotonic()
-    interval = 0.25
-    with get_client(sync_client=True) as client:
+    async with get_client() as client, _state_changes(flow_run_id) as changed:
         while True:
-            run = client.read_flow_run(flow_run_id)
+            run = await client.read_flow_run(flow_run_id)
             state = run.state
             if state is not None and state.is_final():
-                break
+                return run
             waiting = state is None or state.is_scheduled()
             if waiting and time.monotonic() - began > pickup_timeout:
-                if not worker.is_online(queue, pool):
-                    _cancel(flow_run_id)
+                if not await anyio.to_thread.run_sync(worker.is_online, queue, pool):
+                    await anyio.to_thread.run_sync(_cancel, flow_run_id)
                     raise NotPickedUp(
                         f"The copy of {label} waited {pickup_timeout:.0f} s on work queue {queue!r} and its worker "
                         f"went offline; nothing was copied. To retry: {worker.start_hint(queue, pool)}."
                     )
                 began = time.monotonic()  # the worker is alive but busy: keep waiting
-            time.sleep(interval)
-            interval = min(interval * 1.5, 1.0)
-    if not state.is_completed():
-        raise _remote_error(run, queue, label)
-    return run
+            await changed(max(0.05, min(STATE_CHECK_SECONDS, pickup_timeout - (time.monotonic() - began))))
+
+
+@contextlib.asynccontextmanager
+async def _state_changes(flow_run_id: UUID) -> AsyncIterator[Callable[[float], Awaitable[None]]]:
+    """Yields ``changed(timeout)``: returns when the flow run emits an event (a state change) or after
+    ``timeout`` seconds. Events come from Prefect's event stream (a websocket to the API); when it cannot be
+    opened, or drops for good, ``changed`` sleeps a short, growing interval instead, as plain polling would."""
+    import asyncio
+
+    from prefect.events.clients import get_events_subscriber
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    wake = asyncio.Event()
+    poll = [0.25]
+    ended = asyncio.Event()
+
+    async def polling(timeout: float) -> None:
+        await asyncio.sleep(min(timeout, poll[0]))
+        poll[0] = min(poll[0] * 1.5, 1.0)
+
+    async def pump(subscriber: Any) -> None:
+        try:
+            async for _ in subscriber:
+                wake.set()
+        except Exception as exc:  # the stream gave up reconnecting: the wait goes on by polling
+            logger.debug("flow run events stopped (%s); polling its state instead", exc)
+        finally:
+            ended.set()
+
+    # An event can arrive before the state it announces is visible to reads: after one, look again soon
+    # (0.1, 0.2, ... 1.6 s) rather than only at the next event or check.
+    soon = [0.0]
+
+    async def changed(timeout: float) -> None:
+        if ended.is_set():
+            return await polling(timeout)
+        if soon[0]:
+            timeout = min(timeout, soon[0])
+            soon[0] = soon[0] * 2 if soon[0] < 1.6 else 0.0
+        try:
+            await asyncio.wait_for(wake.wait(), timeout)
+            soon[0] = 0.1
+        except asyncio.TimeoutError:
+            pass
+        wake.clear()
+
+    event_filter = EventFilter(event=EventNameFilter(prefix=["prefect.flow-run."]),
+                               resource=EventResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"]))
+    try:
+        subscriber = get_events_subscriber(filter=event_filter, reconnection_attempts=2)
+        await subscriber.__aenter__()
+    except Exception as exc:  # no event stream here (a proxy without websockets, say): poll
+        logger.debug("no flow run events (%s); polling its state instead", exc)
+        yield polling
+        return
+    task = asyncio.ensure_future(pump(subscriber))
+    try:
+        yield changed
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        with contextlib.suppress(Exception):
+            await subscriber.__aexit__(None, None, None)
 
 
 def _cancel(flow_run_id: UUID) -> None:

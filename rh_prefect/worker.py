@@ -48,6 +48,11 @@ DEFAULT_POOL = "rh-pool"
 STATE_DIR = "$HOME/.cache/rh_prefect/workers"
 #: A queue counts as served when a worker polled it this recently (the Prefect server's own READY window).
 POLL_FRESHNESS_SECONDS = 60.0
+#: How often a worker started here asks its queue for work (PREFECT_WORKER_QUERY_SECONDS; Prefect's default is
+#: 10 s). A copy dispatched with ``to(..., via="worker")`` waits for that poll before anything starts: measured
+#: with tests/bench/bench_colocated.py, 3.5-8.5 s of waiting at 10 s, 0.6-2.6 s at 2 s. One small request per
+#: poll. ``start_worker(env={"PREFECT_WORKER_QUERY_SECONDS": "10"})`` sets another interval.
+QUERY_SECONDS = 2
 
 
 @dataclass
@@ -287,7 +292,7 @@ def _api_url(explicit: Optional[str]) -> str:
 
 def _launch(host: _Host, queue: str, pool: str, prefect_bin: str, workdir: Optional[str], api_url: str,
             env: Optional[dict[str, str]], wait: bool, timeout: float) -> WorkerInfo:
-    full_env = {"PREFECT_API_URL": api_url, **(env or {})}
+    full_env = {"PREFECT_API_URL": api_url, "PREFECT_WORKER_QUERY_SECONDS": str(QUERY_SECONDS), **(env or {})}
     _check_env(full_env)  # before anything is created on the server or the host
     ensure_queue(queue, pool)
     rc, out, err = host.run(_start_script(queue, pool, prefect_bin, workdir, full_env))
@@ -344,8 +349,8 @@ def start(cluster: "Cluster", *, api_url: Optional[str] = None, env: Optional[di
     """Start (or find) the Prefect worker for ``cluster.work_queue`` on the cluster host, over SSH.
 
     The worker runs ``cluster.prefect_bin`` detached (``setsid nohup``) in ``cluster.project_dir`` (or the
-    login home), with ``PREFECT_API_URL`` = ``api_url`` or ``cluster.api_url`` or this process's API URL, plus
-    ``env``. Its log and pid file are under ``~/.cache/rh_prefect/workers/`` on the cluster. With ``wait``,
+    login home), with ``PREFECT_API_URL`` = ``api_url`` or ``cluster.api_url`` or this process's API URL,
+    ``PREFECT_WORKER_QUERY_SECONDS`` = :data:`QUERY_SECONDS` (2 s), plus ``env`` (which may override both). Its log and pid file are under ``~/.cache/rh_prefect/workers/`` on the cluster. With ``wait``,
     returns once the Prefect API sees the worker polling its queue.
     """
     from rh_prefect.dispatch import COLOCATED_ENV, colocated_identity

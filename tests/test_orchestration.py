@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
+import time
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 import rh_prefect as rh
-from rh_prefect import tasks, transfer, worker
+from rh_prefect import dispatch, tasks, transfer, worker
 from rh_prefect.errors import NotFound, SystemUnavailable, TransferError, UnknownSystem
 from rh_prefect.systems import LocalSystem, S3Credentials, get_system
 
@@ -45,8 +47,6 @@ def _client():
 
 
 def _wait_for(predicate, timeout: float = 15.0, interval: float = 0.2):
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -334,6 +334,75 @@ def test_via_auto_without_a_worker_copies_here_with_a_warning(unserved_cluster_f
                for r in caplog.records), caplog.text
 
 
+def _scheduled_run() -> Any:
+    """A flow run in state Scheduled that no worker will run (its flow has no deployment)."""
+    from prefect import flow
+    from prefect.states import Scheduled
+
+    @flow(name="rh-test-awaited")
+    def awaited() -> None:
+        pass
+
+    with _client() as c:
+        return c.create_flow_run(awaited, state=Scheduled()).id
+
+
+def _finish_later(run_id: Any, delay: float) -> threading.Thread:
+    from prefect.states import Completed, Running
+
+    def finish() -> None:
+        time.sleep(delay)
+        with _client() as c:
+            c.set_flow_run_state(run_id, Running(), force=True)
+            c.set_flow_run_state(run_id, Completed(), force=True)
+
+    thread = threading.Thread(target=finish, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_waiting_for_a_dispatched_run_wakes_on_its_state_events(prefect_server, monkeypatch):
+    """The caller learns that the run finished from Prefect's event stream, not from its next periodic read."""
+    monkeypatch.setattr(dispatch, "STATE_CHECK_SECONDS", 300.0)
+    run_id = _scheduled_run()
+    finisher = _finish_later(run_id, 1.5)
+    began = time.monotonic()
+    run = dispatch._wait(run_id, "rh-nobody", "rh-pool", "a test folder", pickup_timeout=600)
+    waited = time.monotonic() - began
+    finisher.join()
+    assert run.id == run_id and run.state.is_completed()
+    assert waited < 150, waited  # by reads alone the wait would have ended after 300 s
+
+
+def test_waiting_polls_when_there_is_no_event_stream(prefect_server, monkeypatch, caplog):
+    import prefect.events.clients
+
+    def no_stream(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("websockets are not let through")
+
+    monkeypatch.setattr(prefect.events.clients, "get_events_subscriber", no_stream)
+    run_id = _scheduled_run()
+    finisher = _finish_later(run_id, 1.0)
+    with caplog.at_level(logging.DEBUG, logger="rh_prefect.dispatch"):
+        run = dispatch._wait(run_id, "rh-nobody", "rh-pool", "a test folder", pickup_timeout=600)
+    finisher.join()
+    assert run.state.is_completed()
+    assert "no flow run events (websockets are not let through); polling its state instead" in caplog.text
+
+
+def test_a_run_no_worker_picks_up_is_cancelled_and_says_how_to_retry(prefect_server):
+    queue = f"rh-nobody-{uuid.uuid4().hex[:8]}"
+    worker.ensure_queue(queue, "rh-pool")
+    run_id = _scheduled_run()
+    with pytest.raises(dispatch.NotPickedUp) as caught:
+        dispatch._wait(run_id, queue, "rh-pool", "folder rh-test/x", pickup_timeout=1.0)
+    message = str(caught.value)
+    assert f"The copy of folder rh-test/x waited 1 s on work queue {queue!r} and its worker went offline" in message
+    assert f"prefect worker start --pool rh-pool --work-queue {queue}" in message
+    with _client() as c:
+        assert c.read_flow_run(run_id).state.is_cancelled()
+
+
 def test_concurrent_local_worker_starts_agree_on_one_worker(tmp_path):
     """start_local (this machine's equivalent of Cluster.start_worker): two racing starts, one worker; stop."""
     from concurrent.futures import ThreadPoolExecutor
@@ -346,6 +415,7 @@ def test_concurrent_local_worker_starts_agree_on_one_worker(tmp_path):
             infos = list(pool.map(lambda _: worker.start_local(queue, env=env, wait=False), range(2)))
         assert infos[0].pid == infos[1].pid
         assert sorted(i.started for i in infos) == [False, True]
+        assert _environ(infos[0].pid)["PREFECT_WORKER_QUERY_SECONDS"] == "1"  # the caller's env wins
         assert worker.wait_online(queue) < 60
     finally:
         stopped = worker.stop_local(queue)
@@ -353,6 +423,26 @@ def test_concurrent_local_worker_starts_agree_on_one_worker(tmp_path):
             Path(info.log_path).unlink(missing_ok=True)
     assert stopped is True and not worker.is_online(queue)
     assert _wait_for(lambda: _process_gone(infos[0].pid), timeout=10)
+
+
+def test_local_worker_polls_its_queue_every_two_seconds_by_default(tmp_path):
+    """Prefect's default poll is 10 s, and a dispatched copy waits for that poll before it starts."""
+    queue = f"rh-local-{uuid.uuid4().hex[:8]}"
+    info = None
+    try:
+        info = worker.start_local(queue, env={"PREFECT_HOME": str(tmp_path)}, wait=False)
+        env = _environ(info.pid)
+        assert env["PREFECT_WORKER_QUERY_SECONDS"] == "2" == str(worker.QUERY_SECONDS)
+        assert b"worker" in Path(f"/proc/{info.pid}/cmdline").read_bytes().split(b"\0")
+    finally:
+        worker.stop_local(queue)
+        if info is not None:
+            Path(info.log_path).unlink(missing_ok=True)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
 def _process_gone(pid: int) -> bool:
