@@ -343,7 +343,7 @@ def _running_on(queue: str) -> bool:
 
 #: While a flow run is awaited its state is read at least this often; its state-change events (Prefect's event
 #: stream) wake the wait as soon as they happen. Without the stream the wait polls, every 0.25 s rising to 1 s.
-STATE_CHECK_SECONDS = 5.0
+STATE_CHECK_SECONDS = 2.0
 
 
 def _wait(flow_run_id: UUID, queue: str, pool: str, label: str, pickup_timeout: float) -> Any:
