@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from infra import LOCALHOST, SSHServer, _Server, free_port  # noqa: E402
+from infra import LOCALHOST, MotoS3Server, SSHServer, _Server, free_port  # noqa: E402
 
 
 class NetnsUnavailable(RuntimeError):
@@ -126,6 +126,20 @@ class NetnsSSHServer(SSHServer):
         super()._spawn(self.lab.argv(*argv), env)
 
 
+class NetnsMotoServer(MotoS3Server):
+    """moto, listening on the namespace's address, running inside the namespace (S3 next to the cluster)."""
+
+    def __init__(self, lab: NetnsLab, spill_dir: str | Path | None = None) -> None:
+        super().__init__(host=lab.ns_ip, spill_dir=spill_dir)
+        self.lab = lab
+
+    def _pick_port(self) -> int:
+        return free_port(LOCALHOST)  # any port: nothing else listens inside a fresh namespace
+
+    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        super()._spawn(self.lab.argv(*argv), env)
+
+
 class TcpRelay(_Server):
     """Listens on ``host`` (e.g. the host-side veth address) and relays each connection to ``target``."""
 
@@ -185,4 +199,4 @@ if __name__ == "__main__":
         sys.exit(2)
 
 
-__all__ = ["NetnsLab", "NetnsSSHServer", "NetnsUnavailable", "TcpRelay"]
+__all__ = ["NetnsLab", "NetnsMotoServer", "NetnsSSHServer", "NetnsUnavailable", "TcpRelay"]
