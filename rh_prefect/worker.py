@@ -50,7 +50,7 @@ STATE_DIR = "$HOME/.cache/rh_prefect/workers"
 POLL_FRESHNESS_SECONDS = 60.0
 #: How often a worker started here asks its queue for work (PREFECT_WORKER_QUERY_SECONDS; Prefect's default is
 #: 10 s). A copy dispatched with ``to(..., via="worker")`` waits for that poll before anything starts: measured
-#: with tests/bench/bench_colocated.py, 3.5-8.5 s of waiting at 10 s, 0.6-2.6 s at 2 s. One small request per
+#: with tests/bench/bench_colocated.py, 3.5-8.5 s of waiting at 10 s, 0.1-2.6 s at 2 s. One small request per
 #: poll. ``start_worker(env={"PREFECT_WORKER_QUERY_SECONDS": "10"})`` sets another interval.
 QUERY_SECONDS = 2
 
@@ -350,8 +350,9 @@ def start(cluster: "Cluster", *, api_url: Optional[str] = None, env: Optional[di
 
     The worker runs ``cluster.prefect_bin`` detached (``setsid nohup``) in ``cluster.project_dir`` (or the
     login home), with ``PREFECT_API_URL`` = ``api_url`` or ``cluster.api_url`` or this process's API URL,
-    ``PREFECT_WORKER_QUERY_SECONDS`` = :data:`QUERY_SECONDS` (2 s), plus ``env`` (which may override both). Its log and pid file are under ``~/.cache/rh_prefect/workers/`` on the cluster. With ``wait``,
-    returns once the Prefect API sees the worker polling its queue.
+    ``PREFECT_WORKER_QUERY_SECONDS`` = :data:`QUERY_SECONDS` (2 s), plus ``env`` (which may override both).
+    Its log and pid file are under ``~/.cache/rh_prefect/workers/`` on the cluster. With ``wait``, returns once
+    the Prefect API sees the worker polling its queue.
     """
     from rh_prefect.dispatch import COLOCATED_ENV, colocated_identity
 
