@@ -661,3 +661,21 @@ def test_write_inside_a_flow_publishes_a_table_artifact(tmp_path):
     assert rows == [{"id": i, "word": f"w{i}"} for i in range(10)]
     assert "25 rows" in tables[0].description
     assert "id: int64" in tables[0].description and "word:" in tables[0].description
+
+
+def test_loading_the_block_types_leaves_the_dataset_layer_unimported():
+    """Prefect imports rh_prefect.blocks (the prefect.collections entry point) in every process that resolves a
+    block, each flow run of a deployment with block parameters included; pyarrow.dataset and pandas are paid
+    for only by processes that use a Table."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, rh_prefect.blocks as b; "
+             "print(sorted(m for m in ('pyarrow.dataset', 'pandas') if m in sys.modules), b.Table.__name__)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["[]", "Table"], out.stdout + out.stderr
+    use = ("import sys, pyarrow as pa, rh_prefect as rh, tempfile; d = tempfile.mkdtemp(); "
+           "t = rh.table(path=d + '/t', system='file'); t.write(pa.table({'a': [1, 2]})); "
+           "print(t.fetch().to_pydict(), 'pyarrow.dataset' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", use], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split("\n")[-2] == "{'a': [1, 2]} True", out.stdout + out.stderr

@@ -40,11 +40,29 @@ from rh_prefect import registry, tasks
 from rh_prefect.errors import InvalidArgument, NotFound, RhError
 from rh_prefect.resources.base import StoredResource, SystemArg, place
 from rh_prefect.systems import Cluster, System
-from rh_prefect.tables import dataset, stream
 from rh_prefect.tables.base import KINDS, Adapter, adapter, adapter_for_data
 from rh_prefect.tables.formats import check_format
 
 logger = logging.getLogger("rh_prefect.table")
+
+
+class _OnFirstUse:
+    """A module imported when one of its attributes is first read. ``dataset`` and ``stream`` need
+    ``pyarrow.dataset``, which imports pandas: ~0.2 s that every process loading rh block types would pay
+    (Prefect imports ``rh_prefect.blocks`` through the ``prefect.collections`` entry point whenever it resolves
+    a block, e.g. in each flow run of a deployment with block parameters), whether or not it touches a Table."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+
+dataset: Any = _OnFirstUse("rh_prefect.tables.dataset")
+stream: Any = _OnFirstUse("rh_prefect.tables.stream")
 Kind = Literal["arrow", "pandas", "dask", "ray", "huggingface", "polars"]
 
 _CODE_EXAMPLE = """```python
