@@ -48,7 +48,7 @@ REPO = HERE.parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests"), str(HERE)]
 
 from bench_transfer import (  # noqa: E402
-    _wait_child, build_workloads, ensure_rclone, log, machine_desc, moto_spill_dir, rclone_cmd,
+    _wait_child, build_workloads, ensure_rclone, log, machine_desc, moto_spill_dir, rclone_cmd, rclone_env,
 )
 
 WAYS = ("rclone through host", "rh-prefect through host", "rh-prefect via the cluster's worker")
@@ -182,17 +182,8 @@ def main(argv: list[str]) -> int:
         info = cluster.start_worker(env=worker_env)
         logs.append(info.log_path)
         log(f"worker {info.name} online (pid {info.pid}) in namespace {lab.name}")
-        rclone_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_", "PREFECT_"))}
-        (tmp / "rclone.conf").write_text("")
-        rclone_env.update(
-            RCLONE_CONFIG=str(tmp / "rclone.conf"),
-            RCLONE_CONFIG_S3_TYPE="s3", RCLONE_CONFIG_S3_PROVIDER="Other",
-            RCLONE_CONFIG_S3_ACCESS_KEY_ID=moto.access_key, RCLONE_CONFIG_S3_SECRET_ACCESS_KEY=moto.secret_key,
-            RCLONE_CONFIG_S3_ENDPOINT=moto.endpoint_url, RCLONE_CONFIG_S3_FORCE_PATH_STYLE="true",
-            RCLONE_CONFIG_SSH_TYPE="sftp", RCLONE_CONFIG_SSH_HOST=sshd.host, RCLONE_CONFIG_SSH_PORT=str(sshd.port),
-            RCLONE_CONFIG_SSH_USER=sshd.user, RCLONE_CONFIG_SSH_KEY_FILE=str(sshd.client_key_path),
-            RCLONE_CONFIG_SSH_KNOWN_HOSTS_FILE=str(sshd.known_hosts_path),
-        )
+        # the bench process's own PREFECT_* settings (its client home, API URL) are not rclone's business
+        rclone = rclone_env(tmp, {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, moto, sshd)
         # One small dispatch first: registers the transfer deployment (once per server) and loads this
         # process's clients; not part of the table.
         warm = rh.folder(path=str(tmp / "work" / "warm"), system=cluster)
@@ -220,7 +211,7 @@ def main(argv: list[str]) -> int:
                         cpu: list[float] = []
                         code, seconds, _ = _wait_child(
                             rclone_cmd({"kind": "ssh", "path": src_path}, {"kind": "s3", "path": "/" + dst}),
-                            rclone_env, tmp / "rclone.log", cpu)
+                            rclone, tmp / "rclone.log", cpu)
                         row.update(seconds=seconds, ok=code == 0)
                     else:
                         via = "worker" if "worker" in way else "local"

@@ -547,10 +547,15 @@ def make_envs(tmp: Path, servers: dict[str, Any]) -> tuple[dict[str, str], dict[
         # The engine may be edited while a long run is going: every copy uses the snapshot taken at start.
         PYTHONPATH=str(tmp / "engine"),
     )
-    rclone = {k: v for k, v in base.items() if not k.startswith(("AWS_", "RCLONE_"))}  # AWS_CA_BUNDLE breaks it
+    return child, rclone_env(tmp, base, servers["s3"], servers["ssh"], servers["gcs"])
+
+
+def rclone_env(tmp: Path, base: dict[str, str], s3: Any, ssh: Any, gcs: Any = None) -> dict[str, str]:
+    """rclone's environment: remotes ``s3:``, ``ssh:`` (and ``gcs:``) on the bench's servers, configured by
+    ``RCLONE_CONFIG_*`` variables; no AWS_* or RCLONE_* from ``base`` (AWS_CA_BUNDLE breaks rclone's S3)."""
+    env = {k: v for k, v in base.items() if not k.startswith(("AWS_", "RCLONE_"))}
     (tmp / "rclone.conf").write_text("")
-    s3, gcs, ssh = servers["s3"], servers["gcs"], servers["ssh"]
-    rclone.update(
+    env.update(
         RCLONE_CONFIG=str(tmp / "rclone.conf"),
         RCLONE_CONFIG_S3_TYPE="s3", RCLONE_CONFIG_S3_PROVIDER="Other",
         RCLONE_CONFIG_S3_ACCESS_KEY_ID=s3.access_key, RCLONE_CONFIG_S3_SECRET_ACCESS_KEY=s3.secret_key,
@@ -558,11 +563,12 @@ def make_envs(tmp: Path, servers: dict[str, Any]) -> tuple[dict[str, str], dict[
         RCLONE_CONFIG_SSH_TYPE="sftp", RCLONE_CONFIG_SSH_HOST=ssh.host, RCLONE_CONFIG_SSH_PORT=str(ssh.port),
         RCLONE_CONFIG_SSH_USER=ssh.user, RCLONE_CONFIG_SSH_KEY_FILE=str(ssh.client_key_path),
         RCLONE_CONFIG_SSH_KNOWN_HOSTS_FILE=str(ssh.known_hosts_path),
-        # fake-gcs-server: no credentials, JSON API under /storage/v1/ on the emulator.
-        RCLONE_CONFIG_GCS_TYPE="google cloud storage", RCLONE_CONFIG_GCS_ANONYMOUS="true",
-        RCLONE_CONFIG_GCS_ENDPOINT=f"{gcs.endpoint_url}/storage/v1/", RCLONE_CONFIG_GCS_BUCKET_POLICY_ONLY="true",
     )
-    return child, rclone
+    if gcs is not None:  # fake-gcs-server: no credentials, JSON API under /storage/v1/ on the emulator
+        env.update(RCLONE_CONFIG_GCS_TYPE="google cloud storage", RCLONE_CONFIG_GCS_ANONYMOUS="true",
+                   RCLONE_CONFIG_GCS_ENDPOINT=f"{gcs.endpoint_url}/storage/v1/",
+                   RCLONE_CONFIG_GCS_BUCKET_POLICY_ONLY="true")
+    return env
 
 
 def snapshot_engine(tmp: Path) -> str:
