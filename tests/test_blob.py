@@ -205,6 +205,46 @@ def test_corrupted_bytes_raise_integrity_error_before_deserializing(sysname, pla
 
 
 @pytest.mark.parametrize("sysname", SYSTEMS)
+def test_a_reader_waits_while_another_writer_is_in_flight(sysname, places, unique_name, monkeypatch):
+    """On every system: a writer's in-flight marker is found beside the blob (and nothing else is taken for one:
+    another blob's marker, a file whose name starts alike, a directory's contents), and a reader meeting new,
+    unregistered bytes waits for their registration while the marker is there instead of calling them corrupt."""
+    import threading
+    import time
+
+    from rh_prefect.resources import blob as blob_mod
+
+    monkeypatch.setattr(blob_mod, "REGISTRY_LAG_SECONDS", 0.3)
+    monkeypatch.setattr(blob_mod, "REGISTRY_LAG_ACTIVE_SECONDS", 0.3)
+    system, base = places[sysname]
+    name = unique_name("blob-inflight")
+    rh.blob(data=b"one", name=name, system=system, path=f"{base}/dir/b.bin", serializer="bytes").save()
+    reader, writer = rh.blob(name=name), rh.blob(name=name)
+    fs, head = writer.sys.fs, posixpath.dirname(writer.fs_path)
+    for decoy in (".c.bin.rh-tmp-pending-0123", "b.bin.rh-tmp-pending-0123x", "b.bin2"):
+        fs.pipe_file(f"{head}/{decoy}", b"")
+    fs.makedirs(f"{head}/.b.bin.rh-tmp-pending-sub", exist_ok=True)
+    fs.pipe_file(f"{head}/.b.bin.rh-tmp-pending-sub/file", b"")  # a key under a marker-like prefix
+    prefix = blob_mod._marker_prefix(writer.fs_path)
+    assert writer.sys.names_beside(writer.fs_path, prefix) == []
+
+    size, digest, marker = blob_mod._write_task.fn(writer.sys, writer.fs_path, blob_mod._Payload(b"two"), "bytes",
+                                                   "test", True)  # committed, not yet registered
+    assert writer.sys.names_beside(writer.fs_path, prefix) == [posixpath.basename(marker)]
+    registered = threading.Timer(1.2, lambda: writer._record(size, digest, "bytes", marker))
+    registered.start()
+    started = time.monotonic()
+    try:
+        assert reader.fetch() == b"two"
+        assert time.monotonic() - started >= 0.9  # it waited for the registration
+    finally:
+        registered.join()
+    assert writer.sys.names_beside(writer.fs_path, prefix) == []  # registered: the marker is gone
+    assert rh.blob(name=name).fetch() == b"two"
+    rh.delete(name)
+
+
+@pytest.mark.parametrize("sysname", SYSTEMS)
 def test_failing_serializer_leaves_old_blob_intact(sysname, places, unique_name):
     system, base = places[sysname]
     name = unique_name("blob-torn")

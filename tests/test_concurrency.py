@@ -286,6 +286,45 @@ def test_a_reader_tells_a_writer_in_flight_from_corruption_by_its_marker(tmp_pat
     rh.delete(name)
 
 
+def test_a_reader_waits_while_a_late_registration_is_being_settled(tmp_path, unique_name, monkeypatch):
+    """The interleaving behind a CI failure (1 of 112 reads, 2026-11-30): writer A commits, writer B commits,
+    registers, checks and takes its marker away, then A's registration arrives late. For a moment the entry names
+    A's replaced bytes while B's bytes, whose marker is gone, are stored; A's settle then registers B's. A reader in
+    that moment must wait for the settle (A's marker is still there), not report corruption after the short quiet
+    window, however slow A's settle is."""
+    from rh_prefect.registry import Resource
+    from rh_prefect.resources import blob as blob_mod
+
+    monkeypatch.setattr(blob_mod, "REGISTRY_LAG_SECONDS", 0.3)
+    monkeypatch.setattr(blob_mod, "REGISTRY_LAG_ACTIVE_SECONDS", 0.3)
+    name = unique_name("settle")
+    path = str(tmp_path / "b.bin")
+    rh.blob(data=blob_payload(0, 0), name=name, path=path, serializer="bytes").save()
+    reader, a = rh.blob(name=name), rh.blob(name=name)
+    size, digest, marker = blob_mod._write_task.fn(a.sys, a.fs_path, blob_mod._Payload(blob_payload(0, 1)),
+                                                   "bytes", "test", True)  # A: committed, marker down
+    rh.blob(name=name).write(blob_payload(1, 0))  # B: committed, registered, settled, marker taken back
+    a.size, a.sha256, a._pending = size, digest, marker
+    Resource.save(a)  # A's registration arrives late: the entry names bytes that were replaced
+    assert rh.blob(name=name).sha256 == digest and os.path.exists(marker)
+
+    def settle() -> None:  # ... and A, slow, settles (registers B's bytes) and takes its marker back
+        a._settle()
+        a._retract()
+
+    settled = threading.Timer(1.5, settle)
+    settled.start()
+    started = time.monotonic()
+    try:
+        assert check_blob(reader.fetch()) == (1, 0)
+        assert time.monotonic() - started >= 1.0  # it waited for A's settle
+    finally:
+        settled.join()
+    assert sorted(os.listdir(tmp_path)) == ["b.bin"]
+    assert check_blob(rh.blob(name=name).fetch()) == (1, 0)
+    rh.delete(name)
+
+
 def test_saved_writes_leave_no_marker_behind(tmp_path, unique_name, monkeypatch):
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")  # an in-memory blob saved by name is written to the current directory

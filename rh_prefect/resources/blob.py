@@ -186,9 +186,9 @@ class Blob(StoredResource):
             self.size, self.sha256, self.serializer = fresh.size, fresh.sha256, fresh.serializer
             return fresh.size, fresh.sha256, fresh.serializer or READ_DEFAULT
 
-        def in_flight(sha256: str) -> bool:
+        def in_flight() -> bool:
             try:
-                return bool(system.fs.exists(_marker_path(fs_path, sha256)))
+                return bool(system.names_beside(fs_path, _marker_prefix(fs_path)))
             except OSError:
                 return False
 
@@ -298,7 +298,7 @@ class Blob(StoredResource):
             writer = _HashingWriter(raw)
             yield writer  # type: ignore[misc]
             if self._announces():
-                made.append(_announce(self.sys, self.fs_path, writer.sha256))
+                made.append(_announce(self.sys, self.fs_path))
         self._drop()
         self._record(writer.size, writer.sha256, self.serializer or "bytes", (made or [None])[0])
 
@@ -559,17 +559,18 @@ def _verified(system: System, fs_path: str, accepted: Accepted, label: str) -> I
 # -- tasks: every stream runs as a retryable Prefect task (tasks.RETRY_POLICY) ------------------------------
 
 
-def _marker_path(fs_path: str, sha256: str) -> str:
-    """The in-flight marker of a version: a hidden, temporary-named sibling of the blob (never listed)."""
-    head, tail = posixpath.split(fs_path)
-    return posixpath.join(head, f".{tail}.rh-tmp-pending-{sha256[:32]}")
+def _marker_prefix(fs_path: str) -> str:
+    """The start of the names of a blob's in-flight markers: hidden, temporary-named siblings (never listed)."""
+    return f".{posixpath.basename(fs_path)}.rh-tmp-pending-"
 
 
-def _announce(system: System, fs_path: str, sha256: str) -> str:
-    """Before committing the bytes of a saved blob: leave a marker saying "a registration of these bytes
-    follows". A reader meeting bytes that its entry does not describe then knows for sure whether to wait for
-    that registration (a writer in flight) or to report corruption at once (no marker). Returns its path."""
-    marker = _marker_path(fs_path, sha256)
+def _announce(system: System, fs_path: str) -> str:
+    """Before committing the bytes of a saved blob: leave a marker, one per write, saying "this writer's
+    registration follows". It stays until the writer has registered and settled (see Blob._settle), the only
+    time the entry can name other bytes than the stored ones. A reader meeting bytes that its entry does not
+    describe then knows for sure whether to wait (a writer in flight) or to report corruption at once (no
+    marker). Returns its path."""
+    marker = posixpath.join(posixpath.dirname(fs_path), _marker_prefix(fs_path) + uuid.uuid4().hex[:16])
     with system.fs.open(marker, "wb") as f:
         f.write(b"")
     return marker
@@ -609,14 +610,14 @@ def _write_task(system: System, fs_path: str, payload: _Payload, serializer: str
                 f"({type(exc).__name__}: {str(exc)[:300]}). Nothing was written: {label} is unchanged.{hint}"
             ) from exc
         if announce:
-            made.append(_announce(system, fs_path, writer.sha256))
+            made.append(_announce(system, fs_path))
     return writer.size, writer.sha256, (made or [None])[0]
 
 
 class _Refresher:
     """For a reader of a saved blob: ``refresh()`` loads its registry entry again (``(size, sha256, serializer)``,
-    or None if the name now describes another place); ``in_flight(sha256)`` tells whether bytes with that checksum
-    were committed by a writer whose registration has not finished (its marker is there, see :func:`_announce`)."""
+    or None if the name now describes another place); ``in_flight()`` tells whether a writer of the blob has
+    committed bytes and not finished registering and settling them (its marker is there, see :func:`_announce`)."""
 
     __slots__ = ("refresh", "in_flight")
 
@@ -632,9 +633,10 @@ def _until_consistent(read: Callable[[Accepted], T], entry: tuple, refresher: Op
     commits its bytes first and registers their checksum right after. The entry is then loaded again and the bytes
     read again, now accepting every version the registry was seen to hold since the read began (each was
     complete and registered by a writer: a read that returns one is linearizable at the moment it was seen), until
-    a read verifies. While the stored bytes carry a writer's in-flight marker the reader waits for that writer's
-    registration (up to :data:`REGISTRY_LAG_MAX_SECONDS`, for a writer that died before registering); bytes
-    without one that stay unexplained (neither entry nor bytes changing) for :data:`REGISTRY_LAG_SECONDS` were
+    a read verifies. While any writer of the blob has its in-flight marker down, the reader waits for it: between
+    its commit and the end of its settle the entry may name replaced bytes, its own registered late or another's
+    (up to :data:`REGISTRY_LAG_MAX_SECONDS`, for a writer that died before registering); bytes with no writer in
+    flight that stay unexplained (neither entry nor bytes changing) for :data:`REGISTRY_LAG_SECONDS` were
     changed outside rh_prefect: the IntegrityError is raised (:data:`REGISTRY_LAG_ACTIVE_SECONDS` once either was
     seen changing, i.e. writers are at work; longer on a slow server, see :data:`REGISTRY_LAG_LOADS`).
     """
@@ -656,8 +658,8 @@ def _until_consistent(read: Callable[[Accepted], T], entry: tuple, refresher: Op
                 if seen is not None:
                     quiet = max(quiet, REGISTRY_LAG_ACTIVE_SECONDS)
                 seen, last_change = state, now
-            if found is not None and refresher.in_flight(found[1]):
-                last_change = now  # a writer committed these bytes and is registering them: wait for it
+            if refresher.in_flight():
+                last_change = now  # a writer committed bytes and is registering them: wait for it
             if now - last_change >= quiet or now - start >= REGISTRY_LAG_MAX_SECONDS:
                 raise
             time.sleep(delay)
@@ -723,7 +725,7 @@ def _upload_task(local_path: str, system: System, fs_path: str, announce: bool =
                 break
             writer.write(chunk)
         if announce:
-            made.append(_announce(system, fs_path, writer.sha256))
+            made.append(_announce(system, fs_path))
     return writer.size, writer.sha256, (made or [None])[0]
 
 
