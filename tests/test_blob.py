@@ -224,7 +224,8 @@ def test_a_reader_waits_while_another_writer_is_in_flight(sysname, places, uniqu
     for decoy in (".c.bin.rh-tmp-pending-0123", "b.bin.rh-tmp-pending-0123x", "b.bin2"):
         fs.pipe_file(f"{head}/{decoy}", b"")
     fs.makedirs(f"{head}/.b.bin.rh-tmp-pending-sub", exist_ok=True)
-    fs.pipe_file(f"{head}/.b.bin.rh-tmp-pending-sub/file", b"")  # a key under a marker-like prefix
+    for deeper in ("file", ".b.bin.rh-tmp-pending-0123"):  # keys under a marker-like prefix
+        fs.pipe_file(f"{head}/.b.bin.rh-tmp-pending-sub/{deeper}", b"")
     prefix = blob_mod._marker_prefix(writer.fs_path)
     assert writer.sys.names_beside(writer.fs_path, prefix) == []
 

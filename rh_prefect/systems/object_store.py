@@ -119,6 +119,7 @@ class ObjectStoreSystem(System):
         # hold millions of objects); it does not touch fsspec's directory cache.
         bucket, _, key = fs_path.strip("/").partition("/")
         head = posixpath.dirname(key)
+        parent = posixpath.dirname(fs_path.strip("/"))
         pages = self._object_pages(bucket, f"{head}/{prefix}" if head else prefix)
         if pages is None:
             return super().names_beside(fs_path, prefix)
@@ -129,7 +130,8 @@ class ObjectStoreSystem(System):
                     page = _sync(self.fs.loop, pages.__anext__)
                 except StopAsyncIteration:
                     return names
-                names.extend(n for n in map(posixpath.basename, page) if n.startswith(prefix))
+                # keys beside fs_path only: the listing has no delimiter, so deeper keys come too
+                names.extend(posixpath.basename(p) for p in page if posixpath.dirname(p) == parent)
         finally:
             _sync(self.fs.loop, pages.aclose)
 
