@@ -205,7 +205,7 @@ def test_corrupted_bytes_raise_integrity_error_before_deserializing(sysname, pla
 
 
 @pytest.mark.parametrize("sysname", SYSTEMS)
-def test_a_reader_waits_while_another_writer_is_in_flight(sysname, places, unique_name, monkeypatch):
+def test_a_reader_waits_while_another_writer_is_in_flight(sysname, places, unique_name, blob_writer_in_flight):
     """On every system: a writer's in-flight marker is found beside the blob (and nothing else is taken for one:
     another blob's marker, a file whose name starts alike, a directory's contents), and a reader meeting new,
     unregistered bytes waits for their registration while the marker is there instead of calling them corrupt."""
@@ -214,8 +214,6 @@ def test_a_reader_waits_while_another_writer_is_in_flight(sysname, places, uniqu
 
     from rh_prefect.resources import blob as blob_mod
 
-    monkeypatch.setattr(blob_mod, "REGISTRY_LAG_SECONDS", 0.3)
-    monkeypatch.setattr(blob_mod, "REGISTRY_LAG_ACTIVE_SECONDS", 0.3)
     system, base = places[sysname]
     name = unique_name("blob-inflight")
     rh.blob(data=b"one", name=name, system=system, path=f"{base}/dir/b.bin", serializer="bytes").save()
@@ -229,8 +227,7 @@ def test_a_reader_waits_while_another_writer_is_in_flight(sysname, places, uniqu
     prefix = blob_mod._marker_prefix(writer.fs_path)
     assert writer.sys.names_beside(writer.fs_path, prefix) == []
 
-    size, digest, marker = blob_mod._write_task.fn(writer.sys, writer.fs_path, blob_mod._Payload(b"two"), "bytes",
-                                                   "test", True)  # committed, not yet registered
+    size, digest, marker = blob_writer_in_flight(writer, b"two")  # committed, not yet registered
     assert writer.sys.names_beside(writer.fs_path, prefix) == [posixpath.basename(marker)]
     registered = threading.Timer(1.2, lambda: writer._record(size, digest, "bytes", marker))
     registered.start()

@@ -249,22 +249,17 @@ def test_a_reader_waits_for_a_registration_in_flight(tmp_path, unique_name):
 
 
 @pytest.mark.parametrize("announced", [True, False])
-def test_a_reader_tells_a_writer_in_flight_from_corruption_by_its_marker(tmp_path, unique_name, monkeypatch,
-                                                                         announced):
+def test_a_reader_tells_a_writer_in_flight_from_corruption_by_its_marker(tmp_path, unique_name,
+                                                                         blob_writer_in_flight, announced):
     """A writer of a saved blob leaves a hidden marker before committing bytes and removes it once they are
     registered. A reader meeting bytes its entry does not describe waits for the registration while the marker is
     there, however slow the registry; without a marker (bytes changed outside rh_prefect) it reports corruption
     after the short quiet window."""
-    from rh_prefect.resources import blob as blob_mod
-
-    monkeypatch.setattr(blob_mod, "REGISTRY_LAG_SECONDS", 0.3)
-    monkeypatch.setattr(blob_mod, "REGISTRY_LAG_ACTIVE_SECONDS", 0.3)
     name = unique_name("marker")
     path = str(tmp_path / "b.bin")
     rh.blob(data=blob_payload(0, 0), name=name, path=path, serializer="bytes").save()
     reader, writer = rh.blob(name=name), rh.blob(name=name)
-    size, digest, marker = blob_mod._write_task.fn(writer.sys, writer.fs_path, blob_mod._Payload(blob_payload(0, 1)),
-                                                   "bytes", "test", announced)  # committed, not yet registered
+    size, digest, marker = blob_writer_in_flight(writer, blob_payload(0, 1), announced)  # committed, unregistered
     assert (marker is not None) == announced and (marker is None or os.path.exists(marker))
     assert sorted(os.listdir(tmp_path)) == sorted(["b.bin"] + ([os.path.basename(marker)] if announced else []))
     assert rh.folder(path=str(tmp_path)).ls(full_paths=False) == ["b.bin"]  # the marker is never listed
@@ -286,23 +281,19 @@ def test_a_reader_tells_a_writer_in_flight_from_corruption_by_its_marker(tmp_pat
     rh.delete(name)
 
 
-def test_a_reader_waits_while_a_late_registration_is_being_settled(tmp_path, unique_name, monkeypatch):
+def test_a_reader_waits_while_a_late_registration_is_being_settled(tmp_path, unique_name, blob_writer_in_flight):
     """The interleaving behind a CI failure (1 of 112 reads, 2026-11-30): writer A commits, writer B commits,
     registers, checks and takes its marker away, then A's registration arrives late. For a moment the entry names
     A's replaced bytes while B's bytes, whose marker is gone, are stored; A's settle then registers B's. A reader in
     that moment must wait for the settle (A's marker is still there), not report corruption after the short quiet
     window, however slow A's settle is."""
     from rh_prefect.registry import Resource
-    from rh_prefect.resources import blob as blob_mod
 
-    monkeypatch.setattr(blob_mod, "REGISTRY_LAG_SECONDS", 0.3)
-    monkeypatch.setattr(blob_mod, "REGISTRY_LAG_ACTIVE_SECONDS", 0.3)
     name = unique_name("settle")
     path = str(tmp_path / "b.bin")
     rh.blob(data=blob_payload(0, 0), name=name, path=path, serializer="bytes").save()
     reader, a = rh.blob(name=name), rh.blob(name=name)
-    size, digest, marker = blob_mod._write_task.fn(a.sys, a.fs_path, blob_mod._Payload(blob_payload(0, 1)),
-                                                   "bytes", "test", True)  # A: committed, marker down
+    size, digest, marker = blob_writer_in_flight(a, blob_payload(0, 1))  # A: committed, marker down
     rh.blob(name=name).write(blob_payload(1, 0))  # B: committed, registered, settled, marker taken back
     a.size, a.sha256, a._pending = size, digest, marker
     Resource.save(a)  # A's registration arrives late: the entry names bytes that were replaced
