@@ -1,0 +1,121 @@
+"""Tuning values of rh-prefect, in one settings object.
+
+Every deadline, part size, concurrency limit and poll interval the package uses is a field here, read once from
+``RH_PREFECT_*`` environment variables (pydantic-settings) and otherwise at its default. Code reads them through
+:func:`current`; tests and applications change them with :func:`override` instead of patching module globals::
+
+    from rh_prefect import settings
+    settings.current().connect_timeout            # 10.0, or RH_PREFECT_CONNECT_TIMEOUT
+    with settings.override(connect_timeout=3):    # for this block only (every thread of the process)
+        ...
+
+This module is a foundation: it imports nothing of rh_prefect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Iterator, Optional
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 2**20
+
+
+class Settings(BaseSettings):
+    """rh-prefect's tuning values. Each field is also the environment variable ``RH_PREFECT_<FIELD NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="RH_PREFECT_", extra="ignore", validate_assignment=True)
+
+    # -- reaching systems -------------------------------------------------------------------------------
+    connect_timeout: float = Field(
+        default=10.0, gt=0,
+        description="Seconds before an endpoint that cannot be reached (S3, GCS, SSH) fails with SystemUnavailable.",
+    )
+    request_deadline: float = Field(
+        default=120.0, gt=0,
+        description="Seconds every data request must be answered in, plus its bytes at request_min_rate.",
+    )
+    request_min_rate: int = Field(
+        default=64 * 1024, gt=0, description="Bytes per second of the slowest link a request is expected to work over.",
+    )
+    ssh_keepalive_interval: float = Field(
+        default=15.0, gt=0, description="Seconds between SSH keepalives on an idle or stalled connection.",
+    )
+    ssh_keepalive_count_max: int = Field(
+        default=4, gt=0, description="Unanswered SSH keepalives after which a connection is declared dead.",
+    )
+
+    # -- copy engine --------------------------------------------------------------------------------------
+    chunk_size: int = Field(default=8 * MiB, gt=0, description="Bytes read or written per streamed chunk.")
+    upload_part: int = Field(default=8 * MiB, ge=5 * MiB, description="Part size of streamed S3 multipart uploads.")
+    upload_parts_in_flight: int = Field(default=4, gt=0, description="S3 upload parts in flight per file.")
+    stale_temp_seconds: float = Field(
+        default=3600.0, gt=0, description="Age after which a copy removes temporary files left by a dead writer.",
+    )
+
+    # -- retries ------------------------------------------------------------------------------------------
+    retries: int = Field(default=4, ge=0, description="Retries of a copy or stream task after a transient error.")
+    task_timeout: float = Field(default=6 * 3600.0, gt=0, description="Seconds a copy task may run in all.")
+
+    # -- stored formats -----------------------------------------------------------------------------------
+    blob_versions_kept: int = Field(
+        default=5, ge=1, description="Versions of a Blob kept (the current one included); older ones are dropped.",
+    )
+
+    # -- colocated copies (workers on clusters) -------------------------------------------------------
+    pickup_timeout: float = Field(
+        default=60.0, gt=0,
+        description="Seconds a dispatched copy may wait for a worker before the worker is checked to be alive.",
+    )
+    state_check_seconds: float = Field(
+        default=2.0, gt=0, description="A dispatched run's state is read at least this often while awaited.",
+    )
+    worker_query_seconds: float = Field(
+        default=2.0, gt=0, description="How often a worker started by rh-prefect polls its queue for work.",
+    )
+    worker_poll_freshness: float = Field(
+        default=60.0, gt=0, description="A queue polled within this many seconds counts as served by a worker.",
+    )
+
+
+_lock = threading.Lock()
+_current: Optional[Settings] = None
+
+
+def current() -> Settings:
+    """The settings in force: environment variables read on first use, or what :func:`override` set."""
+    global _current
+    found = _current
+    if found is None:
+        with _lock:
+            if _current is None:
+                _current = Settings()
+            found = _current
+    return found
+
+
+@contextlib.contextmanager
+def override(**values: Any) -> Iterator[Settings]:
+    """Use ``values`` instead of the current settings inside the ``with`` block (process-wide), then restore.
+
+    Unknown names and invalid values raise pydantic's ValidationError before anything changes.
+    """
+    global _current
+    unknown = sorted(set(values) - set(Settings.model_fields))
+    if unknown:
+        raise AttributeError(f"rh_prefect.settings has no setting {', '.join(unknown)}; see rh_prefect.settings.Settings.")
+    before = current()
+    changed = before.model_copy(update=Settings(**{**before.model_dump(), **values}).model_dump())
+    with _lock:
+        _current = changed
+    try:
+        yield changed
+    finally:
+        with _lock:
+            _current = before
+
+
+__all__ = ["Settings", "current", "override"]
