@@ -61,7 +61,7 @@ def quickstart(workdir: str = ".rh-quickstart") -> dict[str, list[str]]:
 
     # 4. Copying again transfers nothing: unchanged files are skipped.
     again = reloaded.to(system=s3_folder.sys, path=s3_folder.path)
-    say(f"4. copied again: {again._last_report.summary()}")
+    say(f"4. copied again: {again.last_copy.summary()}")
 
     # 5. A folder is a namespace: resources saved under /ds live in the ds folder.
     ds = rh.folder(name="/ds", path=root / "ds").save()

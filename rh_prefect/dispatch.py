@@ -22,7 +22,7 @@ Example:
     c = rh.cluster("rh-gpu")                    # work_queue="rh-gpu"; c.start_worker() was called once
     ckpt = rh.folder(name="bert-ckpt")          # lives on the cluster
     s3 = ckpt.to("s3", "/models/bert")          # a flow run on the rh-gpu worker; no bytes through here
-    print(s3._flow_run.work_queue_name)         # 'rh-gpu'
+    print(s3.flow_run.work_queue_name)         # 'rh-gpu'
     ```
 """
 
@@ -116,7 +116,7 @@ class NotPickedUp(SystemUnavailable):
 def run_on_worker(resource: R, system: Any, path: Optional[str] = None, *,
                   pickup_timeout: Optional[float] = None, **options: Any) -> R:
     """Run the copy as a flow run of the transfer deployment on the cluster's work queue; wait; return the new
-    resource (with the finished flow run as ``new._flow_run``)."""
+    resource (with the finished flow run as ``new.flow_run``)."""
     from prefect.deployments import run_deployment
 
     cluster = resource.sys.cluster

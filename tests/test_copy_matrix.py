@@ -73,18 +73,18 @@ def test_copy_pair(places, local_tree, src_name, dst_name):
     dst = src.to(system, dst_path)
     moved = transfer.COUNTERS["bytes_copied"] - before
     assert sha_manifest(dst) == expected_manifest(TREE)
-    assert dst._last_report.files_copied == len(TREE)
+    assert dst.last_copy.files_copied == len(TREE)
     if src_name == dst_name and dst_name in ("s3", "gs"):
         # Same endpoint: the store copies the objects itself, no byte passes through this process.
-        assert dst._last_report.server_side and moved == 0
-    elif dst._last_report.server_side:  # a cluster copying within itself (cp on the host)
+        assert dst.last_copy.server_side and moved == 0
+    elif dst.last_copy.server_side:  # a cluster copying within itself (cp on the host)
         assert src_name == dst_name == "ssh" and moved == 0
     else:
         assert moved == sum(len(v) for v in TREE.values())
 
     again = src.to(system, dst_path)
-    assert again._last_report.files_copied == 0
-    assert again._last_report.files_skipped == len(TREE)
+    assert again.last_copy.files_copied == 0
+    assert again.last_copy.files_skipped == len(TREE)
     assert sha_manifest(dst) == expected_manifest(TREE)
 
 
@@ -100,7 +100,7 @@ def test_copy_from_github(places, github_source, git_server, dst_name):
     system, base = places[dst_name]
     dst = github_source.to(system, f"{base}/from-github")
     assert sha_manifest(dst) == expected_manifest(git_server.expected_files("main"))
-    assert github_source.to(system, f"{base}/from-github")._last_report.files_copied == 0
+    assert github_source.to(system, f"{base}/from-github").last_copy.files_copied == 0
 
 
 def test_copy_missing_source_says_so(places):

@@ -264,7 +264,7 @@ def test_s3_network_cut_mid_copy(s3_server, s3_env, s3_bucket, monkeypatch, tmp_
     assert transfer.COUNTERS["files_copied"] - before["files_copied"] <= len(expected)
     print(f"\ns3 cut: {len(committed)} files committed before the fault, {fault['dropped']} connections dropped, "
           f"{proxy.refused} refused; {sum(puts.values())} uploads for {len(expected)} files; last attempt: "
-          f"{dst._last_report.summary()}")
+          f"{dst.last_copy.summary()}")
 
 
 def test_s3_path_going_silent_mid_copy(s3_server, s3_env, s3_bucket, monkeypatch, tmp_path):
@@ -303,7 +303,7 @@ def test_s3_path_going_silent_mid_copy(s3_server, s3_env, s3_bucket, monkeypatch
     committed = sorted(watcher.committed_before_fault)
     assert {k: puts[k] for k in committed} == {k: 1 for k in committed}  # not transferred again
     print(f"\ns3 stall: {stalled[0]} connections stalled, {len(committed)} files committed before; last attempt: "
-          f"{dst._last_report.summary()}")
+          f"{dst.last_copy.summary()}")
 
 
 # ============================================================================================ GCS: server killed
@@ -386,7 +386,7 @@ def test_gcs_server_killed_and_restarted_mid_copy(gcs_fs_server, monkeypatch, tm
     assert len(committed) >= 20
     assert {k: final[k] for k in committed} == committed
     print(f"\ngcs crash: {len(committed)} files committed before the crash, {len(after)} written after it; "
-          f"last attempt: {dst._last_report.summary()}")
+          f"last attempt: {dst.last_copy.summary()}")
 
 
 def test_gcs_path_going_silent_mid_streamed_upload(gcs_fs_server, monkeypatch, tmp_path):
@@ -449,7 +449,7 @@ def test_gcs_path_going_silent_mid_streamed_upload(gcs_fs_server, monkeypatch, t
     assert direct.find(f"{bucket}/silent") == [f"{bucket}/silent/big.bin"]
     assert hashlib.sha256(direct.cat_file(f"{bucket}/silent/big.bin")).hexdigest() == hashlib.sha256(data).hexdigest()
     print(f"\ngcs stall: {stalled[0]} connections stalled after {proxy.bytes_passed >> 20} MiB; copy done in "
-          f"{elapsed:.1f} s; last attempt: {dst._last_report.summary()}")
+          f"{elapsed:.1f} s; last attempt: {dst.last_copy.summary()}")
 
 
 # ============================================================================================ SSH: connections killed
@@ -507,7 +507,7 @@ def test_ssh_connections_killed_mid_copy(ssh_server, rh_cluster, tmp_path, direc
         assert {k: final[k] for k in committed} == committed
         # The kill landed mid-copy: the last attempt - a retry, since the destination started empty - skipped the
         # files committed before it and copied the rest.
-        report = dst._last_report
+        report = dst.last_copy
         assert report.files_skipped >= len(committed) and report.files_copied >= 1, report.summary()
         leftovers = sorted(k for k in final if TEMP_MARK in k)
         print(f"\nssh kill ({direction}): {len(killed)} connections killed, {len(committed)} files committed "
@@ -549,7 +549,7 @@ def test_ssh_path_going_silent_mid_copy(ssh_server, tmp_path, monkeypatch):
             assert_equal_to_source(final, digest, expected)
             committed = watcher.committed_before_fault
             assert {k: final[k] for k in committed} == committed  # not transferred again
-            report = dst._last_report
+            report = dst.last_copy
             assert report.files_skipped >= len(committed) and report.files_copied >= 1, report.summary()
             print(f"\nssh stall: {stalled[0]} connections stalled; last attempt: {report.summary()}")
         finally:
@@ -646,8 +646,8 @@ def test_worker_killed_mid_copy_then_copy_again(worker_cluster, ssh_server, s3_s
         message = str(crashed.value)
         assert "on the cluster's worker ended Crashed" in message and "SIGKILL" in message, message
         assert f"on work queue {cluster.work_queue!r}" in message
-        assert again._flow_run.state.is_completed()
-        assert again._flow_run.work_queue_name == cluster.work_queue
+        assert again.flow_run.state.is_completed()
+        assert again.flow_run.work_queue_name == cluster.work_queue
         assert_equal_to_source(listing(), digest, expected)
 
         # Not transferred again: one upload per file committed before the kill (moto's log), and the re-run's summary
@@ -656,7 +656,7 @@ def test_worker_killed_mid_copy_then_copy_again(worker_cluster, ssh_server, s3_s
         assert len(committed) >= 20
         puts = moto_uploads(s3_server.log_path, s3_bucket, "ckpt")
         assert {k: puts[k] for k in committed} == {k: 1 for k in committed}
-        [(copied, skipped)] = copy_summaries(again._flow_run.id)
+        [(copied, skipped)] = copy_summaries(again.flow_run.id)
         assert skipped >= len(committed) and copied >= 1 and copied + skipped == len(expected)
         print(f"\nworker kill: flow-run process {killed} killed with {len(committed)} files committed; the re-run "
               f"copied {copied}, skipped {skipped}; {sum(puts.values())} uploads for {len(expected)} files")

@@ -292,7 +292,7 @@ def test_to_returns_unsaved_copy_keeping_the_source(places, unique_name):
     system, base = places["s3"]
     copy = f.to(system, f"{base}/copy")
     assert copy.system == "s3" and copy.path == f"{base}/copy"
-    assert copy._last_report.files_copied == 1
+    assert copy.last_copy.files_copied == 1
     assert rh.folder(name=name).system == "file"  # the saved entry still points at the source
     assert contents(copy) == contents(f) == {"a.txt": b"a"}
 

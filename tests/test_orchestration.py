@@ -538,7 +538,7 @@ def _flow_run_logs(flow_run_id) -> str:
 
 
 def _assert_ran_on_worker(new: Any, colo: Colo) -> None:
-    run = new._flow_run
+    run = new.flow_run
     assert run.work_queue_name == colo.cluster.work_queue
     assert run.work_pool_name == "rh-pool"
     assert (run.labels or {}).get("prefect.worker.name") == colo.worker.name
@@ -563,7 +563,7 @@ def test_folder_copy_from_cluster_to_s3_runs_on_the_cluster_worker(colo):
     stored = {p.split("/ckpt/", 1)[1]: colo.s3_fs.cat_file(p) for p in colo.s3_fs.find(f"{colo.bucket}/ckpt")}
     assert stored == files
     with _client() as c:
-        task_runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[new._flow_run.id])))
+        task_runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[new.flow_run.id])))
     assert any(t.name.startswith("rh-copy-tree") for t in task_runs)
     assert _anonymous_docs() == anonymous  # the run's block snapshots were cleaned up
     src.rm()
@@ -590,7 +590,7 @@ def test_blob_and_table_copies_from_cluster_to_s3_run_on_the_cluster_worker(colo
     assert dict(transfer.COUNTERS) == before  # zero bytes through this (calling) process
     for new in (new_blob, new_table):
         _assert_ran_on_worker(new, colo)
-    assert new_blob._flow_run.id != new_table._flow_run.id
+    assert new_blob.flow_run.id != new_table.flow_run.id
     assert colo.s3_fs.cat_file(f"{colo.bucket}/models/bert.pt") == payload
     assert (new_blob.sha256, new_blob.size) == (blob.sha256, len(payload))
     assert new_table.url == f"s3://{colo.bucket}/tables/t" and new_table.fetch().equals(rows)
@@ -620,7 +620,7 @@ def test_stopped_worker_is_offline_and_auto_falls_back(colo, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="rh_prefect.dispatch"):
         new = src.to(colo.s3, f"/{colo.bucket}/stopped")
     assert transfer.COUNTERS["bytes_copied"] - before == 4096
-    assert not hasattr(new, "_flow_run")
+    assert new.flow_run is None
     assert colo.s3_fs.cat_file(f"{colo.bucket}/stopped/x.bin") == b"x" * 4096
     assert "runs through this process" in caplog.text
     assert colo.cluster.stop_worker() is False  # idempotent

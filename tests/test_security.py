@@ -412,7 +412,7 @@ def test_secrets_stay_out_of_copies_dispatched_to_a_cluster_worker(secret_world,
             bad = pool.submit(src.to, s3, "/rh-no-such-bucket-sec/colo", via="worker")
             new = good.result()
             failure = bad.exception()
-        assert new._flow_run.work_queue_name == queue
+        assert new.flow_run.work_queue_name == queue
         assert {k: new.get(k) for k in new.ls(full_paths=False)} == w["files"]
         assert isinstance(failure, rh.NotFound), repr(failure)
         assert "Bucket 'rh-no-such-bucket-sec' does not exist" in str(failure)

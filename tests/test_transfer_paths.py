@@ -53,11 +53,11 @@ def test_remote_to_remote_small_and_big_files(places, source_tree, src_name, dst
     before = transfer.COUNTERS["bytes_copied"]
     dst = src.to(dst_system, f"{dst_base}/from-{src_name}")
     assert manifest(dst) == expected
-    assert dst._last_report.files_copied == len(expected)
+    assert dst.last_copy.files_copied == len(expected)
     assert transfer.COUNTERS["bytes_copied"] - before == sum(len(v) for v in SMALL.values()) + BIG_SIZE
 
     again = src.to(dst_system, f"{dst_base}/from-{src_name}")
-    assert (again._last_report.files_copied, again._last_report.files_skipped) == (0, len(expected))
+    assert (again.last_copy.files_copied, again.last_copy.files_skipped) == (0, len(expected))
 
 
 @pytest.mark.parametrize("src_name,dst_name", [("ssh", "s3"), ("s3", "gs"), ("gs", "s3")])
@@ -102,7 +102,7 @@ def test_failing_destination_stops_the_cluster_stream(places, rh_cluster):
 
     dst_system, dst_base = places["s3"]
     dst = src.to(dst_system, f"{dst_base}/after-failure")  # the same cluster connection, used again
-    assert dst._last_report.files_copied == len(SMALL)
+    assert dst.last_copy.files_copied == len(SMALL)
     assert manifest(dst) == {k: hashlib.sha256(v).hexdigest() for k, v in SMALL.items()}
 
 
@@ -238,12 +238,12 @@ def test_a_source_listed_in_pages_is_copied_whole_while_it_is_listed(places, mon
 
     assert len(arrived) == 3
     assert _raw_contents(dst) == MANY
-    assert dst._last_report.files_copied == len(MANY)
+    assert dst.last_copy.files_copied == len(MANY)
     if dst_name == "file":  # the first file was committed before the listing's last page arrived
         first_commit = min(p.stat().st_mtime for p in Path(dst.fs_path).rglob("*") if p.is_file())
         assert first_commit < arrived[-1], (first_commit, arrived)
     again = src.to(dst_system, f"{dst_base}/many-copy")
-    assert (again._last_report.files_copied, again._last_report.files_skipped) == (0, len(MANY))
+    assert (again.last_copy.files_copied, again.last_copy.files_skipped) == (0, len(MANY))
 
 
 def test_overwrite_false_checks_every_page_before_copying_anything(places, tmp_path):

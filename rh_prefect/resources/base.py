@@ -37,6 +37,19 @@ class StoredResource(Resource, ABC):
         description="Credentials for s3, gs or github; empty to use the environment's default credentials.",
     )
     _sys: Optional[System] = PrivateAttr(default=None)
+    _last_report: Any = PrivateAttr(default=None)
+    _flow_run: Any = PrivateAttr(default=None)
+
+    @property
+    def last_copy(self) -> Any:
+        """What the ``.to()`` that made this resource did: a :class:`rh_prefect.transfer.CopyReport` (files and
+        bytes copied or skipped, ``summary()``), or None when it was not made by a copy in this process."""
+        return self._last_report
+
+    @property
+    def flow_run(self) -> Any:
+        """The Prefect flow run that made this copy on a cluster's worker (``.to(..., via="worker")``), or None."""
+        return self._flow_run
 
     @property
     def sys(self) -> System:

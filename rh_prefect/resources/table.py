@@ -126,7 +126,6 @@ class Table(StoredResource):
         description="Default batch format of stream(): pyarrow, pandas, numpy, dict or polars. Empty: per kind.",
     )
     _data: Any = PrivateAttr(default=None)
-    _last_report: Any = PrivateAttr(default=None)
     #: the version this object last committed (None: it wrote nothing)
     _written: Optional[str] = PrivateAttr(default=None)
 

@@ -220,7 +220,7 @@ def main(argv: list[str]) -> int:
                         returned = time.monotonic()
                         row.update(seconds=returned - called, ok=True)
                         if via == "worker":
-                            row["phases"] = phases(new._flow_run, called, returned, wall0)
+                            row["phases"] = phases(new.flow_run, called, returned, wall0)
                     row["error"] = verify_and_drop(fs, dst, expected[workload])
                     row["ok"] = row["ok"] and row["error"] is None
                     results["runs"].append(row)
