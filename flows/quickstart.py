@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from rh_prefect import local_server
+from rh_prefect.runtime import local_server
 
 API_URL = local_server.ensure()  # before prefect is imported: Prefect reads its settings once
 

@@ -1,7 +1,7 @@
 """Deployable transfer flows: copy a Folder or Blob to another system (a Table: flows/transfer_table.py).
 
 Their parameters are blocks, so the Prefect UI's Run form offers block pickers (pick a saved rh Folder, an
-rh Cluster, S3 credentials) instead of JSON. They are what :mod:`rh_prefect.dispatch` runs on a cluster's own
+rh Cluster, S3 credentials) instead of JSON. They are what :mod:`rh_prefect.runtime.dispatch` runs on a cluster's own
 worker when ``.to()`` is called on data that lives on that cluster; blocks reach them by reference
 (``{"$ref": {"block_document_id": ...}}``), so secrets arrive intact.
 
@@ -23,7 +23,9 @@ from typing import Any, Optional, Union
 
 from prefect import flow, unmapped
 
-from rh_prefect import dispatch, tasks, transfer
+from rh_prefect import transfer
+
+from rh_prefect.runtime import dispatch, tasks
 from rh_prefect.errors import NotFound
 from rh_prefect.resources.blob import Blob
 from rh_prefect.resources.folder import Folder

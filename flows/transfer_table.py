@@ -9,7 +9,7 @@ from typing import Any, Optional, Union
 
 from prefect import flow
 
-from rh_prefect import dispatch
+from rh_prefect.runtime import dispatch
 from rh_prefect.resources.table import Table
 from rh_prefect.systems import Cluster, GCSCredentials, S3Credentials
 

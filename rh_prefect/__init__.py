@@ -8,7 +8,7 @@ kept on the Prefect server, and copies run as retryable Prefect tasks.
     >>> f.put({"a.txt": b"hello"})
 
 Public names are imported lazily, so ``import rh_prefect`` is cheap and does not configure Prefect: a process
-can still choose its Prefect server (``rh_prefect.local_server.ensure()``) before Prefect is first imported.
+can still choose its Prefect server (``rh_prefect.runtime.local_server.ensure()``) before Prefect is first imported.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _EXPORTS: dict[str, str] = {
             "SchemaMismatch", "InvalidArgument", "MissingDependency",
         )
     },
-    **{name: "rh_prefect.registry" for name in ("delete", "exists", "list_names", "load")},
+    **{name: "rh_prefect.runtime.registry" for name in ("delete", "exists", "list_names", "load")},
     **{name: "rh_prefect.resources.folder" for name in ("Folder", "folder")},
     **{
         name: "rh_prefect.resources.table"
@@ -57,7 +57,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from rh_prefect.errors import *  # noqa: F403
-    from rh_prefect.registry import delete, exists, list_names, load  # noqa: F401
+    from rh_prefect.runtime.registry import delete, exists, list_names, load  # noqa: F401
     from rh_prefect.resources.blob import Blob, blob, file  # noqa: F401
     from rh_prefect.resources.folder import Folder, folder  # noqa: F401
     from rh_prefect.resources.table import (  # noqa: F401

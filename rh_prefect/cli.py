@@ -19,7 +19,7 @@ from typing import Any, Callable, NoReturn, Optional, TypeVar
 
 import typer
 
-from rh_prefect import local_server
+from rh_prefect.runtime import local_server
 
 T = TypeVar("T")
 
@@ -84,7 +84,8 @@ def _run(fn: Callable[[], T], target: Optional[str] = None, connect: bool = True
 
 def _resolve(target: str) -> tuple[Any, str, Any]:
     """``(System, fs path, resource or None)`` for a saved name or a URL / local path."""
-    from rh_prefect import names, registry
+    from rh_prefect import names
+    from rh_prefect.runtime import registry
     from rh_prefect.errors import InvalidName
     from rh_prefect.systems import from_url
 
@@ -148,7 +149,7 @@ def cp(
     Example: rh-prefect cp ./data s3://my-bucket/data
     """
     def go() -> None:
-        from rh_prefect import tasks
+        from rh_prefect.runtime import tasks
 
         s_sys, s_path, _ = _resolve(src)
         d_sys, d_path, _ = _resolve(dst)
@@ -199,7 +200,8 @@ def rm(
     Example: rh-prefect rm s3://my-bucket/tmp -y
     """
     def go() -> None:
-        from rh_prefect import names, registry
+        from rh_prefect import names
+        from rh_prefect.runtime import registry
         from rh_prefect.errors import InvalidName
 
         try:
@@ -243,7 +245,8 @@ def info(
     Example: rh-prefect info my-folder --size
     """
     def go() -> None:
-        from rh_prefect import registry, transfer
+        from rh_prefect import transfer
+        from rh_prefect.runtime import registry
 
         res = registry.load(name)
         data: dict[str, Any] = {"name": res.full_name, "type": type(res).__name__}
@@ -277,7 +280,7 @@ def list_(
     Example: rh-prefect list /ds
     """
     def go() -> None:
-        from rh_prefect import registry
+        from rh_prefect.runtime import registry
 
         for full, kind in registry.list_names(namespace, recursive=recursive or namespace is None):
             typer.echo(f"{kind:<10} {full}")

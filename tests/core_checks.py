@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 import rh_prefect as rh
-from rh_prefect import registry
+from rh_prefect.runtime import registry
 
 PG_ENV = "RH_TEST_POSTGRES_DSN"  # where to look for the rows (the database behind the Prefect server)
 

@@ -221,7 +221,7 @@ def test_worker_start_needs_a_saved_cluster(cli):
 
 
 def test_server_up_status_down(cli, tmp_path, monkeypatch, prefect_server):
-    from rh_prefect import local_server
+    from rh_prefect.runtime import local_server
 
     monkeypatch.setenv("RH_PREFECT_SERVER_HOME", str(tmp_path / "server"))
     port = free_port()

@@ -287,7 +287,7 @@ def test_a_reader_waits_while_a_late_registration_is_being_settled(tmp_path, uni
     A's replaced bytes while B's bytes, whose marker is gone, are stored; A's settle then registers B's. A reader in
     that moment must wait for the settle (A's marker is still there), not report corruption after the short quiet
     window, however slow A's settle is."""
-    from rh_prefect.registry import Resource
+    from rh_prefect.runtime.registry import Resource
 
     name = unique_name("settle")
     path = str(tmp_path / "b.bin")

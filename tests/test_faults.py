@@ -614,7 +614,7 @@ def copy_summaries(flow_run_id: Any) -> list[tuple[int, int]]:
 def test_worker_killed_mid_copy_then_copy_again(worker_cluster, ssh_server, s3_server, s3_bucket, tmp_path):
     import s3fs
 
-    from rh_prefect import worker
+    from rh_prefect.runtime import worker
 
     cluster, info = worker_cluster
     expected = make_tree(tmp_path / "src", small=300, big=4, big_size=2 * 2**20)

@@ -21,7 +21,7 @@ import uuid
 import pyarrow as pa
 
 import rh_prefect as rh
-from rh_prefect import registry
+from rh_prefect.runtime import registry
 
 PROCESSES = 5
 OPS_PER_PROCESS = 10
@@ -30,7 +30,7 @@ _WORKER = textwrap.dedent('''
     import json, os, sys, time, traceback
     import pyarrow as pa
     import rh_prefect as rh
-    from rh_prefect import registry
+    from rh_prefect.runtime import registry
 
     index, run, root, bucket = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     seeds = json.loads(sys.argv[5])

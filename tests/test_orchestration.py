@@ -29,7 +29,8 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 import rh_prefect as rh
-from rh_prefect import dispatch, tasks, transfer, worker
+from rh_prefect import transfer
+from rh_prefect.runtime import dispatch, tasks, worker
 from rh_prefect.errors import NotFound, SystemUnavailable, TransferError, UnknownSystem
 from rh_prefect.systems import LocalSystem, S3Credentials, get_system
 
@@ -326,7 +327,7 @@ def test_via_worker_without_a_worker_says_how_to_start_one(unserved_cluster_fold
 
 def test_via_auto_without_a_worker_copies_here_with_a_warning(unserved_cluster_folder, tmp_path, caplog):
     before = transfer.COUNTERS["bytes_copied"]
-    with caplog.at_level(logging.WARNING, logger="rh_prefect.dispatch"):
+    with caplog.at_level(logging.WARNING, logger="rh_prefect.runtime.dispatch"):
         new = unserved_cluster_folder.to("file", str(tmp_path / "dst"))
     assert new.get("b/c.bin") == b"2" * 5000
     assert transfer.COUNTERS["bytes_copied"] - before == 8000  # the bytes came through this process
@@ -383,7 +384,7 @@ def test_waiting_polls_when_there_is_no_event_stream(prefect_server, monkeypatch
     monkeypatch.setattr(prefect.events.clients, "get_events_subscriber", no_stream)
     run_id = _scheduled_run()
     finisher = _finish_later(run_id, 1.0)
-    with caplog.at_level(logging.DEBUG, logger="rh_prefect.dispatch"):
+    with caplog.at_level(logging.DEBUG, logger="rh_prefect.runtime.dispatch"):
         run = dispatch._wait(run_id, "rh-nobody", "rh-pool", "a test folder", pickup_timeout=600)
     finisher.join()
     assert run.state.is_completed()
@@ -617,7 +618,7 @@ def test_stopped_worker_is_offline_and_auto_falls_back(colo, tmp_path, caplog):
     with pytest.raises(SystemUnavailable, match="start_worker"):
         src.to(colo.s3, f"/{colo.bucket}/stopped", via="worker")
     before = transfer.COUNTERS["bytes_copied"]
-    with caplog.at_level(logging.WARNING, logger="rh_prefect.dispatch"):
+    with caplog.at_level(logging.WARNING, logger="rh_prefect.runtime.dispatch"):
         new = src.to(colo.s3, f"/{colo.bucket}/stopped")
     assert transfer.COUNTERS["bytes_copied"] - before == 4096
     assert new.flow_run is None

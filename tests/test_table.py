@@ -212,7 +212,7 @@ def test_one_block_type_for_all_kinds():
         assert klass._calculate_schema_checksum() == checksum
         assert klass._to_block_type() == Table._to_block_type()
     # ... and the rh registry knows one type.
-    from rh_prefect.registry import _TYPES
+    from rh_prefect.runtime.registry import _TYPES
 
     assert _TYPES["rh-table"] is Table
     assert [c for c in _TYPES.values() if issubclass(c, Table)] == [Table]
@@ -354,7 +354,7 @@ def test_stream_resumes_at_a_row_and_counts_rows(tmp_path, small_groups):
 
 
 def test_transient_read_errors_are_retried_without_duplicates(tmp_path, small_groups, monkeypatch):
-    from rh_prefect import tasks
+    from rh_prefect.runtime import tasks
     from rh_prefect.tables import stream as tstream
 
     monkeypatch.setitem(tasks.RETRY_POLICY, "retry_delay_seconds", [0.01] * 4)

@@ -108,7 +108,7 @@ def test_every_block_type_has_name_description_example_and_documented_fields():
 
 
 def test_register_commands_register_every_type_and_no_abstract_base(prefect_server):
-    from rh_prefect.registry import Resource
+    from rh_prefect.runtime.registry import Resource
     from rh_prefect.resources.base import StoredResource
 
     prefect = str(Path(sys.executable).parent / "prefect")
@@ -248,7 +248,7 @@ def process_worker(pool: str, queue: str, log_path: Path) -> Iterator[subprocess
 
 def test_transfer_deployment_runs_from_ui_with_block_pickers(browser, prefect_server, s3_bucket, s3_env, tmp_path):
     import rh_prefect as rh
-    from rh_prefect import dispatch, worker
+    from rh_prefect.runtime import dispatch, worker
 
     files = {"a.txt": b"alpha", "nested/b.bin": os.urandom(4096)}
     src_name = ui_name("ui-src")

@@ -9,9 +9,11 @@ from typing import Any, Optional, Union
 
 from pydantic import Field, PrivateAttr
 
-from rh_prefect import names, registry
+from rh_prefect import names
+
+from rh_prefect.runtime import registry
 from rh_prefect.errors import InvalidPath, NotFound
-from rh_prefect.registry import Resource
+from rh_prefect.runtime.registry import Resource
 from rh_prefect.systems import (
     Cluster, GCSCredentials, GitHubCredentials, S3Credentials, System, check_path, get_system,
 )

@@ -30,7 +30,9 @@ from typing import IO, Any, Callable, Iterator, Optional, TypeVar, Union
 
 from pydantic import Field, PrivateAttr
 
-from rh_prefect import names, registry, serializers, tasks, transfer
+from rh_prefect import names, serializers, transfer
+
+from rh_prefect.runtime import registry, tasks
 from rh_prefect.errors import IntegrityError, InvalidArgument, InvalidPath, NotFound
 from rh_prefect.resources.base import StoredResource, SystemArg, place
 from rh_prefect.resources.folder import Folder
@@ -347,7 +349,7 @@ class Blob(StoredResource):
         Example:
             >>> ckpt_s3 = rh.blob(name="my-ckpt").to(system="s3", path="/my-bucket/ckpts/ckpt.pkl")
         """
-        from rh_prefect import dispatch  # ``via``: on the data's cluster worker, here, or auto (rh_prefect.dispatch)
+        from rh_prefect.runtime import dispatch  # ``via``: on the data's cluster worker, here, or auto (rh_prefect.runtime.dispatch)
 
         if (remote := dispatch.remote_to(self, system, path, via=via)) is not None:
             return remote

@@ -17,7 +17,9 @@ from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.utilities.asyncutils import run_sync_in_worker_thread
 from prefect.filesystems import WritableDeploymentStorage, WritableFileSystem
 
-from rh_prefect import registry, tasks, transfer
+from rh_prefect import transfer
+
+from rh_prefect.runtime import registry, tasks
 from rh_prefect.errors import AlreadyExists, InvalidArgument, InvalidPath, NotFound
 from rh_prefect.resources.base import StoredResource, SystemArg, place
 from rh_prefect.systems import Cluster, check_relative_key, get_system
@@ -194,9 +196,9 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
         Without ``path`` the copy goes under the destination system's default root (a bucket needs a path
         or a configured default bucket). ``via``: where the bytes flow - ``"worker"`` (a flow run on the
         worker of the cluster holding the folder), ``"local"`` (this process) or ``"auto"`` (the worker when
-        one is online); see :mod:`rh_prefect.dispatch`.
+        one is online); see :mod:`rh_prefect.runtime.dispatch`.
         """
-        from rh_prefect import dispatch  # orchestration sits above resources: imported when used
+        from rh_prefect.runtime import dispatch  # orchestration sits above resources: imported when used
 
         remote = dispatch.remote_to(self, system, path, via=via, overwrite=overwrite)
         if remote is not None:

@@ -36,7 +36,7 @@ from prefect import task
 from prefect.context import TaskRunContext
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from rh_prefect import registry, tasks
+from rh_prefect.runtime import registry, tasks
 from rh_prefect.errors import InvalidArgument, NotFound, RhError
 from rh_prefect.resources.base import StoredResource, SystemArg, place
 from rh_prefect.systems import Cluster, System
@@ -200,7 +200,7 @@ class Table(StoredResource):
         self.partition_cols = list(manifest.partition_cols) or None
 
     def save(self, name: Optional[str] = None, overwrite: bool = True) -> "Table":  # type: ignore[override]
-        """Register the table by name and return it (see :meth:`rh_prefect.registry.Resource.save`)."""
+        """Register the table by name and return it (see :meth:`rh_prefect.runtime.registry.Resource.save`)."""
         super().save(name, overwrite)
         self._settle()
         return self
@@ -377,7 +377,7 @@ class Table(StoredResource):
         Example:
             >>> s3_table = rh.table(name="my-table").to("s3", path="/my-bucket/tables/my-table")
         """
-        from rh_prefect import dispatch  # ``via``: on the data's cluster worker, here, or auto (rh_prefect.dispatch)
+        from rh_prefect.runtime import dispatch  # ``via``: on the data's cluster worker, here, or auto (rh_prefect.runtime.dispatch)
 
         if (remote := dispatch.remote_to(self, system, path, via=via)) is not None:
             return remote

@@ -45,7 +45,7 @@ def from_url(url: str) -> tuple[System, str]:
         parts = urlsplit(url)
         path = parts.path or "/"
         path = path[1:] if path.startswith("/~") else path
-        from rh_prefect import registry
+        from rh_prefect.runtime import registry
 
         if parts.hostname and not parts.username and not parts.port and registry.exists(parts.hostname):
             found = registry.load(parts.hostname)

@@ -16,7 +16,7 @@ from fsspec.asyn import sync
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
 from rh_prefect.errors import CredentialsError, HostKeyMismatch, InvalidArgument, SystemUnavailable
-from rh_prefect.registry import Resource
+from rh_prefect.runtime.registry import Resource
 from rh_prefect.systems.base import System
 
 DEFAULT_ROOT = "~/.cache/rh_prefect"
@@ -69,7 +69,7 @@ class Cluster(Resource):
     default_root: str = Field(
         default=DEFAULT_ROOT, title="Default root", description="Where resources without a path are stored."
     )
-    # -- the Prefect worker that runs copies of this cluster's data on the cluster (see rh_prefect.worker) --
+    # -- the Prefect worker that runs copies of this cluster's data on the cluster (see rh_prefect.runtime.worker) --
     work_pool: str = Field(
         default="rh-pool", title="Work pool", description="Prefect process work pool holding the work queue."
     )
@@ -175,24 +175,24 @@ class Cluster(Resource):
     def system(self) -> "SSHSystem":
         return SSHSystem(cluster=self)
 
-    # -- workers: implemented in rh_prefect.worker (orchestration), imported lazily to keep this floor clean --
+    # -- workers: implemented in rh_prefect.runtime.worker (orchestration), imported lazily to keep this floor clean --
     def start_worker(self, *, api_url: Optional[str] = None, env: Optional[dict[str, str]] = None,
                      wait: bool = True, timeout: float = 60.0) -> Any:
         """Start (or find) the Prefect worker for this cluster's work_queue on the host, over SSH; returns a
-        :class:`rh_prefect.worker.WorkerInfo`. See :func:`rh_prefect.worker.start`."""
-        from rh_prefect import worker
+        :class:`rh_prefect.runtime.worker.WorkerInfo`. See :func:`rh_prefect.runtime.worker.start`."""
+        from rh_prefect.runtime import worker
 
         return worker.start(self, api_url=api_url, env=env, wait=wait, timeout=timeout)
 
     def stop_worker(self, timeout: float = 5.0) -> bool:
         """Stop the worker started by :meth:`start_worker`; True if one was running."""
-        from rh_prefect import worker
+        from rh_prefect.runtime import worker
 
         return worker.stop(self, timeout=timeout)
 
     def worker_online(self) -> bool:
         """True when a Prefect worker is serving this cluster's work_queue (per the Prefect API)."""
-        from rh_prefect import worker
+        from rh_prefect.runtime import worker
 
         return worker.online(self)
 

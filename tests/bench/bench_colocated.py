@@ -152,7 +152,7 @@ def main(argv: list[str]) -> int:
         import s3fs
 
         import rh_prefect as rh
-        from rh_prefect import worker as rh_worker
+        from rh_prefect.runtime import worker as rh_worker
         from rh_prefect.blocks import S3Credentials
         from rh_prefect.systems import get_system
 

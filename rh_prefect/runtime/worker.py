@@ -4,7 +4,7 @@ A cluster with a ``work_queue`` can run copies of its own data (``folder.to("s3"
 Prefect *process* worker living on the cluster host, so the bytes never pass through the caller. This module
 starts that worker over SSH - detached with ``setsid nohup``, logging to a file, its PID in a pid file, so a
 second start finds the running one instead of starting another - and asks the Prefect API whether a worker
-is online for a queue (routing in :mod:`rh_prefect.dispatch` depends on that answer).
+is online for a queue (routing in :mod:`rh_prefect.runtime.dispatch` depends on that answer).
 
 The worker started here is exactly what this command starts by hand on the cluster::
 
@@ -40,7 +40,7 @@ from rh_prefect.errors import InvalidArgument, SystemUnavailable
 if TYPE_CHECKING:  # pragma: no cover
     from rh_prefect.systems.ssh import Cluster
 
-logger = logging.getLogger("rh_prefect.worker")
+logger = logging.getLogger("rh_prefect.runtime.worker")
 
 #: The process work pool that the package's transfer deployments live in; one work queue per cluster.
 DEFAULT_POOL = "rh-pool"
@@ -354,7 +354,7 @@ def start(cluster: "Cluster", *, api_url: Optional[str] = None, env: Optional[di
     Its log and pid file are under ``~/.cache/rh_prefect/workers/`` on the cluster. With ``wait``, returns once
     the Prefect API sees the worker polling its queue.
     """
-    from rh_prefect.dispatch import COLOCATED_ENV, colocated_identity
+    from rh_prefect.runtime.dispatch import COLOCATED_ENV, colocated_identity
 
     queue = _queue_of(cluster)
     host = _SSHHost(cluster)

@@ -174,7 +174,7 @@ def ensure() -> str:
     if "prefect" in sys.modules:
         raise SystemUnavailable(
             "No Prefect server configured and prefect is already imported; start one with `rh-prefect server up` "
-            "and set PREFECT_API_URL, or call rh_prefect.local_server.ensure() before importing prefect."
+            "and set PREFECT_API_URL, or call rh_prefect.runtime.local_server.ensure() before importing prefect."
         )
     info = up()
     os.environ["PREFECT_API_URL"] = info.api_url

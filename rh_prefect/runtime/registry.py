@@ -19,7 +19,8 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 from pydantic import PrivateAttr
 
-from rh_prefect import _prefect_exit, names  # noqa: F401  (quiet exit)
+from rh_prefect import names
+from rh_prefect.runtime import _prefect_exit
 from rh_prefect.errors import AlreadyExists, NotFound
 
 R = TypeVar("R", bound="Resource")

@@ -22,10 +22,12 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
 from prefect.tasks import exponential_backoff
 
-from rh_prefect import _prefect_exit, transfer
+from rh_prefect import transfer
+
+from rh_prefect.runtime import _prefect_exit
 from rh_prefect.errors import RhError, SystemUnavailable, TransferError
 
-logger = logging.getLogger("rh_prefect.tasks")
+logger = logging.getLogger("rh_prefect.runtime.tasks")
 T = TypeVar("T")
 
 _TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,

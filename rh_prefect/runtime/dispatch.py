@@ -36,10 +36,12 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional, TypeVar
 from uuid import UUID
 
-from rh_prefect import errors, worker
+from rh_prefect import errors
+
+from rh_prefect.runtime import worker
 from rh_prefect.errors import NotFound, SystemUnavailable, TransferError, UnknownSystem
 
-logger = logging.getLogger("rh_prefect.dispatch")
+logger = logging.getLogger("rh_prefect.runtime.dispatch")
 R = TypeVar("R")
 
 VIA = ("auto", "worker", "local")
@@ -181,7 +183,7 @@ def copy_here(source: Any, system: str, path: Optional[str] = None, cluster: Any
     return out
 
 
-#: Set by :func:`rh_prefect.worker.start` in the worker's environment: the identity of the cluster it runs on.
+#: Set by :func:`rh_prefect.runtime.worker.start` in the worker's environment: the identity of the cluster it runs on.
 COLOCATED_ENV = "RH_PREFECT_WORKER_CLUSTER"
 
 
@@ -287,7 +289,7 @@ def ensure_deployment(name: str, pool: str = worker.DEFAULT_POOL) -> None:
         raise NotFound(
             f"The transfer deployment {name}/{DEPLOYMENT} is not registered on the Prefect server. From a checkout "
             "of the rh-prefect project run `prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml`"
-            " (or rh_prefect.dispatch.register_deployments())."
+            " (or rh_prefect.runtime.dispatch.register_deployments())."
         )
     register_deployments(root, pool, only=[name])
 
