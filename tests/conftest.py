@@ -244,3 +244,28 @@ def blob_writer_in_flight(monkeypatch):
         return blob_mod._write_task.fn(blob.sys, blob.fs_path, blob_mod._Payload(data), "bytes", "test", announce)
 
     return commit
+
+
+# --------------------------------------------------------------------------- 6. the seed's names (issue 20)
+# The seed (Runhouse's "Data" page) and the README address the cluster as "rh-cpu". These fixtures make the test
+# servers stand in for it; they are kept apart from the shared helpers above.
+
+
+@pytest.fixture
+def rh_cpu(ssh_server):
+    """The test sshd saved as the cluster ``rh-cpu``, its default root a fresh directory under the login home
+    (so the seed's default paths never meet another test's). Yields the Cluster; afterwards the registry entry
+    and the directory are removed, so later tests (the quickstart looks for ``rh-cpu``) see no cluster."""
+    import rh_prefect as rh
+
+    root = f"rh-test/seed-{uuid.uuid4().hex[:10]}"
+    saved = rh.cluster(
+        name="rh-cpu", host=ssh_server.host, port=ssh_server.port, user=ssh_server.user,
+        ssh_key=str(ssh_server.client_key_path), known_hosts=str(ssh_server.known_hosts_path), default_root=root,
+    ).save()
+    try:
+        yield saved
+    finally:
+        if rh.exists("rh-cpu"):
+            rh.delete("rh-cpu")
+        shutil.rmtree(ssh_server.home / root, ignore_errors=True)

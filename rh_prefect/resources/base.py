@@ -5,20 +5,24 @@ from __future__ import annotations
 import posixpath
 from abc import ABC
 import uuid
-from typing import Any, Optional, Union
+from typing import Any, Optional, TypeVar, Union
 
 from pydantic import Field, PrivateAttr
 
 from rh_prefect import names
 
 from rh_prefect.runtime import registry
-from rh_prefect.errors import InvalidPath, NotFound
+from rh_prefect.errors import InvalidArgument, InvalidPath, NotFound
 from rh_prefect.runtime.registry import Resource
 from rh_prefect.systems import (
-    Cluster, GCSCredentials, GitHubCredentials, S3Credentials, System, check_path, get_system,
+    Cluster, ClusterDisk, GCSCredentials, GitHubCredentials, S3Credentials, System, check_path, get_system,
 )
+from rh_prefect.systems.here import on_cluster
 
 SystemArg = Union[str, Cluster, System, None]
+S = TypeVar("S", bound="StoredResource")
+#: private state a relocated object keeps: its name, and data handed over but not written yet (dryrun)
+_KEPT_WHEN_RELOCATED = frozenset({"_rh_name", "_data", "_has_data"})
 
 
 class StoredResource(Resource, ABC):
@@ -67,6 +71,75 @@ class StoredResource(Resource, ABC):
         self.credentials = fields.get("credentials")
         self.path = system.normalize(path)
         self._sys = system
+
+    def relocated(self: S, system: SystemArg, path: str) -> S:
+        """This resource placed at ``path`` on ``system``, as a new object; no data is read, copied or written.
+
+        The new object keeps the name (and data held for a later write) but is not registered (``save()`` it to
+        be), and has no copy report or flow run of its own. The building block of :meth:`from_cluster`; flows and
+        tools that know where a copy of the data already is use it too.
+
+        Example:
+            >>> on_s3 = folder.relocated("s3", "/my-bucket/my-folder")   # a Folder object; nothing is copied
+        """
+        new = self.model_copy(deep=False)  # not deep: that would copy live connections
+        for attr, spec in type(self).__private_attributes__.items():
+            if attr not in _KEPT_WHEN_RELOCATED:
+                setattr(new, attr, spec.get_default())
+        for field in type(self).model_fields:  # containers are the object's own, not shared with the original
+            value = getattr(self, field)
+            if isinstance(value, (dict, list)):
+                setattr(new, field, type(value)(value))
+        dst_sys = get_system(system)
+        new._relocate(dst_sys, dst_sys.normalize(check_path(path)))
+        return new
+
+    def from_cluster(self: S, cluster: Cluster, path: Optional[str] = None) -> S:
+        """This resource addressed through ``cluster`` (Runhouse's ``from_cluster``); with ``path``, a local copy.
+
+        Without ``path``: a view of the same data, nothing copied. The resource's path is read on ``cluster`` -
+        over SSH from elsewhere, straight from the disk in a process running on that cluster's worker (the view
+        still records the cluster, so saved it means the same data to everyone). The data must be on
+        ``cluster`` (or on this machine's disk when it is that cluster). A saved resource keeps its name (and,
+        for the same data, its registry entry).
+
+        With ``path``: the data is copied from the cluster down to that local path, and the local resource is
+        returned (same name, not registered).
+
+        Example:
+            ```python
+            c = rh.cluster("^rh-cpu").up_if_not()
+            cluster_folder = local_folder.to(system=c).from_cluster(c)
+            print(cluster_folder.ls(full_paths=False))
+            local_copy = cluster_folder.from_cluster(c, path="folder_back")   # copied down to ./folder_back
+            ```
+        """
+        if not isinstance(cluster, Cluster):
+            raise InvalidArgument(
+                f"from_cluster() takes a Cluster, such as rh.cluster('rh-cpu'), not {type(cluster).__name__} "
+                f"{cluster!r:.60}; nothing was changed."
+            )
+        if not self.path:
+            raise InvalidPath(f"{self._label()} has no path, so it has nothing on a cluster; store it first, "
+                              "e.g. with .to(cluster).")
+        through = get_system(cluster)
+        if self.system == through.name:  # on a cluster: it must be this one (same host, port and user)
+            same_data = self.cluster is not None and get_system(self.cluster) == through
+        else:  # on a local disk, which is the cluster's only when this process runs there
+            same_data = self.sys.is_local and on_cluster(cluster)
+        if not same_data and not self.sys.is_local:
+            raise InvalidArgument(
+                f"{self._label()} is on {self.sys.describe()}, not on {through.describe()}: from_cluster() only "
+                f"addresses data already on that cluster. Copy it there with .to(system=cluster) first; nothing "
+                "was changed."
+            )
+        view = self.relocated(ClusterDisk(cluster) if on_cluster(cluster) else through, self.path)
+        if path is not None:
+            return view.to("file", path, via="local")  # down to this machine, whatever worker serves the cluster
+        if same_data:  # the same stored data: its registry entry still describes the view
+            view._block_document_id = self._block_document_id
+            view._block_document_name = self._block_document_name
+        return view
 
     @property
     def fs_path(self) -> str:

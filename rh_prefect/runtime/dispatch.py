@@ -40,6 +40,7 @@ from rh_prefect import errors
 
 from rh_prefect.runtime import worker
 from rh_prefect.errors import NotFound, SystemUnavailable, TransferError, UnknownSystem
+from rh_prefect.systems.here import WORKER_CLUSTER_ENV, worker_identity
 
 logger = logging.getLogger("rh_prefect.runtime.dispatch")
 R = TypeVar("R")
@@ -184,12 +185,9 @@ def copy_here(source: Any, system: str, path: Optional[str] = None, cluster: Any
 
 
 #: Set by :func:`rh_prefect.runtime.worker.start` in the worker's environment: the identity of the cluster it runs on.
-COLOCATED_ENV = "RH_PREFECT_WORKER_CLUSTER"
-
-
-def colocated_identity(system: Any) -> str:
-    """How a worker recognises the cluster it runs on (host, port and login user of its SSH system)."""
-    return "|".join(str(part) for part in system.identity())
+#: Defined with the systems (``system="here"`` and ``from_cluster`` read it too).
+COLOCATED_ENV = WORKER_CLUSTER_ENV
+colocated_identity = worker_identity
 
 
 def _colocated_view(source: Any) -> Any:

@@ -7,6 +7,7 @@ from typing import Any, Optional, Union
 from rh_prefect.systems.base import System, check_path, check_relative_key, system_class
 from rh_prefect.systems.credentials import GCSCredentials, GitHubCredentials, S3Credentials
 from rh_prefect.systems.github import GitHubSystem
+from rh_prefect.systems.here import HERE, ClusterDisk, here
 from rh_prefect.systems.local import LocalSystem
 from rh_prefect.systems.object_store import GCSSystem, S3System
 from rh_prefect.systems.ssh import Cluster, SSHSystem
@@ -19,12 +20,16 @@ def get_system(system: SystemLike = None, *, cluster: Optional[Cluster] = None, 
     """Resolve what a user passed as ``system=`` into a :class:`System`.
 
     ``None`` means the local filesystem, a :class:`Cluster` means its SSH system, a string is looked up by
-    name or alias ("file", "s3", "gs", "github", "ssh"/"sftp").
+    name or alias ("file", "s3", "gs", "github", "ssh"/"sftp"). ``"here"`` is the machine this code runs on
+    (see :func:`rh_prefect.systems.here.here`): every ``system=`` argument, and so every ``.to("here")``, is
+    resolved here.
     """
     if isinstance(system, System):
         return system
     if isinstance(system, Cluster):
         return SSHSystem(cluster=system)
+    if isinstance(system, str) and system.strip().lower() == HERE:
+        return here()
     klass = system_class(system or "file")
     return klass(cluster=cluster, credentials=credentials)
 
@@ -60,6 +65,7 @@ def from_url(url: str) -> tuple[System, str]:
 __all__ = [
     "from_url",
     "Cluster",
+    "ClusterDisk",
     "Credentials",
     "GCSCredentials",
     "GCSSystem",

@@ -15,7 +15,7 @@ from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
-from rh_prefect.errors import CredentialsError, HostKeyMismatch, InvalidArgument, SystemUnavailable
+from rh_prefect.errors import CredentialsError, HostKeyMismatch, InvalidArgument, InvalidName, SystemUnavailable
 from rh_prefect.runtime.registry import Resource
 from rh_prefect.systems.base import System
 
@@ -454,11 +454,13 @@ def cluster(
 
     ``ssh_key`` is a path to a private key or the key itself; it is stored as a secret when saved.
     ``worker_fields``: ``work_pool``, ``prefect_bin``, ``project_dir``, ``api_url`` (see :meth:`Cluster.start_worker`).
+    Runhouse's built-in names (``rh.cluster("^rh-cpu")``) are the clusters saved under the name after the ``^``.
     """
+    name = _without_builtin_mark(name)
     if host is None:
         if name is None:
             raise CredentialsError("rh.cluster() needs a name of a saved cluster or a host.")
-        return Cluster._load_named(name)
+        return _load_saved(name)
     try:
         c = Cluster(
             host=host, port=port, user=user, ssh_key=ssh_key, known_hosts=known_hosts, host_key=host_key,
@@ -474,3 +476,28 @@ def cluster(
                               "rh.cluster(name='rh-cpu', host='10.0.0.5', port=22, user='ubuntu').") from None
     c._set_name(name)
     return c
+
+
+def _without_builtin_mark(name: Optional[str]) -> Optional[str]:
+    """Runhouse marks its built-in clusters with ``^`` (``"^rh-cpu"``). Here every cluster is one the user saved,
+    so the mark is accepted and dropped: code written for Runhouse finds the cluster saved under that name."""
+    if not isinstance(name, str) or not name.startswith("^"):
+        return name
+    if not name[1:]:
+        raise InvalidName("rh.cluster('^') names no cluster: after the '^' comes the name of a saved cluster, "
+                          "e.g. rh.cluster('^rh-cpu').")
+    return name[1:]
+
+
+def _load_saved(name: str) -> Cluster:
+    """The Cluster saved as ``name``; NotFound saying how to save one when there is none."""
+    from rh_prefect.errors import NotFound
+    from rh_prefect.runtime import registry
+
+    if not registry.exists(name):
+        raise NotFound(
+            f"No cluster named {name!r} is saved on the Prefect server. Save one once with "
+            f"rh.cluster(name={name!r}, host='10.0.0.5', user='ubuntu', ssh_key='~/.ssh/id_ed25519').save() "
+            "(your host, user and key), then rh.cluster(name) loads it anywhere."
+        )
+    return Cluster._load_named(name)
