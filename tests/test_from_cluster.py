@@ -132,6 +132,8 @@ def test_caret_name_loads_the_saved_cluster(rh_cpu, ssh_server):
     assert (c.host, c.port, c.user, c.default_root) == (ssh_server.host, ssh_server.port, ssh_server.user,
                                                         rh_cpu.default_root)
     assert c.up_if_not() is c  # the host answers and the login works
+    described = rh.cluster(name="^rh-other", host=ssh_server.host, port=ssh_server.port)
+    assert described.name == "rh-other"  # the mark is dropped when naming one, too
 
 
 def test_caret_name_of_a_cluster_not_saved_says_how_to_save_one():
@@ -194,7 +196,25 @@ def test_to_here_on_a_cluster_worker_lands_on_the_clusters_disk(kind, rh_cpu, re
     assert not again.sys.is_local and content(again) == EXPECTED[kind]
 
 
+def test_to_here_on_a_worker_of_an_unsaved_cluster_is_the_local_disk(rh_cluster, tmp_path, monkeypatch,
+                                                                    on_worker_of):
+    """Without a saved Cluster block to record, "here" on a worker is simply this host's disk."""
+    source = make("folder", "file", str(tmp_path / "src" / "f"))
+    monkeypatch.chdir(tmp_path)
+    on_worker_of(rh.cluster(host="10.255.0.1", port=2222))  # no saved cluster has this identity
+    there = source.to("here", path="out")
+    assert (there.system, there.path, there.cluster) == ("file", str(tmp_path / "out"), None)
+    assert content(there) == FILES
+
+
 # --------------------------------------------------------------------------- bad input
+
+
+def test_from_cluster_of_an_in_memory_blob_is_refused(rh_cpu):
+    b = rh.blob(data={"a": 1})
+    with pytest.raises(rh.InvalidPath, match="has no path, so it has nothing on a cluster"):
+        b.from_cluster(rh_cpu)
+    assert b.fetch() == {"a": 1} and b.path is None
 
 
 @pytest.mark.parametrize("bad", ["rh-cpu", None, 42], ids=["a-name", "none", "an-int"])
