@@ -29,7 +29,8 @@ from rh_prefect.runtime import dispatch, tasks
 from rh_prefect.errors import NotFound
 from rh_prefect.resources.blob import Blob
 from rh_prefect.resources.folder import Folder
-from rh_prefect.systems import Cluster, GCSCredentials, S3Credentials, get_system
+from rh_prefect.resources.cluster import Cluster
+from rh_prefect.systems import GCSCredentials, S3Credentials, get_system
 
 Credentials = Union[S3Credentials, GCSCredentials]
 # The Table flow lives in flows/transfer_table.py: importing Table (pandas, pyarrow.dataset) costs each flow run

@@ -11,7 +11,8 @@ from prefect import flow
 
 from rh_prefect.runtime import dispatch
 from rh_prefect.resources.table import Table
-from rh_prefect.systems import Cluster, GCSCredentials, S3Credentials
+from rh_prefect.resources.cluster import Cluster
+from rh_prefect.systems import GCSCredentials, S3Credentials
 
 
 @flow(name="rh-copy-table", description="Copy an rh Table to a system and path (runs where it is deployed).")

@@ -14,8 +14,9 @@ from rh_prefect import names
 from rh_prefect.runtime import registry
 from rh_prefect.errors import InvalidPath, NotFound
 from rh_prefect.runtime.registry import Resource
+from rh_prefect.resources.cluster import Cluster
 from rh_prefect.systems import (
-    Cluster, GCSCredentials, GitHubCredentials, S3Credentials, System, check_path, get_system,
+    GCSCredentials, GitHubCredentials, S3Credentials, System, check_path, get_system,
 )
 
 SystemArg = Union[str, Cluster, System, None]

@@ -37,7 +37,8 @@ from rh_prefect.errors import IntegrityError, InvalidArgument, InvalidPath, NotF
 from rh_prefect.resources.base import StoredResource, SystemArg, place
 from rh_prefect.resources.folder import Folder
 from rh_prefect.serializers import SerializationError
-from rh_prefect.systems import Cluster, System, check_path, check_relative_key, get_system
+from rh_prefect.resources.cluster import Cluster
+from rh_prefect.systems import System, check_path, check_relative_key, get_system
 
 CHUNK_SIZE = transfer.CHUNK_SIZE
 #: remote blobs up to this size are verified in memory before they are deserialized; larger ones in a temp file

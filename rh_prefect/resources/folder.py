@@ -22,7 +22,8 @@ from rh_prefect import transfer
 from rh_prefect.runtime import registry, tasks
 from rh_prefect.errors import AlreadyExists, InvalidArgument, InvalidPath, NotFound
 from rh_prefect.resources.base import StoredResource, SystemArg, place
-from rh_prefect.systems import Cluster, check_relative_key, get_system
+from rh_prefect.resources.cluster import Cluster
+from rh_prefect.systems import check_relative_key, get_system
 
 Contents = Union[Mapping[str, Union[bytes, str]], str, os.PathLike, "Folder"]
 

@@ -39,7 +39,8 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from rh_prefect.runtime import registry, tasks
 from rh_prefect.errors import InvalidArgument, NotFound, RhError
 from rh_prefect.resources.base import StoredResource, SystemArg, place
-from rh_prefect.systems import Cluster, System
+from rh_prefect.resources.cluster import Cluster
+from rh_prefect.systems import System
 from rh_prefect.tables.base import KINDS, Adapter, adapter, adapter_for_data
 from rh_prefect.tables.formats import check_format
 
@@ -413,7 +414,6 @@ class Table(StoredResource):
 class PandasTable(Table):
     """A Table whose data is a pandas DataFrame: ``fetch()`` returns one, ``stream()`` yields DataFrames."""
 
-    _rh_registered = False
     _default_kind = "pandas"
 
 
@@ -421,7 +421,6 @@ class DaskTable(Table):
     """A Table whose data is a dask DataFrame: ``fetch()`` is lazy (one partition per parquet file, read in
     parallel on the active dask.distributed Client when computed); ``stream()`` yields pandas DataFrames."""
 
-    _rh_registered = False
     _default_kind = "dask"
 
 
@@ -429,21 +428,18 @@ class RayTable(Table):
     """A Table whose data is a Ray Dataset: ``fetch()`` is a lazy ``ray.data`` read of the parquet files.
     Needs ``pip install 'rh-prefect[ray]'``."""
 
-    _rh_registered = False
     _default_kind = "ray"
 
 
 class HuggingFaceTable(Table):
     """A Table whose data is a Hugging Face ``datasets.Dataset``; ``stream()`` yields dicts of lists."""
 
-    _rh_registered = False
     _default_kind = "huggingface"
 
 
 class PolarsTable(Table):
     """A Table whose data is a polars DataFrame; ``stream()`` yields polars DataFrames."""
 
-    _rh_registered = False
     _default_kind = "polars"
 
 

@@ -9,31 +9,32 @@ from rh_prefect.systems.credentials import GCSCredentials, GitHubCredentials, S3
 from rh_prefect.systems.github import GitHubSystem
 from rh_prefect.systems.local import LocalSystem
 from rh_prefect.systems.object_store import GCSSystem, S3System
-from rh_prefect.systems.ssh import Cluster, SSHSystem
+from rh_prefect.systems.ssh import SSHSettings, SSHSystem
 
-SystemLike = Union[str, Cluster, System, None]
+SystemLike = Union[str, SSHSettings, System, None]
 Credentials = Union[S3Credentials, GCSCredentials, GitHubCredentials]
 
 
-def get_system(system: SystemLike = None, *, cluster: Optional[Cluster] = None, credentials: Any = None) -> System:
+def get_system(system: SystemLike = None, *, cluster: Optional[SSHSettings] = None, credentials: Any = None) -> System:
     """Resolve what a user passed as ``system=`` into a :class:`System`.
 
-    ``None`` means the local filesystem, a :class:`Cluster` means its SSH system, a string is looked up by
+    ``None`` means the local filesystem, a Cluster (any :class:`SSHSettings`) means its SSH system, a string is looked up by
     name or alias ("file", "s3", "gs", "github", "ssh"/"sftp").
     """
     if isinstance(system, System):
         return system
-    if isinstance(system, Cluster):
+    if isinstance(system, SSHSettings):
         return SSHSystem(cluster=system)
     klass = system_class(system or "file")
     return klass(cluster=cluster, credentials=credentials)
 
 
-def from_url(url: str) -> tuple[System, str]:
+def from_url(url: str, cluster: Optional[SSHSettings] = None) -> tuple[System, str]:
     """``(System, system path)`` for a URL or a local path, as typed on a command line.
 
-    ``s3://bucket/key``, ``gs://bucket/key``, ``github://org/repo@ref/dir``, ``ssh://[user@]host[:port]/path``
-    (a saved Cluster's name may stand for the host: ``ssh://rh-cpu/data``), ``file:///tmp/x`` or ``/tmp/x``.
+    ``s3://bucket/key``, ``gs://bucket/key``, ``github://org/repo@ref/dir``, ``ssh://[user@]host[:port]/path``,
+    ``file:///tmp/x`` or ``/tmp/x``. ``cluster``: the SSH settings to use for an ``ssh://`` URL instead of its
+    host part (the caller resolved ``ssh://rh-cpu/data`` to the saved Cluster ``rh-cpu``).
     """
     from urllib.parse import urlsplit
 
@@ -45,21 +46,15 @@ def from_url(url: str) -> tuple[System, str]:
         parts = urlsplit(url)
         path = parts.path or "/"
         path = path[1:] if path.startswith("/~") else path
-        from rh_prefect.runtime import registry
-
-        if parts.hostname and not parts.username and not parts.port and registry.exists(parts.hostname):
-            found = registry.load(parts.hostname)
-            if isinstance(found, Cluster):
-                return SSHSystem(cluster=found), path
-        c = Cluster(host=parts.hostname or "", port=parts.port or 22, user=parts.username)
-        return SSHSystem(cluster=c), path
+        if cluster is None:
+            cluster = SSHSettings(host=parts.hostname or "", port=parts.port or 22, user=parts.username)
+        return SSHSystem(cluster=cluster), path
     system = klass()
     return system, system.normalize(rest if klass is GitHubSystem else url)
 
 
 __all__ = [
     "from_url",
-    "Cluster",
     "Credentials",
     "GCSCredentials",
     "GCSSystem",
@@ -68,6 +63,7 @@ __all__ = [
     "LocalSystem",
     "S3Credentials",
     "S3System",
+    "SSHSettings",
     "SSHSystem",
     "System",
     "SystemLike",
