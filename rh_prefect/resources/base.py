@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 from abc import ABC
 import uuid
-from typing import Any, Optional, Union
+from typing import Any, Optional, TypeVar, Union
 
 from pydantic import Field, PrivateAttr
 
@@ -20,6 +20,7 @@ from rh_prefect.systems import (
 )
 
 SystemArg = Union[str, Cluster, System, None]
+S = TypeVar("S", bound="StoredResource")
 
 
 class StoredResource(Resource, ABC):
@@ -69,6 +70,42 @@ class StoredResource(Resource, ABC):
         self.path = system.normalize(path)
         self._sys = system
 
+    def relocated(self: S, system: System, path: str) -> S:
+        """This resource's block, unsaved, describing the same data at ``path`` on ``system`` (a copy's result,
+        or a view of the same bytes through another system). It keeps the name; nothing is read or written."""
+        new = self.model_copy(deep=False)  # not deep: that would copy live connections
+        new._relocate(system, path)
+        new._block_document_id = None
+        new._block_document_name = None
+        new._rh_name = self._rh_name
+        new._last_report = None
+        new._flow_run = None
+        self._relocated_extra(new)
+        return new
+
+    def _relocated_extra(self, new: Any) -> None:
+        """Hook for subclasses: state of their own that a relocated copy must not share (see :meth:`relocated`)."""
+
+    def has_unwritten_data(self) -> bool:
+        """True when this object holds data in memory that is not stored yet (it is written from this process)."""
+        return False
+
+    def to(self: S, system: "SystemArg", path: Optional[str] = None, via: str = "auto", **options: Any) -> S:
+        """Copy to another system (or place) and return the resource there; see the subclass's ``to``.
+
+        ``via``: where the bytes flow - ``"worker"`` (a flow run on the worker of the cluster holding the data),
+        ``"local"`` (this process) or ``"auto"`` (the worker when one is online); see
+        :mod:`rh_prefect.resources.remote`.
+        """
+        from rh_prefect.resources import remote
+
+        moved = remote.route(self, system, path, via=via, **options)
+        return moved if moved is not None else self.copy_to(system, path, **options)
+
+    def copy_to(self: S, system: "SystemArg", path: Optional[str] = None, **options: Any) -> S:
+        """Copy through this process (no worker) and return the resource there: what ``to(via="local")`` does."""
+        raise NotImplementedError
+
     @property
     def fs_path(self) -> str:
         """The path as the system's fsspec filesystem spells it."""
@@ -97,7 +134,7 @@ class StoredResource(Resource, ABC):
     def _label(self) -> str:
         return f"{type(self).__name__} {self.name!r} ({self.url})" if self.name else f"{type(self).__name__} {self.url}"
 
-    def _destination(self, system: "SystemArg", path: Optional[str]) -> tuple[System, str]:
+    def destination(self, system: "SystemArg", path: Optional[str]) -> tuple[System, str]:
         """Where ``.to(system, path)`` puts the copy: ``path``, or the same leaf under the system's default root."""
         dst_sys = get_system(system)
         if path is None:

@@ -97,6 +97,9 @@ class Blob(StoredResource):
     _pending: Optional[str] = PrivateAttr(default=None)
 
     # -- what and where -----------------------------------------------------------------------------------
+    def has_unwritten_data(self) -> bool:
+        return self._has_data
+
     def _label(self) -> str:
         named = f" {self.name!r}" if self.name else ""
         where = f" at {self.url}" if self.path else " (in memory)"
@@ -350,11 +353,11 @@ class Blob(StoredResource):
         Example:
             >>> ckpt_s3 = rh.blob(name="my-ckpt").to(system="s3", path="/my-bucket/ckpts/ckpt.pkl")
         """
-        from rh_prefect.runtime import dispatch  # ``via``: on the data's cluster worker, here, or auto (rh_prefect.runtime.dispatch)
+        return super().to(system, path, via=via)
 
-        if (remote := dispatch.remote_to(self, system, path, via=via)) is not None:
-            return remote
-        dst_sys, dst_path = self._destination(system, path)
+    def copy_to(self, system: Union[SystemArg, Folder], path: Optional[str] = None) -> "Blob":
+        """Copy through this process (the engine, as a retryable task) and return the Blob there."""
+        dst_sys, dst_path = self.destination(system, path)
         new = Blob(path=dst_path, serializer=self.serializer, size=self.size, sha256=self.sha256,
                    **dst_sys.block_fields())
         new._sys = dst_sys
@@ -390,11 +393,11 @@ class Blob(StoredResource):
             return names.parse(self.name).leaf
         return f"blob-{uuid.uuid4().hex[:8]}"
 
-    def _destination(self, system: Union[SystemArg, Folder], path: Optional[str]) -> tuple[System, str]:
+    def destination(self, system: Union[SystemArg, Folder], path: Optional[str]) -> tuple[System, str]:
         if isinstance(system, Folder):
             return system.sys, posixpath.join(system.path or "", check_relative_key(path or self._leaf()))
         if path is None:
-            return super()._destination(system, path)
+            return super().destination(system, path)
         dst_sys = get_system(system)
         path = check_path(os.fspath(path))
         if path.endswith("/"):

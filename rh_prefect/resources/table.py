@@ -378,11 +378,11 @@ class Table(StoredResource):
         Example:
             >>> s3_table = rh.table(name="my-table").to("s3", path="/my-bucket/tables/my-table")
         """
-        from rh_prefect.runtime import dispatch  # ``via``: on the data's cluster worker, here, or auto (rh_prefect.runtime.dispatch)
+        return super().to(system, path, via=via)
 
-        if (remote := dispatch.remote_to(self, system, path, via=via)) is not None:
-            return remote
-        dst_sys, dst_path = self._destination(system, path)
+    def copy_to(self, system: SystemArg, path: Optional[str] = None) -> "Table":
+        """Copy through this process (the engine, as a retryable task) and return the Table there."""
+        dst_sys, dst_path = self.destination(system, path)
         dst_root = dst_sys.fs_path(dst_path)
         dst_sys.check_writable(dst_path)
         dst_sys.ensure_container(dst_root)
@@ -393,16 +393,17 @@ class Table(StoredResource):
             if keys:
                 report = tasks.run(tasks.copy_tree_task, self.sys, self.fs_path, dst_sys, dst_root, keys=keys)
             dataset.commit(dst_sys, dst_root, snap.manifest)
-        new = self.model_copy(deep=False)  # not deep: that would copy live connections
-        new.metadata = dict(self.metadata)
-        new._relocate(dst_sys, dst_path)
-        new._block_document_id = None
-        new._block_document_name = None
-        new._rh_name = self._rh_name
-        new._data = None
+        new = self.relocated(dst_sys, dst_path)
         new._last_report = report  # what the copy did (files, bytes, skips), e.g. for the transfer flow's summary
         new._record(snap.manifest)
         return new
+
+    def _relocated_extra(self, new: "Table") -> None:
+        new.metadata = dict(self.metadata)
+        new._data = None
+
+    def has_unwritten_data(self) -> bool:
+        return self._data is not None
 
     def rm(self) -> None:
         """Delete the table's data (pointer first, so readers never see a half-deleted table). The registry
