@@ -31,7 +31,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import rh_prefect as rh
-from rh_prefect.systems import Cluster, S3Credentials, get_system
+from rh_prefect.resources.cluster import Cluster
+from rh_prefect.systems import S3Credentials, get_system
 
 PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
 SPECIAL = [PAD, UNK, CLS, SEP]

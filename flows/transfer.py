@@ -1,7 +1,7 @@
 """Deployable transfer flows: copy a Folder or Blob to another system (a Table: flows/transfer_table.py).
 
 Their parameters are blocks, so the Prefect UI's Run form offers block pickers (pick a saved rh Folder, an
-rh Cluster, S3 credentials) instead of JSON. They are what :mod:`rh_prefect.runtime.dispatch` runs on a cluster's own
+rh Cluster, S3 credentials) instead of JSON. They are what :mod:`rh_prefect.resources.remote` runs on a cluster's own
 worker when ``.to()`` is called on data that lives on that cluster; blocks reach them by reference
 (``{"$ref": {"block_document_id": ...}}``), so secrets arrive intact.
 
@@ -25,11 +25,13 @@ from prefect import flow, unmapped
 
 from rh_prefect import transfer
 
-from rh_prefect.runtime import dispatch, tasks
+from rh_prefect.resources.remote import copy_here
+from rh_prefect.runtime import tasks
 from rh_prefect.errors import NotFound
 from rh_prefect.resources.blob import Blob
 from rh_prefect.resources.folder import Folder
-from rh_prefect.systems import Cluster, GCSCredentials, S3Credentials, get_system
+from rh_prefect.resources.cluster import Cluster
+from rh_prefect.systems import GCSCredentials, S3Credentials, get_system
 
 Credentials = Union[S3Credentials, GCSCredentials]
 # The Table flow lives in flows/transfer_table.py: importing Table (pandas, pyarrow.dataset) costs each flow run
@@ -49,7 +51,7 @@ def copy_folder(
 
     Unchanged files at the destination are skipped, so a re-run resumes.
     """
-    return dispatch.copy_here(source, system, path, cluster, credentials, overwrite=overwrite)
+    return copy_here(source, system, path, cluster, credentials, overwrite=overwrite)
 
 
 @flow(name="rh-copy-blob", description="Copy an rh Blob to a system and path (runs where it is deployed).")
@@ -61,7 +63,7 @@ def copy_blob(
     credentials: Optional[Credentials] = None,
 ) -> dict[str, Any]:
     """Copy the blob ``source`` to ``path`` on ``system``; its size and sha256 travel with it."""
-    return dispatch.copy_here(source, system, path, cluster, credentials)
+    return copy_here(source, system, path, cluster, credentials)
 
 
 def split_by_size(sizes: dict[str, int], parts: int) -> list[list[str]]:
@@ -93,7 +95,7 @@ def copy_folder_fanout(
     for copies too large for one process. Files already at the destination are skipped, as in any copy.
     """
     dst = get_system(cluster if cluster is not None else system, credentials=credentials)
-    dst_sys, dst_path = source._destination(dst, path)
+    dst_sys, dst_path = source.destination(dst, path)
     dst_sys.check_writable(dst_path)
     dst_root = dst_sys.fs_path(dst_path)
     dst_sys.ensure_container(dst_root)

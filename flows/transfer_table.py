@@ -9,9 +9,10 @@ from typing import Any, Optional, Union
 
 from prefect import flow
 
-from rh_prefect.runtime import dispatch
+from rh_prefect.resources.remote import copy_here
 from rh_prefect.resources.table import Table
-from rh_prefect.systems import Cluster, GCSCredentials, S3Credentials
+from rh_prefect.resources.cluster import Cluster
+from rh_prefect.systems import GCSCredentials, S3Credentials
 
 
 @flow(name="rh-copy-table", description="Copy an rh Table to a system and path (runs where it is deployed).")
@@ -23,7 +24,7 @@ def copy_table(
     credentials: Optional[Union[S3Credentials, GCSCredentials]] = None,
 ) -> dict[str, Any]:
     """Copy the table ``source`` to ``path`` on ``system``; readers there see the whole new version or none."""
-    return dispatch.copy_here(source, system, path, cluster, credentials)
+    return copy_here(source, system, path, cluster, credentials)
 
 
 __all__ = ["copy_table"]

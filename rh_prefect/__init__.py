@@ -35,8 +35,8 @@ _EXPORTS: dict[str, str] = {
         for name in ("Table", "PandasTable", "DaskTable", "RayTable", "HuggingFaceTable", "PolarsTable", "table")
     },
     **{name: "rh_prefect.resources.blob" for name in ("Blob", "blob", "file")},
-    **{name: "rh_prefect.systems" for name in ("Cluster", "GCSCredentials", "GitHubCredentials", "S3Credentials")},
-    "cluster": "rh_prefect.systems.ssh",
+    **{name: "rh_prefect.systems" for name in ("GCSCredentials", "GitHubCredentials", "S3Credentials")},
+    **{name: "rh_prefect.resources.cluster" for name in ("Cluster", "cluster")},
 }
 
 __all__ = sorted(_EXPORTS)
@@ -63,5 +63,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from rh_prefect.resources.table import (  # noqa: F401
         DaskTable, HuggingFaceTable, PandasTable, PolarsTable, RayTable, Table, table,
     )
-    from rh_prefect.systems import Cluster, GCSCredentials, GitHubCredentials, S3Credentials  # noqa: F401
-    from rh_prefect.systems.ssh import cluster  # noqa: F401
+    from rh_prefect.resources.cluster import Cluster, cluster  # noqa: F401
+    from rh_prefect.systems import GCSCredentials, GitHubCredentials, S3Credentials  # noqa: F401

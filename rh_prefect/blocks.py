@@ -28,10 +28,10 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 
 from rh_prefect.resources.blob import Blob
+from rh_prefect.resources.cluster import Cluster
 from rh_prefect.resources.folder import Folder
 from rh_prefect.resources.table import Table
 from rh_prefect.systems.credentials import GCSCredentials, GitHubCredentials, S3Credentials
-from rh_prefect.systems.ssh import Cluster
 
 #: Every rh_prefect block type, in catalog order: data resources first, then where data lives and its keys.
 #: (`prefect block register -m rh_prefect.blocks` finds them as this module's attributes.)

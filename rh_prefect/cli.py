@@ -100,8 +100,24 @@ def _resolve(target: str) -> tuple[Any, str, Any]:
             if not hasattr(res, "fs_path"):
                 _fail(f"{target!r} is a {type(res).__name__}, which holds no data; pass a folder, table or blob.")
             return res.sys, res.fs_path, res
-    system, path = from_url(target)
+    system, path = from_url(target, cluster=_saved_cluster(target))
     return system, system.fs_path(path), None
+
+
+def _saved_cluster(url: str) -> Any:
+    """The saved Cluster an ``ssh://NAME/path`` URL names (no user or port given, NAME saved), else None."""
+    from urllib.parse import urlsplit
+
+    from rh_prefect.resources.cluster import Cluster
+    from rh_prefect.runtime import registry
+
+    if not url.startswith(("ssh://", "sftp://")):
+        return None
+    parts = urlsplit(url)
+    if not parts.hostname or parts.username or parts.port or not registry.exists(parts.hostname):
+        return None
+    found = registry.load(parts.hostname)
+    return found if isinstance(found, Cluster) else None
 
 
 @app.command()
@@ -348,9 +364,9 @@ def worker_start(cluster: str = typer.Option(..., "--cluster", "-c", metavar="NA
     Example: rh-prefect worker start --cluster rh-cpu
     """
     def go() -> None:
-        from rh_prefect.systems.ssh import Cluster
+        import rh_prefect as rh
 
-        c = Cluster._load_named(cluster)
+        c = rh.cluster(cluster)
         typer.echo(str(c.start_worker()))
 
     _run(go)

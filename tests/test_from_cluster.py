@@ -13,7 +13,7 @@ import pytest
 
 import rh_prefect as rh
 from infra import free_port
-from rh_prefect.systems.here import WORKER_CLUSTER_ENV, worker_identity
+from rh_prefect.runtime.worker import COLOCATED_ENV, colocated_identity
 
 KINDS = ["folder", "table", "blob"]
 FILES = {"a.txt": b"alpha", "sub/b.bin": bytes(range(256))}
@@ -53,7 +53,7 @@ def remote_base(ssh_server):
 @pytest.fixture
 def on_worker_of(monkeypatch):
     """Make this process look like it runs on ``cluster``'s Prefect worker (the variable start_worker() sets)."""
-    return lambda cluster: monkeypatch.setenv(WORKER_CLUSTER_ENV, worker_identity(cluster.system()))
+    return lambda cluster: monkeypatch.setenv(COLOCATED_ENV, colocated_identity(cluster.system()))
 
 
 def unreachable_twin(cluster, tmp_path):
@@ -185,7 +185,7 @@ def test_to_here_on_a_cluster_worker_lands_on_the_clusters_disk(kind, rh_cpu, re
     leaf = Path(source.path).name
     assert (there.system, there.cluster.name, there.path) == ("ssh", "rh-cpu", str(workdir / leaf))
     assert there.sys.is_local  # written as local files on the cluster
-    monkeypatch.delenv(WORKER_CLUSTER_ENV)
+    monkeypatch.delenv(COLOCATED_ENV)
     # read back over SSH, as any other process would from the recorded place
     if kind == "folder":
         again = rh.folder(path=there.path, system=rh_cpu)

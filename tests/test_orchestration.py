@@ -30,6 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 import rh_prefect as rh
 from rh_prefect import transfer
+from rh_prefect import settings
 from rh_prefect.runtime import dispatch, tasks, worker
 from rh_prefect.errors import NotFound, SystemUnavailable, TransferError, UnknownSystem
 from rh_prefect.systems import LocalSystem, S3Credentials, get_system
@@ -362,13 +363,13 @@ def _finish_later(run_id: Any, delay: float) -> threading.Thread:
     return thread
 
 
-def test_waiting_for_a_dispatched_run_wakes_on_its_state_events(prefect_server, monkeypatch):
+def test_waiting_for_a_dispatched_run_wakes_on_its_state_events(prefect_server):
     """The caller learns that the run finished from Prefect's event stream, not from its next periodic read."""
-    monkeypatch.setattr(dispatch, "STATE_CHECK_SECONDS", 300.0)
     run_id = _scheduled_run()
     finisher = _finish_later(run_id, 1.5)
     began = time.monotonic()
-    run = dispatch._wait(run_id, "rh-nobody", "rh-pool", "a test folder", pickup_timeout=600)
+    with settings.override(state_check_seconds=300.0):
+        run = dispatch._wait(run_id, "rh-nobody", "rh-pool", "a test folder", pickup_timeout=600)
     waited = time.monotonic() - began
     finisher.join()
     assert run.id == run_id and run.state.is_completed()
@@ -433,7 +434,7 @@ def test_local_worker_polls_its_queue_every_two_seconds_by_default(tmp_path):
     try:
         info = worker.start_local(queue, env={"PREFECT_HOME": str(tmp_path)}, wait=False)
         env = _environ(info.pid)
-        assert env["PREFECT_WORKER_QUERY_SECONDS"] == "2" == str(worker.QUERY_SECONDS)
+        assert env["PREFECT_WORKER_QUERY_SECONDS"] == "2"  # settings.worker_query_seconds' default
         assert b"worker" in Path(f"/proc/{info.pid}/cmdline").read_bytes().split(b"\0")
     finally:
         worker.stop_local(queue)

@@ -44,7 +44,8 @@ from rh_prefect import names
 from rh_prefect.runtime import registry
 from rh_prefect.errors import InvalidArgument
 from rh_prefect.resources.folder import Folder
-from rh_prefect.systems import Cluster, GitHubCredentials, S3Credentials, get_system
+from rh_prefect.resources.cluster import Cluster
+from rh_prefect.systems import GitHubCredentials, S3Credentials, get_system
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_PREFECT = str(Path(sys.executable).parent / "prefect")

@@ -248,7 +248,8 @@ def process_worker(pool: str, queue: str, log_path: Path) -> Iterator[subprocess
 
 def test_transfer_deployment_runs_from_ui_with_block_pickers(browser, prefect_server, s3_bucket, s3_env, tmp_path):
     import rh_prefect as rh
-    from rh_prefect.runtime import dispatch, worker
+    from rh_prefect.resources import remote
+    from rh_prefect.runtime import worker
 
     files = {"a.txt": b"alpha", "nested/b.bin": os.urandom(4096)}
     src_name = ui_name("ui-src")
@@ -257,7 +258,7 @@ def test_transfer_deployment_runs_from_ui_with_block_pickers(browser, prefect_se
     # The worker starts first: its start-up overlaps with the set-up below.
     with process_worker(worker.DEFAULT_POOL, "default", tmp_path / "worker.log"):
         off_loop(lambda: rh.folder(name=src_name, path=f"/{s3_bucket}/src", system="s3").save().put(files))
-        registered = off_loop(dispatch.register_deployments, str(PROJECT), worker.DEFAULT_POOL, only=["rh-copy-folder"])
+        registered = off_loop(remote.register_deployments, str(PROJECT), worker.DEFAULT_POOL, only=["rh-copy-folder"])
         assert registered == ["rh-copy-folder/rh-transfer"]
         dep = api(prefect_server.api_url, "GET", "/deployments/name/rh-copy-folder/rh-transfer")
         assert (dep["work_pool_name"], dep["work_queue_name"]) == (worker.DEFAULT_POOL, "default")

@@ -14,15 +14,14 @@ from rh_prefect import names
 from rh_prefect.runtime import registry
 from rh_prefect.errors import InvalidArgument, InvalidPath, NotFound
 from rh_prefect.runtime.registry import Resource
+from rh_prefect.resources.cluster import Cluster
+from rh_prefect.runtime import worker
 from rh_prefect.systems import (
-    Cluster, ClusterDisk, GCSCredentials, GitHubCredentials, S3Credentials, System, check_path, get_system,
+    ClusterDisk, GCSCredentials, GitHubCredentials, S3Credentials, System, check_path, get_system,
 )
-from rh_prefect.systems.here import on_cluster
 
 SystemArg = Union[str, Cluster, System, None]
 S = TypeVar("S", bound="StoredResource")
-#: private state a relocated object keeps: its name, and data handed over but not written yet (dryrun)
-_KEPT_WHEN_RELOCATED = frozenset({"_rh_name", "_data", "_has_data"})
 
 
 class StoredResource(Resource, ABC):
@@ -72,27 +71,21 @@ class StoredResource(Resource, ABC):
         self.path = system.normalize(path)
         self._sys = system
 
-    def relocated(self: S, system: SystemArg, path: str) -> S:
-        """This resource placed at ``path`` on ``system``, as a new object; no data is read, copied or written.
-
-        The new object keeps the name (and data held for a later write) but is not registered (``save()`` it to
-        be), and has no copy report or flow run of its own. The building block of :meth:`from_cluster`; flows and
-        tools that know where a copy of the data already is use it too.
-
-        Example:
-            >>> on_s3 = folder.relocated("s3", "/my-bucket/my-folder")   # a Folder object; nothing is copied
-        """
+    def relocated(self: S, system: System, path: str) -> S:
+        """This resource's block, unsaved, describing the same data at ``path`` on ``system`` (a copy's result,
+        or a view of the same bytes through another system). It keeps the name; nothing is read or written."""
         new = self.model_copy(deep=False)  # not deep: that would copy live connections
-        for attr, spec in type(self).__private_attributes__.items():
-            if attr not in _KEPT_WHEN_RELOCATED:
-                setattr(new, attr, spec.get_default())
-        for field in type(self).model_fields:  # containers are the object's own, not shared with the original
-            value = getattr(self, field)
-            if isinstance(value, (dict, list)):
-                setattr(new, field, type(value)(value))
-        dst_sys = get_system(system)
-        new._relocate(dst_sys, dst_sys.normalize(check_path(path)))
+        new._relocate(system, path)
+        new._block_document_id = None
+        new._block_document_name = None
+        new._rh_name = self._rh_name
+        new._last_report = None
+        new._flow_run = None
+        self._relocated_extra(new)
         return new
+
+    def _relocated_extra(self, new: Any) -> None:
+        """Hook for subclasses: state of their own that a relocated copy must not share (see :meth:`relocated`)."""
 
     def from_cluster(self: S, cluster: Cluster, path: Optional[str] = None) -> S:
         """This resource addressed through ``cluster`` (Runhouse's ``from_cluster``); with ``path``, a local copy.
@@ -100,8 +93,8 @@ class StoredResource(Resource, ABC):
         Without ``path``: a view of the same data, nothing copied. The resource's path is read on ``cluster`` -
         over SSH from elsewhere, straight from the disk in a process running on that cluster's worker (the view
         still records the cluster, so saved it means the same data to everyone). The data must be on
-        ``cluster`` (or on this machine's disk when it is that cluster). A saved resource keeps its name (and,
-        for the same data, its registry entry).
+        ``cluster``, or on a local disk (its path is then taken as a path on the cluster, as Runhouse does). A
+        saved resource keeps its name, and its registry entry when the view is of the same stored data.
 
         With ``path``: the data is copied from the cluster down to that local path, and the local resource is
         returned (same name, not registered).
@@ -123,23 +116,45 @@ class StoredResource(Resource, ABC):
             raise InvalidPath(f"{self._label()} has no path, so it has nothing on a cluster; store it first, "
                               "e.g. with .to(cluster).")
         through = get_system(cluster)
+        on_it = worker.runs_on(through)  # this process is the cluster's worker: its files are on this disk
         if self.system == through.name:  # on a cluster: it must be this one (same host, port and user)
             same_data = self.cluster is not None and get_system(self.cluster) == through
         else:  # on a local disk, which is the cluster's only when this process runs there
-            same_data = self.sys.is_local and on_cluster(cluster)
+            same_data = self.sys.is_local and on_it
         if not same_data and not self.sys.is_local:
             raise InvalidArgument(
                 f"{self._label()} is on {self.sys.describe()}, not on {through.describe()}: from_cluster() only "
                 f"addresses data already on that cluster. Copy it there with .to(system=cluster) first; nothing "
                 "was changed."
             )
-        view = self.relocated(ClusterDisk(cluster) if on_cluster(cluster) else through, self.path)
+        target = ClusterDisk(cluster) if on_it else through
+        view = self.relocated(target, target.normalize(self.path))
         if path is not None:
             return view.to("file", path, via="local")  # down to this machine, whatever worker serves the cluster
         if same_data:  # the same stored data: its registry entry still describes the view
             view._block_document_id = self._block_document_id
             view._block_document_name = self._block_document_name
         return view
+
+    def has_unwritten_data(self) -> bool:
+        """True when this object holds data in memory that is not stored yet (it is written from this process)."""
+        return False
+
+    def to(self: S, system: "SystemArg", path: Optional[str] = None, via: str = "auto", **options: Any) -> S:
+        """Copy to another system (or place) and return the resource there; see the subclass's ``to``.
+
+        ``via``: where the bytes flow - ``"worker"`` (a flow run on the worker of the cluster holding the data),
+        ``"local"`` (this process) or ``"auto"`` (the worker when one is online); see
+        :mod:`rh_prefect.resources.remote`.
+        """
+        from rh_prefect.resources import remote
+
+        moved = remote.route(self, system, path, via=via, **options)
+        return moved if moved is not None else self.copy_to(system, path, **options)
+
+    def copy_to(self: S, system: "SystemArg", path: Optional[str] = None, **options: Any) -> S:
+        """Copy through this process (no worker) and return the resource there: what ``to(via="local")`` does."""
+        raise NotImplementedError
 
     @property
     def fs_path(self) -> str:
@@ -169,7 +184,7 @@ class StoredResource(Resource, ABC):
     def _label(self) -> str:
         return f"{type(self).__name__} {self.name!r} ({self.url})" if self.name else f"{type(self).__name__} {self.url}"
 
-    def _destination(self, system: "SystemArg", path: Optional[str]) -> tuple[System, str]:
+    def destination(self, system: "SystemArg", path: Optional[str]) -> tuple[System, str]:
         """Where ``.to(system, path)`` puts the copy: ``path``, or the same leaf under the system's default root."""
         dst_sys = get_system(system)
         if path is None:

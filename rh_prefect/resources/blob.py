@@ -37,7 +37,8 @@ from rh_prefect.errors import IntegrityError, InvalidArgument, InvalidPath, NotF
 from rh_prefect.resources.base import StoredResource, SystemArg, place
 from rh_prefect.resources.folder import Folder
 from rh_prefect.serializers import SerializationError
-from rh_prefect.systems import Cluster, System, check_path, check_relative_key, get_system
+from rh_prefect.resources.cluster import Cluster
+from rh_prefect.systems import System, check_path, check_relative_key, get_system
 
 CHUNK_SIZE = transfer.CHUNK_SIZE
 #: remote blobs up to this size are verified in memory before they are deserialized; larger ones in a temp file
@@ -96,6 +97,9 @@ class Blob(StoredResource):
     _pending: Optional[str] = PrivateAttr(default=None)
 
     # -- what and where -----------------------------------------------------------------------------------
+    def has_unwritten_data(self) -> bool:
+        return self._has_data
+
     def _label(self) -> str:
         named = f" {self.name!r}" if self.name else ""
         where = f" at {self.url}" if self.path else " (in memory)"
@@ -349,11 +353,11 @@ class Blob(StoredResource):
         Example:
             >>> ckpt_s3 = rh.blob(name="my-ckpt").to(system="s3", path="/my-bucket/ckpts/ckpt.pkl")
         """
-        from rh_prefect.runtime import dispatch  # ``via``: on the data's cluster worker, here, or auto (rh_prefect.runtime.dispatch)
+        return super().to(system, path, via=via)
 
-        if (remote := dispatch.remote_to(self, system, path, via=via)) is not None:
-            return remote
-        dst_sys, dst_path = self._destination(system, path)
+    def copy_to(self, system: Union[SystemArg, Folder], path: Optional[str] = None) -> "Blob":
+        """Copy through this process (the engine, as a retryable task) and return the Blob there."""
+        dst_sys, dst_path = self.destination(system, path)
         new = Blob(path=dst_path, serializer=self.serializer, size=self.size, sha256=self.sha256,
                    **dst_sys.block_fields())
         new._sys = dst_sys
@@ -389,11 +393,11 @@ class Blob(StoredResource):
             return names.parse(self.name).leaf
         return f"blob-{uuid.uuid4().hex[:8]}"
 
-    def _destination(self, system: Union[SystemArg, Folder], path: Optional[str]) -> tuple[System, str]:
+    def destination(self, system: Union[SystemArg, Folder], path: Optional[str]) -> tuple[System, str]:
         if isinstance(system, Folder):
             return system.sys, posixpath.join(system.path or "", check_relative_key(path or self._leaf()))
         if path is None:
-            return super()._destination(system, path)
+            return super().destination(system, path)
         dst_sys = get_system(system)
         path = check_path(os.fspath(path))
         if path.endswith("/"):

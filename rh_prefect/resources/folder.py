@@ -22,7 +22,8 @@ from rh_prefect import transfer
 from rh_prefect.runtime import registry, tasks
 from rh_prefect.errors import AlreadyExists, InvalidArgument, InvalidPath, NotFound
 from rh_prefect.resources.base import StoredResource, SystemArg, place
-from rh_prefect.systems import Cluster, check_relative_key, get_system
+from rh_prefect.resources.cluster import Cluster
+from rh_prefect.systems import check_relative_key, get_system
 
 Contents = Union[Mapping[str, Union[bytes, str]], str, os.PathLike, "Folder"]
 
@@ -196,29 +197,24 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
         Without ``path`` the copy goes under the destination system's default root (a bucket needs a path
         or a configured default bucket). ``via``: where the bytes flow - ``"worker"`` (a flow run on the
         worker of the cluster holding the folder), ``"local"`` (this process) or ``"auto"`` (the worker when
-        one is online); see :mod:`rh_prefect.runtime.dispatch`.
+        one is online); see :mod:`rh_prefect.resources.remote`.
         """
-        from rh_prefect.runtime import dispatch  # orchestration sits above resources: imported when used
+        return super().to(system, path, via=via, overwrite=overwrite)
 
-        remote = dispatch.remote_to(self, system, path, via=via, overwrite=overwrite)
-        if remote is not None:
-            return remote
-        dst_sys, dst_path = self._destination(system, path)
+    def copy_to(self, system: SystemArg, path: Optional[str] = None, overwrite: bool = True) -> "Folder":
+        """Copy through this process (the engine, as a retryable task) and return the Folder there."""
+        dst_sys, dst_path = self.destination(system, path)
         dst_sys.check_writable(dst_path)
         dst_sys.ensure_container(dst_sys.fs_path(dst_path))
         src_root, dst_root = self.fs_path, dst_sys.fs_path(dst_path)
         report = tasks.run(tasks.copy_tree_task, self.sys, src_root, dst_sys, dst_root, overwrite=overwrite)
-        new = self.model_copy(deep=False)
-        new._relocate(dst_sys, dst_path)
-        new._block_document_id = None
-        new._block_document_name = None
-        new._rh_name = self._rh_name
+        new = self.relocated(dst_sys, dst_path)
         new._last_report = report
         return new
 
     def mv(self, system: SystemArg, path: Optional[str] = None) -> "Folder":
         """Move the folder: copy, then delete the source. A saved folder's registry entry follows it."""
-        dst_sys, dst_path = self._destination(system, path)
+        dst_sys, dst_path = self.destination(system, path)
         if dst_sys == self.sys:
             # Deleting the source after copying onto (or into) itself would delete the data just copied.
             src_root, dst_root = self.fs_path.rstrip("/"), dst_sys.fs_path(dst_path).rstrip("/")

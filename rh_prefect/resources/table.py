@@ -39,7 +39,8 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from rh_prefect.runtime import registry, tasks
 from rh_prefect.errors import InvalidArgument, NotFound, RhError
 from rh_prefect.resources.base import StoredResource, SystemArg, place
-from rh_prefect.systems import Cluster, System
+from rh_prefect.resources.cluster import Cluster
+from rh_prefect.systems import System
 from rh_prefect.tables.base import KINDS, Adapter, adapter, adapter_for_data
 from rh_prefect.tables.formats import check_format
 
@@ -377,11 +378,11 @@ class Table(StoredResource):
         Example:
             >>> s3_table = rh.table(name="my-table").to("s3", path="/my-bucket/tables/my-table")
         """
-        from rh_prefect.runtime import dispatch  # ``via``: on the data's cluster worker, here, or auto (rh_prefect.runtime.dispatch)
+        return super().to(system, path, via=via)
 
-        if (remote := dispatch.remote_to(self, system, path, via=via)) is not None:
-            return remote
-        dst_sys, dst_path = self._destination(system, path)
+    def copy_to(self, system: SystemArg, path: Optional[str] = None) -> "Table":
+        """Copy through this process (the engine, as a retryable task) and return the Table there."""
+        dst_sys, dst_path = self.destination(system, path)
         dst_root = dst_sys.fs_path(dst_path)
         dst_sys.check_writable(dst_path)
         dst_sys.ensure_container(dst_root)
@@ -392,16 +393,17 @@ class Table(StoredResource):
             if keys:
                 report = tasks.run(tasks.copy_tree_task, self.sys, self.fs_path, dst_sys, dst_root, keys=keys)
             dataset.commit(dst_sys, dst_root, snap.manifest)
-        new = self.model_copy(deep=False)  # not deep: that would copy live connections
-        new.metadata = dict(self.metadata)
-        new._relocate(dst_sys, dst_path)
-        new._block_document_id = None
-        new._block_document_name = None
-        new._rh_name = self._rh_name
-        new._data = None
+        new = self.relocated(dst_sys, dst_path)
         new._last_report = report  # what the copy did (files, bytes, skips), e.g. for the transfer flow's summary
         new._record(snap.manifest)
         return new
+
+    def _relocated_extra(self, new: "Table") -> None:
+        new.metadata = dict(self.metadata)
+        new._data = None
+
+    def has_unwritten_data(self) -> bool:
+        return self._data is not None
 
     def rm(self) -> None:
         """Delete the table's data (pointer first, so readers never see a half-deleted table). The registry
@@ -413,7 +415,6 @@ class Table(StoredResource):
 class PandasTable(Table):
     """A Table whose data is a pandas DataFrame: ``fetch()`` returns one, ``stream()`` yields DataFrames."""
 
-    _rh_registered = False
     _default_kind = "pandas"
 
 
@@ -421,7 +422,6 @@ class DaskTable(Table):
     """A Table whose data is a dask DataFrame: ``fetch()`` is lazy (one partition per parquet file, read in
     parallel on the active dask.distributed Client when computed); ``stream()`` yields pandas DataFrames."""
 
-    _rh_registered = False
     _default_kind = "dask"
 
 
@@ -429,21 +429,18 @@ class RayTable(Table):
     """A Table whose data is a Ray Dataset: ``fetch()`` is a lazy ``ray.data`` read of the parquet files.
     Needs ``pip install 'rh-prefect[ray]'``."""
 
-    _rh_registered = False
     _default_kind = "ray"
 
 
 class HuggingFaceTable(Table):
     """A Table whose data is a Hugging Face ``datasets.Dataset``; ``stream()`` yields dicts of lists."""
 
-    _rh_registered = False
     _default_kind = "huggingface"
 
 
 class PolarsTable(Table):
     """A Table whose data is a polars DataFrame; ``stream()`` yields polars DataFrames."""
 
-    _rh_registered = False
     _default_kind = "polars"
 
 

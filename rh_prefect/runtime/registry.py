@@ -9,9 +9,8 @@ reversibly onto Prefect's ``[a-z0-9-]`` block names (see :mod:`rh_prefect.names`
 from __future__ import annotations
 
 import copy
-import importlib
 from abc import ABC
-from typing import Any, ClassVar, Optional, TypeVar
+from typing import Any, Optional, TypeVar
 
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
@@ -25,10 +24,10 @@ from rh_prefect.errors import AlreadyExists, NotFound
 
 R = TypeVar("R", bound="Resource")
 
-# block type slug -> class; filled by Resource.__init_subclass__ so that a name can be loaded without
-# knowing its type in advance.
-_TYPES: dict[str, type["Resource"]] = {}
-_ALL_TYPES_LOADED = False
+#: The block types of named resources (slug -> the type's name, as users see it). The registry knows them by
+#: slug only; the classes live on the resources floor above, and a name is loaded through Prefect's own block
+#: lookup (``Block.get_block_class_from_key``), which imports them through the ``prefect.collections`` entry point.
+RESOURCE_TYPES: dict[str, str] = {"rh-folder": "Folder", "rh-table": "Table", "rh-blob": "Blob", "rh-cluster": "Cluster"}
 _SCHEMA_CACHE: dict[Any, dict[str, Any]] = {}
 # (class, API URL) whose block type and schema this process has registered
 _REGISTERED: set[tuple[type, Any]] = set()
@@ -41,14 +40,7 @@ class Resource(Block, ABC):
     and :attr:`name` is the name the user gave (``"my-folder"``, ``"@/my_table"``, ``"/ds/bert_preproc"``).
     """
 
-    # Subclasses that share a block type with their parent (table kinds) set this to False.
-    _rh_registered: ClassVar[bool] = True
     _rh_name: Optional[str] = PrivateAttr(default=None)
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("_rh_registered", True) and "_block_type_name" in cls.__dict__:
-            _TYPES[cls.get_block_type_slug()] = cls
 
     @classmethod
     def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
@@ -143,7 +135,7 @@ class Resource(Block, ABC):
                 "`rh-prefect list` or create it first and call .save()."
             )
         slug, _ = found
-        klass = _TYPES[slug]
+        klass = Block.get_block_class_from_key(slug)
         if not issubclass(klass, cls):
             raise NotFound(f"{name!r} is a {klass.__name__}, not a {cls.__name__}; load it with rh.load({name!r}).")
         # _sync: also from code running inside an event loop (Jupyter, async apps), where Prefect would
@@ -156,24 +148,9 @@ class Resource(Block, ABC):
 
 def _name_taken(name: str, slug: str) -> AlreadyExists:
     return AlreadyExists(
-        f"The name {name!r} is already used by a {_TYPES[slug].__name__}; "
+        f"The name {name!r} is already used by a {RESOURCE_TYPES[slug]}; "
         f"pick another name or delete it first with rh.delete({name!r})."
     )
-
-
-def _known_types() -> dict[str, type["Resource"]]:
-    """The resource block types, importing the module that defines them all on first use.
-
-    Resource classes live in higher layers; they register themselves here when imported (plugin style), so
-    the registry never imports them by name except through this one entry point.
-    """
-    global _ALL_TYPES_LOADED
-    # Not "if not _TYPES": importing one resource module (e.g. systems.ssh for Cluster) fills _TYPES partly,
-    # and the other types would then be invisible to find/exists/list_names.
-    if not _ALL_TYPES_LOADED:
-        importlib.import_module("rh_prefect.blocks")
-        _ALL_TYPES_LOADED = True
-    return _TYPES
 
 
 def _filter(block_names: Optional[list[str]] = None, like: Optional[str] = None) -> list[dict[str, Any]]:
@@ -184,7 +161,7 @@ def _filter(block_names: Optional[list[str]] = None, like: Optional[str] = None)
         name_filter["like_"] = like
     body = {
         "block_documents": {"name": name_filter, "is_anonymous": {"eq_": False}},
-        "block_types": {"slug": {"any_": sorted(_known_types())}},
+        "block_types": {"slug": {"any_": sorted(RESOURCE_TYPES)}},
         "include_secrets": False,
     }
     with get_client(sync_client=True) as client:
@@ -241,5 +218,5 @@ def list_names(namespace: Optional[str] = None, recursive: bool = False) -> list
                 continue
             if not recursive and "/" in full[len(prefix) :]:
                 continue
-        out.append((full, _TYPES[doc["block_type"]["slug"]].__name__))
+        out.append((full, RESOURCE_TYPES[doc["block_type"]["slug"]]))
     return sorted(out)

@@ -33,12 +33,15 @@ import shlex
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional
 
+from rh_prefect import settings
 from rh_prefect.errors import InvalidArgument, SystemUnavailable
+from rh_prefect.systems.ssh import SSHSystem
 
-if TYPE_CHECKING:  # pragma: no cover
-    from rh_prefect.systems.ssh import Cluster
+#: A cluster, as this module sees it: SSH settings (``rh_prefect.systems.ssh.SSHSettings``) plus the worker fields
+#: ``name``, ``work_queue``, ``work_pool``, ``prefect_bin``, ``project_dir`` and ``api_url`` (the Cluster block).
+Cluster = Any
 
 logger = logging.getLogger("rh_prefect.runtime.worker")
 
@@ -46,13 +49,12 @@ logger = logging.getLogger("rh_prefect.runtime.worker")
 DEFAULT_POOL = "rh-pool"
 #: Where a worker's pid file and log live on the host that runs it (``$HOME`` of the login user).
 STATE_DIR = "$HOME/.cache/rh_prefect/workers"
-#: A queue counts as served when a worker polled it this recently (the Prefect server's own READY window).
-POLL_FRESHNESS_SECONDS = 60.0
-#: How often a worker started here asks its queue for work (PREFECT_WORKER_QUERY_SECONDS; Prefect's default is
-#: 10 s). A copy dispatched with ``to(..., via="worker")`` waits for that poll before anything starts: measured
-#: with tests/bench/bench_colocated.py, 3.5-8.5 s of waiting at 10 s, 0.1-2.6 s at 2 s. One small request per
-#: poll. ``start_worker(env={"PREFECT_WORKER_QUERY_SECONDS": "10"})`` sets another interval.
-QUERY_SECONDS = 2
+# A queue counts as served when a worker polled it within settings.worker_poll_freshness seconds (the Prefect
+# server's own READY window). Workers started here poll every settings.worker_query_seconds (2 s;
+# PREFECT_WORKER_QUERY_SECONDS, whose Prefect default is 10 s): a copy dispatched with ``to(..., via="worker")``
+# waits for that poll before anything starts; measured with tests/bench/bench_colocated.py, 3.5-8.5 s of waiting
+# at 10 s, 0.1-2.6 s at 2 s, for one small request per poll. ``start_worker(env={"PREFECT_WORKER_QUERY_SECONDS":
+# "10"})`` sets another interval for one worker.
 
 
 @dataclass
@@ -91,6 +93,22 @@ def start_hint(queue: str, pool: str = DEFAULT_POOL, cluster_name: Optional[str]
             f"--work-queue {queue}` on the cluster (with PREFECT_API_URL pointing at this Prefect server)")
 
 
+#: Set in the environment of a worker started by :func:`start`: the identity of the cluster it runs on, so copies
+#: it runs read that cluster's files from its own disk instead of over SSH to itself.
+COLOCATED_ENV = "RH_PREFECT_WORKER_CLUSTER"
+
+
+def colocated_identity(system: SSHSystem) -> str:
+    """How a worker recognises the cluster it runs on (host, port and login user of its SSH system)."""
+    return "|".join(str(part) for part in system.identity())
+
+
+def runs_on(system: Any) -> bool:
+    """True when this process is a worker started on the host that ``system`` (an SSH system) reaches."""
+    here = os.environ.get(COLOCATED_ENV)
+    return bool(here) and isinstance(system, SSHSystem) and colocated_identity(system) == here
+
+
 # -- the Prefect API side ------------------------------------------------------------------------------------
 
 
@@ -120,7 +138,7 @@ def ensure_queue(queue: str, pool: str = DEFAULT_POOL) -> None:
                 pass
 
 
-def is_online(queue: str, pool: str = DEFAULT_POOL, freshness: float = POLL_FRESHNESS_SECONDS) -> bool:
+def is_online(queue: str, pool: str = DEFAULT_POOL, freshness: Optional[float] = None) -> bool:
     """True when a worker serves ``queue``: the queue was polled within ``freshness`` seconds and a worker of
     the pool is heartbeating (``ONLINE``). Both come from the Prefect API, so this works for any worker,
     however it was started."""
@@ -128,6 +146,8 @@ def is_online(queue: str, pool: str = DEFAULT_POOL, freshness: float = POLL_FRES
     from prefect.client.schemas.objects import WorkerStatus
     from prefect.exceptions import ObjectNotFound
 
+    if freshness is None:
+        freshness = settings.current().worker_poll_freshness
     with get_client(sync_client=True) as client:
         try:
             wq = client.read_work_queue_by_name(queue, work_pool_name=pool)
@@ -182,9 +202,7 @@ class _Host:
 class _SSHHost(_Host):
     """Runs shell snippets on a cluster over its (shared, pooled) SSH connection."""
 
-    def __init__(self, cluster: "Cluster") -> None:
-        from rh_prefect.systems.ssh import SSHSystem
-
+    def __init__(self, cluster: Cluster) -> None:
         self.system = SSHSystem(cluster=cluster)
         self.label = self.system.describe()
 
@@ -292,7 +310,7 @@ def _api_url(explicit: Optional[str]) -> str:
 
 def _launch(host: _Host, queue: str, pool: str, prefect_bin: str, workdir: Optional[str], api_url: str,
             env: Optional[dict[str, str]], wait: bool, timeout: float) -> WorkerInfo:
-    full_env = {"PREFECT_API_URL": api_url, "PREFECT_WORKER_QUERY_SECONDS": str(QUERY_SECONDS), **(env or {})}
+    full_env = {"PREFECT_API_URL": api_url, "PREFECT_WORKER_QUERY_SECONDS": f"{settings.current().worker_query_seconds:g}", **(env or {})}
     _check_env(full_env)  # before anything is created on the server or the host
     ensure_queue(queue, pool)
     rc, out, err = host.run(_start_script(queue, pool, prefect_bin, workdir, full_env))
@@ -332,7 +350,7 @@ def _halt(host: _Host, queue: str, pool: str, timeout: float) -> bool:
     return stopped
 
 
-def _queue_of(cluster: "Cluster") -> str:
+def _queue_of(cluster: Cluster) -> str:
     if not cluster.work_queue:
         raise SystemUnavailable(
             f"Cluster {cluster.name or cluster.host} has no work_queue, so no worker can serve it: set one, e.g. "
@@ -344,18 +362,16 @@ def _queue_of(cluster: "Cluster") -> str:
 # -- public API: clusters (attached to Cluster as methods) and this machine ----------------------------------
 
 
-def start(cluster: "Cluster", *, api_url: Optional[str] = None, env: Optional[dict[str, str]] = None,
+def start(cluster: Cluster, *, api_url: Optional[str] = None, env: Optional[dict[str, str]] = None,
           wait: bool = True, timeout: float = 60.0) -> WorkerInfo:
     """Start (or find) the Prefect worker for ``cluster.work_queue`` on the cluster host, over SSH.
 
     The worker runs ``cluster.prefect_bin`` detached (``setsid nohup``) in ``cluster.project_dir`` (or the
     login home), with ``PREFECT_API_URL`` = ``api_url`` or ``cluster.api_url`` or this process's API URL,
-    ``PREFECT_WORKER_QUERY_SECONDS`` = :data:`QUERY_SECONDS` (2 s), plus ``env`` (which may override both).
+    ``PREFECT_WORKER_QUERY_SECONDS`` = ``settings.worker_query_seconds`` (2 s), plus ``env`` (which may override both).
     Its log and pid file are under ``~/.cache/rh_prefect/workers/`` on the cluster. With ``wait``, returns once
     the Prefect API sees the worker polling its queue.
     """
-    from rh_prefect.runtime.dispatch import COLOCATED_ENV, colocated_identity
-
     queue = _queue_of(cluster)
     host = _SSHHost(cluster)
     # Tells the transfer flows they run on this cluster, so they read its files from disk, not over SSH.
@@ -364,7 +380,7 @@ def start(cluster: "Cluster", *, api_url: Optional[str] = None, env: Optional[di
                    _api_url(api_url or cluster.api_url), env, wait, timeout)
 
 
-def stop(cluster: "Cluster", timeout: float = 5.0) -> bool:
+def stop(cluster: Cluster, timeout: float = 5.0) -> bool:
     """Stop the worker that :func:`start` started on the cluster; True if one was running.
 
     SIGTERM to the worker's session (the worker and the flow runs it is executing), SIGKILL after ``timeout``
@@ -373,12 +389,12 @@ def stop(cluster: "Cluster", timeout: float = 5.0) -> bool:
     return _halt(_SSHHost(cluster), _queue_of(cluster), cluster.work_pool, timeout)
 
 
-def online(cluster: "Cluster") -> bool:
+def online(cluster: Cluster) -> bool:
     """True when a worker (however started) is serving the cluster's work queue, per the Prefect API."""
     return bool(cluster.work_queue) and is_online(cluster.work_queue, cluster.work_pool)
 
 
-def process_status(cluster: "Cluster") -> Optional[int]:
+def process_status(cluster: Cluster) -> Optional[int]:
     """PID of the worker process that :func:`start` left running on the cluster, or None."""
     _, out, _ = _SSHHost(cluster).run(_status_script(_queue_of(cluster)))
     words = out.split()

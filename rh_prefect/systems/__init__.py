@@ -7,38 +7,39 @@ from typing import Any, Optional, Union
 from rh_prefect.systems.base import System, check_path, check_relative_key, system_class
 from rh_prefect.systems.credentials import GCSCredentials, GitHubCredentials, S3Credentials
 from rh_prefect.systems.github import GitHubSystem
-from rh_prefect.systems.here import HERE, ClusterDisk, here
+from rh_prefect.systems.here import HERE, ClusterDisk, here as _here
 from rh_prefect.systems.local import LocalSystem
 from rh_prefect.systems.object_store import GCSSystem, S3System
-from rh_prefect.systems.ssh import Cluster, SSHSystem
+from rh_prefect.systems.ssh import SSHSettings, SSHSystem
 
-SystemLike = Union[str, Cluster, System, None]
+SystemLike = Union[str, SSHSettings, System, None]
 Credentials = Union[S3Credentials, GCSCredentials, GitHubCredentials]
 
 
-def get_system(system: SystemLike = None, *, cluster: Optional[Cluster] = None, credentials: Any = None) -> System:
+def get_system(system: SystemLike = None, *, cluster: Optional[SSHSettings] = None, credentials: Any = None) -> System:
     """Resolve what a user passed as ``system=`` into a :class:`System`.
 
-    ``None`` means the local filesystem, a :class:`Cluster` means its SSH system, a string is looked up by
+    ``None`` means the local filesystem, a Cluster (any :class:`SSHSettings`) means its SSH system, a string is looked up by
     name or alias ("file", "s3", "gs", "github", "ssh"/"sftp"). ``"here"`` is the machine this code runs on
-    (see :func:`rh_prefect.systems.here.here`): every ``system=`` argument, and so every ``.to("here")``, is
+    (:func:`rh_prefect.systems.here.here`): every ``system=`` argument, and so every ``.to("here")``, is
     resolved here.
     """
     if isinstance(system, System):
         return system
-    if isinstance(system, Cluster):
+    if isinstance(system, SSHSettings):
         return SSHSystem(cluster=system)
     if isinstance(system, str) and system.strip().lower() == HERE:
-        return here()
+        return _here()
     klass = system_class(system or "file")
     return klass(cluster=cluster, credentials=credentials)
 
 
-def from_url(url: str) -> tuple[System, str]:
+def from_url(url: str, cluster: Optional[SSHSettings] = None) -> tuple[System, str]:
     """``(System, system path)`` for a URL or a local path, as typed on a command line.
 
-    ``s3://bucket/key``, ``gs://bucket/key``, ``github://org/repo@ref/dir``, ``ssh://[user@]host[:port]/path``
-    (a saved Cluster's name may stand for the host: ``ssh://rh-cpu/data``), ``file:///tmp/x`` or ``/tmp/x``.
+    ``s3://bucket/key``, ``gs://bucket/key``, ``github://org/repo@ref/dir``, ``ssh://[user@]host[:port]/path``,
+    ``file:///tmp/x`` or ``/tmp/x``. ``cluster``: the SSH settings to use for an ``ssh://`` URL instead of its
+    host part (the caller resolved ``ssh://rh-cpu/data`` to the saved Cluster ``rh-cpu``).
     """
     from urllib.parse import urlsplit
 
@@ -50,21 +51,15 @@ def from_url(url: str) -> tuple[System, str]:
         parts = urlsplit(url)
         path = parts.path or "/"
         path = path[1:] if path.startswith("/~") else path
-        from rh_prefect.runtime import registry
-
-        if parts.hostname and not parts.username and not parts.port and registry.exists(parts.hostname):
-            found = registry.load(parts.hostname)
-            if isinstance(found, Cluster):
-                return SSHSystem(cluster=found), path
-        c = Cluster(host=parts.hostname or "", port=parts.port or 22, user=parts.username)
-        return SSHSystem(cluster=c), path
+        if cluster is None:
+            cluster = SSHSettings(host=parts.hostname or "", port=parts.port or 22, user=parts.username)
+        return SSHSystem(cluster=cluster), path
     system = klass()
     return system, system.normalize(rest if klass is GitHubSystem else url)
 
 
 __all__ = [
     "from_url",
-    "Cluster",
     "ClusterDisk",
     "Credentials",
     "GCSCredentials",
@@ -74,6 +69,7 @@ __all__ = [
     "LocalSystem",
     "S3Credentials",
     "S3System",
+    "SSHSettings",
     "SSHSystem",
     "System",
     "SystemLike",

@@ -290,10 +290,6 @@ class System(ABC):
         ``close()`` succeeds; ``discard()`` abandons it. ``size``: the total to be written, when known."""
         return self.fs.open(fs_path, "wb", block_size=block_size)
 
-    def work_queue(self) -> Optional[str]:
-        """The Prefect work queue of a worker colocated with this system's data (a cluster's), or None."""
-        return None
-
     def block_fields(self) -> dict[str, Any]:
         """The fields a resource block stores to find this system again."""
         return {"system": self.name}

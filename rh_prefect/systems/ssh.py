@@ -1,4 +1,4 @@
-"""Clusters: SSH hosts reached over SFTP. The Cluster block and the "ssh"/"sftp" system."""
+"""SSH hosts reached over SFTP: how to connect (:class:`SSHSettings`) and the "ssh"/"sftp" system."""
 
 from __future__ import annotations
 
@@ -13,32 +13,21 @@ from typing import Any, ClassVar, Optional
 
 from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
-from rh_prefect.errors import CredentialsError, HostKeyMismatch, InvalidArgument, InvalidName, SystemUnavailable
-from rh_prefect.runtime.registry import Resource
+from rh_prefect.errors import CredentialsError, HostKeyMismatch, InvalidArgument, SystemUnavailable
 from rh_prefect.systems.base import System
 
 DEFAULT_ROOT = "~/.cache/rh_prefect"
 
 
-class Cluster(Resource):
-    """A compute host reached over SSH: where a Folder, Table or Blob can live, and where a worker can run.
+class SSHSettings(BaseModel):
+    """How to reach and trust an SSH host: the connection half of a Cluster (the Cluster block adds its name and
+    the worker settings; see :mod:`rh_prefect.resources.cluster`).
 
     Host keys are always verified: from ``known_hosts`` (a file, default ``~/.ssh/known_hosts``) or a pinned
     ``host_key``. ``verify_host_key=False`` is an explicit, unsafe opt-out for throwaway hosts only.
-
-    Example:
-        ```python
-        import rh_prefect as rh
-        c = rh.cluster(name="rh-cpu", host="10.0.0.5", user="ubuntu", ssh_key="~/.ssh/id_ed25519").save()
-        c = rh.cluster("rh-cpu").up_if_not()
-        rh.folder(name="my-folder").to(system=c)
-        ```
     """
-
-    _block_type_name = "rh Cluster"
-    _description = "An SSH host (a compute cluster) that stores data and can run a Prefect worker."
 
     host: str = Field(title="Host", description="Host name or IP address of the cluster's head node.")
     port: int = Field(default=22, title="Port", description="SSH port.")
@@ -61,37 +50,8 @@ class Cluster(Resource):
         title="Verify host key",
         description="Leave on. Turning it off accepts any host key (man-in-the-middle risk).",
     )
-    work_queue: Optional[str] = Field(
-        default=None,
-        title="Work queue",
-        description="Prefect work queue served by a worker on this host; copies from here run there.",
-    )
     default_root: str = Field(
         default=DEFAULT_ROOT, title="Default root", description="Where resources without a path are stored."
-    )
-    # -- the Prefect worker that runs copies of this cluster's data on the cluster (see rh_prefect.runtime.worker) --
-    work_pool: str = Field(
-        default="rh-pool", title="Work pool", description="Prefect process work pool holding the work queue."
-    )
-    prefect_bin: str = Field(
-        default="prefect",
-        title="prefect executable",
-        description="The prefect command on the cluster, e.g. /opt/venv/bin/prefect (its Python runs the copies).",
-    )
-    python: Optional[str] = Field(
-        default=None,
-        title="Python",
-        description="The Python of that installation; set it to start each flow run as one process instead of two.",
-    )
-    project_dir: Optional[str] = Field(
-        default=None,
-        title="Project directory",
-        description="Directory on the cluster holding the rh-prefect project (its flows/); flow runs start there.",
-    )
-    api_url: Optional[str] = Field(
-        default=None,
-        title="Prefect API URL",
-        description="The Prefect API as the cluster reaches it; empty: the API URL of whoever starts the worker.",
     )
 
     @field_validator("ssh_key", "known_hosts", mode="before")
@@ -100,7 +60,7 @@ class Cluster(Resource):
         return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @model_validator(mode="after")
-    def _check(self) -> "Cluster":
+    def _check(self) -> "SSHSettings":
         if not self.host or any(c in self.host for c in " \n\x00/"):
             raise ValueError(f"Cluster host {self.host!r} is not a valid host name or address; pass a name such as "
                              "'head.example.com' or an address such as '10.0.0.5'.")
@@ -162,40 +122,6 @@ class Cluster(Resource):
         except OSError:
             return False
 
-    def up_if_not(self) -> "Cluster":
-        """Check the cluster answers over SSH (port and login) and return it; raise a clear error otherwise."""
-        if not self.is_up():
-            raise SystemUnavailable(
-                f"Cluster {self.name or self.host} at {self.host}:{self.port} does not answer on its SSH port; "
-                "start the host (or its sshd) and check host/port."
-            )
-        SSHSystem(cluster=self).fs  # logs in: surfaces auth and host-key problems now, not mid-copy
-        return self
-
-    def system(self) -> "SSHSystem":
-        return SSHSystem(cluster=self)
-
-    # -- workers: implemented in rh_prefect.runtime.worker (orchestration), imported lazily to keep this floor clean --
-    def start_worker(self, *, api_url: Optional[str] = None, env: Optional[dict[str, str]] = None,
-                     wait: bool = True, timeout: float = 60.0) -> Any:
-        """Start (or find) the Prefect worker for this cluster's work_queue on the host, over SSH; returns a
-        :class:`rh_prefect.runtime.worker.WorkerInfo`. See :func:`rh_prefect.runtime.worker.start`."""
-        from rh_prefect.runtime import worker
-
-        return worker.start(self, api_url=api_url, env=env, wait=wait, timeout=timeout)
-
-    def stop_worker(self, timeout: float = 5.0) -> bool:
-        """Stop the worker started by :meth:`start_worker`; True if one was running."""
-        from rh_prefect.runtime import worker
-
-        return worker.stop(self, timeout=timeout)
-
-    def worker_online(self) -> bool:
-        """True when a Prefect worker is serving this cluster's work_queue (per the Prefect API)."""
-        from rh_prefect.runtime import worker
-
-        return worker.online(self)
-
 
 #: seconds between SSH keepalive requests while a connection is idle or stalled (OpenSSH: ServerAliveInterval)
 KEEPALIVE_INTERVAL = 15
@@ -225,7 +151,7 @@ def _closed(fs: AbstractFileSystem) -> bool:
 
 
 class SSHSystem(System):
-    """Files on a Cluster over SFTP. Relative paths and ``~/...`` are under the login user's home."""
+    """Files on an SSH host (a Cluster) over SFTP. Relative paths and ``~/...`` are under the login user's home."""
 
     name = "ssh"
     aliases = ("sftp",)
@@ -234,7 +160,7 @@ class SSHSystem(System):
     bulk_reads = True
     _home: ClassVar[dict[tuple, str]] = {}
 
-    def __init__(self, cluster: Optional[Cluster] = None, **_: object) -> None:
+    def __init__(self, cluster: Optional[SSHSettings] = None, **_: object) -> None:
         if cluster is None:
             raise CredentialsError(
                 "system 'ssh' needs a cluster: pass system=rh.cluster('name') or cluster=... instead of a string."
@@ -248,7 +174,8 @@ class SSHSystem(System):
     def describe(self) -> str:
         c = self.cluster
         who = f"{c.user}@" if c.user else ""
-        label = f"cluster {c.name!r} " if c.name else "cluster "
+        name = getattr(c, "name", None)  # a saved Cluster block has one; bare SSHSettings do not
+        label = f"cluster {name!r} " if name else "cluster "
         return f"{label}({who}{c.host}:{c.port})"
 
     def _connection_key(self) -> tuple:
@@ -373,9 +300,6 @@ class SSHSystem(System):
     def block_fields(self) -> dict[str, Any]:
         return {"system": self.name, "cluster": self.cluster}
 
-    def work_queue(self) -> Optional[str]:
-        return self.cluster.work_queue
-
     # 128 KiB SFTP reads: 256 MiB in 0.63 s here vs 0.86 s with sshfs's 48 KiB (OpenSSH refuses >= 256 KiB).
     def get_options(self, size: Optional[int] = None) -> dict[str, Any]:
         return {"block_size": 2**17}
@@ -434,70 +358,3 @@ class SSHSystem(System):
         from rh_prefect.systems import _tarstream
 
         _tarstream.read_files(self.fs, src_root, keys, handle)
-
-
-def cluster(
-    name: Optional[str] = None,
-    host: Optional[str] = None,
-    *,
-    port: int = 22,
-    user: Optional[str] = None,
-    ssh_key: Optional[str] = None,
-    known_hosts: Optional[str] = None,
-    host_key: Optional[str] = None,
-    verify_host_key: bool = True,
-    work_queue: Optional[str] = None,
-    default_root: str = DEFAULT_ROOT,
-    **worker_fields: Any,
-) -> Cluster:
-    """Load a saved Cluster by name (``rh.cluster("rh-cpu")``), or describe one by host.
-
-    ``ssh_key`` is a path to a private key or the key itself; it is stored as a secret when saved.
-    ``worker_fields``: ``work_pool``, ``prefect_bin``, ``project_dir``, ``api_url`` (see :meth:`Cluster.start_worker`).
-    Runhouse's built-in names (``rh.cluster("^rh-cpu")``) are the clusters saved under the name after the ``^``.
-    """
-    name = _without_builtin_mark(name)
-    if host is None:
-        if name is None:
-            raise CredentialsError("rh.cluster() needs a name of a saved cluster or a host.")
-        return _load_saved(name)
-    try:
-        c = Cluster(
-            host=host, port=port, user=user, ssh_key=ssh_key, known_hosts=known_hosts, host_key=host_key,
-            verify_host_key=verify_host_key, work_queue=work_queue, default_root=default_root, **worker_fields,
-        )
-    except ValidationError as exc:
-        # Only field names and messages: pydantic's own text repeats the input, which may hold the ssh_key.
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'cluster'}: {e['msg'].removeprefix('Value error, ').rstrip('.')}"
-            for e in exc.errors()
-        )
-        raise InvalidArgument(f"rh.cluster() got an unusable argument ({problems}). Example: "
-                              "rh.cluster(name='rh-cpu', host='10.0.0.5', port=22, user='ubuntu').") from None
-    c._set_name(name)
-    return c
-
-
-def _without_builtin_mark(name: Optional[str]) -> Optional[str]:
-    """Runhouse marks its built-in clusters with ``^`` (``"^rh-cpu"``). Here every cluster is one the user saved,
-    so the mark is accepted and dropped: code written for Runhouse finds the cluster saved under that name."""
-    if not isinstance(name, str) or not name.startswith("^"):
-        return name
-    if not name[1:]:
-        raise InvalidName("rh.cluster('^') names no cluster: after the '^' comes the name of a saved cluster, "
-                          "e.g. rh.cluster('^rh-cpu').")
-    return name[1:]
-
-
-def _load_saved(name: str) -> Cluster:
-    """The Cluster saved as ``name``; NotFound saying how to save one when there is none."""
-    from rh_prefect.errors import NotFound
-    from rh_prefect.runtime import registry
-
-    if not registry.exists(name):
-        raise NotFound(
-            f"No cluster named {name!r} is saved on the Prefect server. Save one once with "
-            f"rh.cluster(name={name!r}, host='10.0.0.5', user='ubuntu', ssh_key='~/.ssh/id_ed25519').save() "
-            "(your host, user and key), then rh.cluster(name) loads it anywhere."
-        )
-    return Cluster._load_named(name)

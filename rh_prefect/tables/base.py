@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import pyarrow as pa
 
 from rh_prefect.errors import InvalidArgument, MissingDependency
+from rh_prefect.tables.formats import ArrowSource
 
 if TYPE_CHECKING:  # pragma: no cover
     from rh_prefect.tables.dataset import Snapshot
-
-ArrowSource = Union[pa.Table, pa.RecordBatchReader]
 
 _ADAPTERS: dict[str, "Adapter"] = {}
 #: detection order: most specific first (a Hugging Face dataset is not a pandas frame, etc.)

@@ -54,7 +54,7 @@ import pyarrow.parquet as pq
 from rh_prefect import transfer
 from rh_prefect.errors import InvalidArgument, NotFound, RhError, SchemaMismatch
 from rh_prefect.systems.base import System
-from rh_prefect.tables.base import ArrowSource
+from rh_prefect.tables.formats import ArrowSource
 
 logger = logging.getLogger("rh_prefect.tables")
 

@@ -1,12 +1,16 @@
-"""Batch formats for ``Table.stream()``: what each batch of rows is handed to the caller as."""
+"""Arrow shapes: what a table kind hands the storage format (:data:`ArrowSource`), and the batch formats of
+``Table.stream()`` (what each batch of rows is handed to the caller as)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import pyarrow as pa
 
 from rh_prefect.errors import InvalidArgument
+
+#: Table data as Arrow: a whole Table, or a RecordBatchReader that streams it (bounded memory)
+ArrowSource = Union[pa.Table, pa.RecordBatchReader]
 
 
 def _numpy(batch: pa.RecordBatch) -> dict[str, Any]:

@@ -152,7 +152,7 @@ def main(argv: list[str]) -> int:
         import s3fs
 
         import rh_prefect as rh
-        from rh_prefect.runtime import worker as rh_worker
+        from rh_prefect import settings
         from rh_prefect.blocks import S3Credentials
         from rh_prefect.systems import get_system
 
@@ -231,7 +231,7 @@ def main(argv: list[str]) -> int:
         results["meta"] = {
             "when": f"{started} - {time.strftime('%H:%M:%S %Z')}", "machine": machine_desc(), "rclone": rclone_version,
             "link_mbit": args.link_mbit, "worker_query_seconds": args.worker_query_seconds, "reps": args.reps,
-            "worker_default_query_seconds": rh_worker.QUERY_SECONDS,
+            "worker_default_query_seconds": settings.current().worker_query_seconds,
             "quick": args.quick, "moto_spill": spill_desc,
         }
     text = render(results, workloads)
