@@ -163,7 +163,12 @@ def _load_saved(name: str) -> Cluster:
 
 def current() -> Optional[Cluster]:
     """The saved Cluster this process runs on - it is that cluster's Prefect worker (or a flow run it started) -
-    or None. The first saved Cluster by name whose host, port and user are the worker's."""
+    or None. The first saved Cluster by name whose host, port and user are the worker's.
+
+    Example:
+        >>> from rh_prefect.resources.cluster import current
+        >>> current()            # None on a laptop; in a flow run on rh-cpu's worker, the Cluster 'rh-cpu'
+    """
     if not os.environ.get(worker.COLOCATED_ENV):
         return None  # not a worker: no registry requests
     for full, kind in registry.list_names():
