@@ -357,17 +357,22 @@ def server_status() -> None:
 
 
 @worker_app.command("start")
-def worker_start(cluster: str = typer.Option(..., "--cluster", "-c", metavar="NAME",
-                                             help="Name of a saved Cluster.")) -> None:
-    """Start a Prefect worker for the cluster's work queue on the cluster itself (over SSH).
+def worker_start(
+    cluster: str = typer.Option(..., "--cluster", "-c", metavar="NAME", help="Name of a saved Cluster."),
+    here: bool = typer.Option(False, "--here", help="Start it on this machine: run this on the cluster itself."),
+) -> None:
+    """Start a Prefect worker for the cluster's work queue on the cluster (over SSH, or --here on the cluster).
 
-    Example: rh-prefect worker start --cluster rh-cpu
+    Example: rh-prefect worker start --cluster rh-cpu          (from your laptop)
+             rh-prefect worker start --cluster rh-cpu --here   (on the cluster, after pip install rh-prefect)
     """
     def go() -> None:
         import rh_prefect as rh
 
         c = rh.cluster(cluster)
-        typer.echo(str(c.start_worker()))
+        from rh_prefect.runtime import worker
+
+        typer.echo(str(worker.start(c, here=here)))
 
     _run(go)
 
