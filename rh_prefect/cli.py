@@ -323,15 +323,25 @@ def register() -> None:
 
 @server_app.command("up")
 def server_up(port: int = typer.Option(local_server.DEFAULT_PORT, help="Port on 127.0.0.1.")) -> None:
-    """Start the embedded Prefect server in the background (or show the running one).
+    """Start the embedded Prefect server in the background (or show the running one), and make the Prefect
+    profile 'rh-prefect' active, so the library, rh-prefect and prefect commands all use it without an export.
 
-    Its data lives in ~/.rh-prefect/server (RH_PREFECT_SERVER_HOME).
+    Its data lives in ~/.rh-prefect/server (RH_PREFECT_SERVER_HOME). `rh-prefect server down` switches back.
 
     Example: rh-prefect server up --port 4200
     """
-    info_ = _run(lambda: local_server.up(port=port), connect=False)
-    typer.echo(f"Prefect server running (pid {info_.pid}): UI {info_.ui_url}")
-    typer.echo(f"export PREFECT_API_URL={info_.api_url}")
+    def go() -> Any:
+        info = local_server.up(port=port)
+        os.environ["PREFECT_API_URL"] = info.api_url  # before use_profile imports prefect
+        return info, local_server.use_profile(info)
+
+    info_, before = _run(go, connect=False)
+    typer.echo(f"Prefect server running (pid {info_.pid}): UI {info_.ui_url}, API {info_.api_url}")
+    if before == local_server.PROFILE:
+        typer.echo(f"Prefect profile '{local_server.PROFILE}' is active: Python, rh-prefect and prefect use this server.")
+    else:
+        typer.echo(f"Prefect profile '{local_server.PROFILE}' is now active (it was '{before}'): Python, rh-prefect "
+                   f"and prefect use this server. `rh-prefect server down` switches back.")
 
 
 @server_app.command("down")
