@@ -42,10 +42,19 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
+_server_checked = False
+
+
 def __getattr__(name: str) -> Any:
+    global _server_checked
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'rh_prefect' has no attribute {name!r}")
+    if not _server_checked:  # first use: a running `rh-prefect server up` beats a temporary Prefect server
+        from rh_prefect.runtime import local_server
+
+        local_server.adopt_running()
+        _server_checked = True
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

@@ -323,15 +323,25 @@ def register() -> None:
 
 @server_app.command("up")
 def server_up(port: int = typer.Option(local_server.DEFAULT_PORT, help="Port on 127.0.0.1.")) -> None:
-    """Start the embedded Prefect server in the background (or show the running one).
+    """Start the embedded Prefect server in the background (or show the running one), and make the Prefect
+    profile 'rh-prefect' active, so the library, rh-prefect and prefect commands all use it without an export.
 
-    Its data lives in ~/.rh-prefect/server (RH_PREFECT_SERVER_HOME).
+    Its data lives in ~/.rh-prefect/server (RH_PREFECT_SERVER_HOME). `rh-prefect server down` switches back.
 
     Example: rh-prefect server up --port 4200
     """
-    info_ = _run(lambda: local_server.up(port=port), connect=False)
-    typer.echo(f"Prefect server running (pid {info_.pid}): UI {info_.ui_url}")
-    typer.echo(f"export PREFECT_API_URL={info_.api_url}")
+    def go() -> Any:
+        info = local_server.up(port=port)
+        os.environ["PREFECT_API_URL"] = info.api_url  # before use_profile imports prefect
+        return info, local_server.use_profile(info)
+
+    info_, before = _run(go, connect=False)
+    typer.echo(f"Prefect server running (pid {info_.pid}): UI {info_.ui_url}, API {info_.api_url}")
+    if before == local_server.PROFILE:
+        typer.echo(f"Prefect profile '{local_server.PROFILE}' is active: Python, rh-prefect and prefect use this server.")
+    else:
+        typer.echo(f"Prefect profile '{local_server.PROFILE}' is now active (it was '{before}'): Python, rh-prefect "
+                   f"and prefect use this server. `rh-prefect server down` switches back.")
 
 
 @server_app.command("down")
@@ -357,17 +367,22 @@ def server_status() -> None:
 
 
 @worker_app.command("start")
-def worker_start(cluster: str = typer.Option(..., "--cluster", "-c", metavar="NAME",
-                                             help="Name of a saved Cluster.")) -> None:
-    """Start a Prefect worker for the cluster's work queue on the cluster itself (over SSH).
+def worker_start(
+    cluster: str = typer.Option(..., "--cluster", "-c", metavar="NAME", help="Name of a saved Cluster."),
+    here: bool = typer.Option(False, "--here", help="Start it on this machine: run this on the cluster itself."),
+) -> None:
+    """Start a Prefect worker for the cluster's work queue on the cluster (over SSH, or --here on the cluster).
 
-    Example: rh-prefect worker start --cluster rh-cpu
+    Example: rh-prefect worker start --cluster rh-cpu          (from your laptop)
+             rh-prefect worker start --cluster rh-cpu --here   (on the cluster, after pip install rh-prefect)
     """
     def go() -> None:
         import rh_prefect as rh
 
         c = rh.cluster(cluster)
-        typer.echo(str(c.start_worker()))
+        from rh_prefect.runtime import worker
+
+        typer.echo(str(worker.start(c, here=here)))
 
     _run(go)
 

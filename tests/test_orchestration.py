@@ -272,10 +272,10 @@ def test_prefect_yaml_registers_the_deployments_on_rh_pool(prefect_server, tmp_p
     with _client() as c:
         found = {f"{c.read_flow(d.flow_id).name}/{d.name}": d for d in c.read_deployments()}
     expected = {
-        "rh-copy-folder/rh-transfer": ("default", "flows/transfer.py:copy_folder", "rh-folder"),
-        "rh-copy-blob/rh-transfer": ("default", "flows/transfer.py:copy_blob", "rh-blob"),
-        "rh-copy-table/rh-transfer": ("default", "flows/transfer_table.py:copy_table", "rh-table"),
-        "rh-copy-folder/rh-gpu": ("rh-gpu", "flows/transfer.py:copy_folder", "rh-folder"),
+        "rh-copy-folder/rh-transfer": ("default", "rh_prefect.flows.transfer:copy_folder", "rh-folder"),
+        "rh-copy-blob/rh-transfer": ("default", "rh_prefect.flows.transfer:copy_blob", "rh-blob"),
+        "rh-copy-table/rh-transfer": ("default", "rh_prefect.flows.transfer_table:copy_table", "rh-table"),
+        "rh-copy-folder/rh-gpu": ("rh-gpu", "rh_prefect.flows.transfer:copy_folder", "rh-folder"),
         "rh-bert-preprocess/rh-gpu": ("rh-gpu", "flows/bert_pipeline.py:preprocess", "rh-cluster"),
         "rh-bert-fine-tune/rh-gpu": ("rh-gpu", "flows/bert_pipeline.py:fine_tune", "rh-cluster"),
     }
@@ -598,6 +598,57 @@ def test_blob_and_table_copies_from_cluster_to_s3_run_on_the_cluster_worker(colo
     assert new_table.url == f"s3://{colo.bucket}/tables/t" and new_table.fetch().equals(rows)
     blob.rm()
     table.rm()
+
+
+@pytest.mark.slow
+def test_a_worker_installed_from_the_wheel_alone_runs_colocated_copies(colo, tmp_path_factory):
+    """No checkout on the cluster: build the wheel, install it (non-editable, with its dependencies) into a fresh
+    virtualenv, start the cluster's worker from that virtualenv (inside the cluster's namespace, over SSH), and copy
+    cluster -> S3 with via="worker": the transfer flow comes from the installed package, not from flows/ here."""
+    where = tmp_path_factory.mktemp("wheel-worker")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(where / "dist"),
+                            str(REPO)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    wheel = next((where / "dist").glob("rh_prefect-*.whl"))
+    venv = where / "venv"
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base_python, "-m", "venv", str(venv)], check=True, timeout=120)
+    installed = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], capture_output=True,
+                               text=True, timeout=900)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    where_from = subprocess.run([str(venv / "bin" / "python"), "-c", "import rh_prefect; print(rh_prefect.__file__)"],
+                                cwd="/", env=clean, capture_output=True, text=True, timeout=120)
+    assert where_from.stdout.strip().startswith(str(venv)), where_from  # the wheel's copy, not this checkout
+
+    queue = f"rh-wheel-{uuid.uuid4().hex[:8]}"
+    cluster = colo.cluster.model_copy(update={
+        "work_queue": queue, "prefect_bin": str(venv / "bin" / "prefect"), "python": str(venv / "bin" / "python"),
+        "project_dir": None,
+    })
+    home = where / "prefect-home"
+    home.mkdir()
+    info = cluster.start_worker(env={"PREFECT_HOME": str(home), "PREFECT_WORKER_QUERY_SECONDS": "1"})
+    try:
+        if colo.lab is not None:
+            assert info.pid in colo.lab.pids()  # the worker runs inside the cluster's network namespace
+        files = {"model.bin": os.urandom(300_000), "meta/info.json": b'{"from": "wheel"}'}
+        src = rh.folder(path=f"rh-test/wheel-{uuid.uuid4().hex[:8]}", system=cluster).put(files)
+        before = dict(transfer.COUNTERS)
+        new = src.to(colo.s3, f"/{colo.bucket}/from-wheel", via="worker")
+        assert dict(transfer.COUNTERS) == before  # no byte went through this process
+        run = new.flow_run
+        assert (run.work_queue_name, (run.labels or {}).get("prefect.worker.name")) == (queue, f"rh-{queue}")
+        assert run.state.is_completed()
+        for key, data in files.items():
+            assert colo.s3_fs.cat_file(f"{colo.bucket}/from-wheel/{key}") == data
+        with _client() as c:
+            deployment = c.read_deployment(run.deployment_id)
+        assert deployment.entrypoint == "rh_prefect.flows.transfer:copy_folder"
+        src.rm()
+    finally:
+        cluster.stop_worker()
+        Path(info.log_path).unlink(missing_ok=True)
 
 
 def test_errors_on_the_worker_come_back_with_their_type(colo):

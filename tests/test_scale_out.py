@@ -55,7 +55,7 @@ def test_folder_copy_fans_out_over_a_dask_cluster(tmp_path, s3_env, s3_bucket):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect_dask import DaskTaskRunner
 
-    from flows.transfer import copy_folder_fanout, split_by_size
+    from rh_prefect.flows.transfer import copy_folder_fanout, split_by_size
 
     files = {f"shard-{i:02d}.bin": os.urandom(48_000 + 1000 * i) for i in range(24)}
     src = rh.folder(path=str(tmp_path / "big")).put(files)

@@ -258,7 +258,7 @@ def test_transfer_deployment_runs_from_ui_with_block_pickers(browser, prefect_se
     # The worker starts first: its start-up overlaps with the set-up below.
     with process_worker(worker.DEFAULT_POOL, "default", tmp_path / "worker.log"):
         off_loop(lambda: rh.folder(name=src_name, path=f"/{s3_bucket}/src", system="s3").save().put(files))
-        registered = off_loop(remote.register_deployments, str(PROJECT), worker.DEFAULT_POOL, only=["rh-copy-folder"])
+        registered = off_loop(remote.register_deployments, worker.DEFAULT_POOL, only=["rh-copy-folder"])
         assert registered == ["rh-copy-folder/rh-transfer"]
         dep = api(prefect_server.api_url, "GET", "/deployments/name/rh-copy-folder/rh-transfer")
         assert (dep["work_pool_name"], dep["work_queue_name"]) == (worker.DEFAULT_POOL, "default")

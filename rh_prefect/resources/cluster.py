@@ -60,8 +60,9 @@ class Cluster(Resource, SSHSettings):
     )
     project_dir: Optional[str] = Field(
         default=None,
-        title="Project directory",
-        description="Directory on the cluster holding the rh-prefect project (its flows/); flow runs start there.",
+        title="Working directory",
+        description="Optional: where the worker and its flow runs start on the cluster (default: the login home). "
+        "The transfer flows come from the installed rh-prefect package; no checkout is needed.",
     )
     api_url: Optional[str] = Field(
         default=None,

@@ -9,7 +9,7 @@
 * ``via="auto"`` (default): like ``"worker"`` when the data is on a cluster with a ``work_queue`` and a worker
   is online for it; otherwise copy through this process, with a warning when a queue is set but unserved.
 
-The worker side is :func:`copy_here`, which the transfer flows (``flows/transfer.py``) call: on the cluster's own
+The worker side is :func:`copy_here`, which the transfer flows (:mod:`rh_prefect.flows.transfer`) call: on the cluster's own
 worker it reads the data from the host's disk instead of over SSH to itself. Running the flow and waiting for it
 is :mod:`rh_prefect.runtime.dispatch`, which knows nothing of resources; this module uses only the resources'
 public methods (``destination``, ``relocated``, ``copy_to``, ``has_unwritten_data``, ``last_copy``).
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 from rh_prefect.errors import NotFound, SystemUnavailable, UnknownSystem
@@ -41,11 +40,11 @@ R = TypeVar("R")
 VIA = ("auto", "worker", "local")
 #: Name of every transfer deployment; the flow names are rh-copy-folder, rh-copy-blob, rh-copy-table.
 DEPLOYMENT = "rh-transfer"
-#: Where each transfer flow is defined, relative to the project directory (the working directory of flow runs).
+#: Where each transfer flow is defined: module paths inside this package, so a worker runs them from the wheel.
 ENTRYPOINTS = {
-    "rh-copy-folder": "flows/transfer.py:copy_folder",
-    "rh-copy-blob": "flows/transfer.py:copy_blob",
-    "rh-copy-table": "flows/transfer_table.py:copy_table",
+    "rh-copy-folder": "rh_prefect.flows.transfer:copy_folder",
+    "rh-copy-blob": "rh_prefect.flows.transfer:copy_blob",
+    "rh-copy-table": "rh_prefect.flows.transfer_table:copy_table",
 }
 
 
@@ -111,7 +110,7 @@ def run_on_worker(resource: R, system: Any, path: Optional[str] = None, *,
     queue, pool = cluster.work_queue, cluster.work_pool
     dst_sys, dst_path = resource.destination(system, path)
     name = flow_name(resource)
-    dispatch.ensure_deployment(name, DEPLOYMENT, ENTRYPOINTS[name], project_dir(), pool)
+    dispatch.ensure_deployment(name, DEPLOYMENT, ENTRYPOINTS[name], pool)
     job_variables = {"working_dir": cluster.project_dir} if cluster.project_dir else {}
     if cluster.python:
         # One interpreter start per run instead of two (Prefect's workspace supervisor, then the engine).
@@ -167,23 +166,12 @@ def _colocated_view(source: Any) -> Any:
 # -- the transfer deployments ---------------------------------------------------------------------------------
 
 
-def project_dir() -> Optional[str]:
-    """The project checkout this package runs from (holding flows/transfer.py), or None (installed wheel)."""
-    root = Path(__file__).resolve().parents[2]
-    return str(root) if (root / ENTRYPOINTS["rh-copy-folder"].split(":")[0]).is_file() else None
-
-
-def register_deployments(project: Optional[str] = None, pool: str = worker.DEFAULT_POOL,
-                         only: Optional[list[str]] = None) -> list[str]:
-    """Register the transfer flows of ``project/flows/`` (:data:`ENTRYPOINTS`) as deployments
-    ``<flow>/rh-transfer`` on the process pool ``pool``, as ``deployments/prefect.yaml`` declares them. Flow
-    runs start in ``project``; a cluster whose checkout lives elsewhere sets ``Cluster.project_dir``.
-    Returns the deployment names."""
-    root = project or project_dir()
-    if root is None:
-        raise NotFound("No project directory with flows/transfer.py; pass project='/path/to/rh-prefect'.")
+def register_deployments(pool: str = worker.DEFAULT_POOL, only: Optional[list[str]] = None) -> list[str]:
+    """Register the transfer flows (:data:`ENTRYPOINTS`) as deployments ``<flow>/rh-transfer`` on the process
+    work pool ``pool``, as ``deployments/prefect.yaml`` declares them; ``.to()`` registers the one it needs by
+    itself. Returns the deployment names."""
     wanted = {name: entry for name, entry in ENTRYPOINTS.items() if only is None or name in only}
-    return dispatch.register_deployments(wanted, DEPLOYMENT, root, pool)
+    return dispatch.register_deployments(wanted, DEPLOYMENT, pool)
 
 
 def _label(resource: Any) -> str:
@@ -191,5 +179,5 @@ def _label(resource: Any) -> str:
     return f"{kind} {resource.name!r}" if getattr(resource, "name", None) else f"{kind} at {resource.url}"
 
 
-__all__ = ["DEPLOYMENT", "ENTRYPOINTS", "VIA", "colocated_queue", "copy_here", "flow_name", "project_dir",
-           "register_deployments", "route", "run_on_worker"]
+__all__ = ["DEPLOYMENT", "ENTRYPOINTS", "VIA", "colocated_queue", "copy_here", "flow_name", "register_deployments",
+           "route", "run_on_worker"]

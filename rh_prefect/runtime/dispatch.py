@@ -136,10 +136,8 @@ def _delete_snapshots(created: list[tuple[UUID, set[str]]]) -> None:
 # -- deployments ----------------------------------------------------------------------------------------------
 
 
-def ensure_deployment(flow: str, deployment: str, entrypoint: str, project: Optional[str],
-                      pool: str = worker.DEFAULT_POOL) -> None:
-    """Register ``flow/deployment`` (see :func:`register_deployments`) if the server does not have it yet;
-    NotFound, saying how to register it, when it is missing and there is no ``project`` to register from."""
+def ensure_deployment(flow: str, deployment: str, entrypoint: str, pool: str = worker.DEFAULT_POOL) -> None:
+    """Register ``flow/deployment`` (see :func:`register_deployments`) if the server does not have it yet."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
@@ -149,20 +147,13 @@ def ensure_deployment(flow: str, deployment: str, entrypoint: str, project: Opti
             return
         except ObjectNotFound:
             pass
-    if project is None:
-        raise NotFound(
-            f"The deployment {flow}/{deployment} is not registered on the Prefect server. From a checkout of the "
-            "rh-prefect project run `prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml` "
-            "(or rh_prefect.resources.remote.register_deployments())."
-        )
-    register_deployments({flow: entrypoint}, deployment, project, pool)
+    register_deployments({flow: entrypoint}, deployment, pool)
 
 
-def register_deployments(entrypoints: dict[str, str], deployment: str, project: str,
-                         pool: str = worker.DEFAULT_POOL) -> list[str]:
-    """Register each flow ``name -> "path/to/file.py:function"`` (relative to ``project``) as the deployment
-    ``<name>/<deployment>`` on the process work pool ``pool``; flow runs start in ``project``. Returns the
-    deployment names."""
+def register_deployments(entrypoints: dict[str, str], deployment: str, pool: str = worker.DEFAULT_POOL) -> list[str]:
+    """Register each flow ``name -> "package.module:function"`` as the deployment ``<name>/<deployment>`` on the
+    process work pool ``pool``. The entrypoints are module paths: a worker imports the flow from its installed
+    package, so no source checkout or working directory is needed where it runs. Returns the deployment names."""
     from prefect.client.orchestration import get_client
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
@@ -171,15 +162,13 @@ def register_deployments(entrypoints: dict[str, str], deployment: str, project: 
     names = []
     with get_client(sync_client=True) as client:
         for name, entrypoint in entrypoints.items():
-            flow = load_flow_from_entrypoint(f"{project}/{entrypoint}", use_placeholder_flow=False)
+            flow = load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
             flow_id = client.create_flow_from_name(flow.name)
             client.create_deployment(
                 flow_id=flow_id,
                 name=deployment,
                 work_pool_name=pool,
                 entrypoint=entrypoint,
-                pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": "."}}],
-                job_variables={"working_dir": str(project)},
                 parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
                 # A {"$ref": ...} parameter also matches the block's own (open) schema, so the server's strict
                 # oneOf check would reject it; the flow validates its parameters itself.

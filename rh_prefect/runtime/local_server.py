@@ -4,6 +4,12 @@
 PREFECT_HOME under ``~/.rh-prefect/server`` (override with ``RH_PREFECT_SERVER_HOME``), records its PID and
 port, and waits until ``/api/health`` answers. Without this, a Prefect client with no PREFECT_API_URL spawns a
 temporary server in every process, which takes ~20 s each time and forgets everything.
+
+``rh-prefect server up`` also makes the Prefect profile ``rh-prefect`` (PREFECT_API_URL = this server) the active
+one (:func:`use_profile`): the library, the ``rh-prefect`` CLI and Prefect's own ``prefect`` CLI then all use the
+same server without any export, the way Prefect users switch servers. ``server down`` switches back to the
+profile that was active before. A process that has no server configured while the embedded one runs uses the
+running one (:func:`adopt_running`), or fails with a clear message if Prefect was imported first.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from typing import Optional
 from rh_prefect.errors import SystemUnavailable
 
 DEFAULT_PORT = 4200
+#: The Prefect profile that ``rh-prefect server up`` creates and activates.
+PROFILE = "rh-prefect"
 
 
 def home() -> Path:
@@ -34,6 +42,8 @@ class ServerInfo:
     pid: int
     port: int
     home: str
+    #: the Prefect profile that was active before ``server up`` activated ``rh-prefect`` (restored by ``down``)
+    previous_profile: Optional[str] = None
 
     @property
     def api_url(self) -> str:
@@ -127,11 +137,12 @@ def up(port: int = DEFAULT_PORT, timeout: float = 120.0) -> ServerInfo:
 
 
 def down() -> bool:
-    """Stop the embedded server; True if one was running."""
+    """Stop the embedded server; True if one was running. The profile active before ``use_profile`` is restored."""
     try:
         data = json.loads(_state_file().read_text())
     except (OSError, ValueError):
         return False
+    restore_profile(data.get("previous_profile"))
     pid = int(data["pid"])
     stopped = False
     if _alive(pid):
@@ -147,14 +158,74 @@ def down() -> bool:
     return stopped
 
 
+def use_profile(info: ServerInfo) -> Optional[str]:
+    """Create (or update) the Prefect profile ``rh-prefect`` with ``PREFECT_API_URL`` = this server and make it
+    the active profile; returns the profile that was active before (also kept in the server's state file)."""
+    from prefect.settings import PREFECT_API_URL, load_profiles, save_profiles
+
+    profiles = load_profiles()
+    before = profiles.active_name
+    profiles.update_profile(PROFILE, {PREFECT_API_URL: info.api_url})
+    profiles.set_active(PROFILE)
+    save_profiles(profiles)
+    if before != PROFILE:
+        info.previous_profile = before
+        _state_file().write_text(json.dumps(info.__dict__))
+    return before
+
+
+def restore_profile(previous: Optional[str]) -> None:
+    """If the ``rh-prefect`` profile is active, make ``previous`` (or Prefect's default) active again."""
+    import tomllib
+
+    path = _profiles_path()
+    try:
+        active = tomllib.loads(path.read_text()).get("active")
+    except (OSError, ValueError):
+        return
+    if active != PROFILE:
+        return  # the user switched profiles since: leave their choice alone
+    from prefect.settings import load_profiles, save_profiles
+
+    profiles = load_profiles()
+    profiles.set_active(previous if previous in profiles.names else "ephemeral")
+    save_profiles(profiles)
+
+
+def adopt_running() -> Optional[str]:
+    """For a process with no Prefect server configured: the embedded server's API URL if one is running, set as
+    PREFECT_API_URL for this process and its children (instead of Prefect starting a temporary server)."""
+    if os.environ.get("PREFECT_API_URL") or _profile_api_url():
+        return None
+    info = status()
+    if info is None:
+        return None
+    if "prefect" in sys.modules:
+        from prefect.settings import PREFECT_API_URL
+
+        if PREFECT_API_URL.value():
+            return None
+        raise SystemUnavailable(
+            f"An rh-prefect server is running at {info.api_url}, but this process imported Prefect without a "
+            f"server configured, so its calls would go to a temporary server and be lost. Run "
+            f"`prefect profile use {PROFILE}` (or export PREFECT_API_URL={info.api_url}), or import rh_prefect "
+            "before prefect."
+        )
+    os.environ["PREFECT_API_URL"] = info.api_url
+    return info.api_url
+
+
+def _profiles_path() -> Path:
+    prefect_home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    return Path(os.environ.get("PREFECT_PROFILES_PATH", prefect_home / "profiles.toml")).expanduser()
+
+
 def _profile_api_url() -> Optional[str]:
     """PREFECT_API_URL of the active Prefect profile, read without importing prefect."""
     import tomllib
 
-    prefect_home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
-    path = Path(os.environ.get("PREFECT_PROFILES_PATH", prefect_home / "profiles.toml")).expanduser()
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(_profiles_path().read_text())
     except (OSError, ValueError):
         return None
     active = os.environ.get("PREFECT_PROFILE") or data.get("active", "ephemeral")
@@ -177,5 +248,6 @@ def ensure() -> str:
             "and set PREFECT_API_URL, or call rh_prefect.runtime.local_server.ensure() before importing prefect."
         )
     info = up()
-    os.environ["PREFECT_API_URL"] = info.api_url
+    os.environ["PREFECT_API_URL"] = info.api_url  # before use_profile imports prefect
+    use_profile(info)
     return info.api_url

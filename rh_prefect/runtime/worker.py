@@ -363,8 +363,12 @@ def _queue_of(cluster: Cluster) -> str:
 
 
 def start(cluster: Cluster, *, api_url: Optional[str] = None, env: Optional[dict[str, str]] = None,
-          wait: bool = True, timeout: float = 60.0) -> WorkerInfo:
+          wait: bool = True, timeout: float = 60.0, here: bool = False) -> WorkerInfo:
     """Start (or find) the Prefect worker for ``cluster.work_queue`` on the cluster host, over SSH.
+
+    ``here=True``: this process runs on the cluster host itself (``rh-prefect worker start --cluster NAME --here``
+    after ``pip install rh-prefect`` there): the worker starts on this machine, with the ``prefect`` next to this
+    Python unless the cluster names another ``prefect_bin``.
 
     The worker runs ``cluster.prefect_bin`` detached (``setsid nohup``) in ``cluster.project_dir`` (or the
     login home), with ``PREFECT_API_URL`` = ``api_url`` or ``cluster.api_url`` or this process's API URL,
@@ -373,11 +377,20 @@ def start(cluster: Cluster, *, api_url: Optional[str] = None, env: Optional[dict
     the Prefect API sees the worker polling its queue.
     """
     queue = _queue_of(cluster)
-    host = _SSHHost(cluster)
     # Tells the transfer flows they run on this cluster, so they read its files from disk, not over SSH.
-    env = {COLOCATED_ENV: colocated_identity(host.system), **(env or {})}
-    return _launch(host, queue, cluster.work_pool, cluster.prefect_bin, cluster.project_dir,
+    env = {COLOCATED_ENV: colocated_identity(SSHSystem(cluster=cluster)), **(env or {})}
+    host: _Host = _LocalHost() if here else _SSHHost(cluster)
+    prefect_bin = cluster.prefect_bin
+    if here and prefect_bin == "prefect":
+        prefect_bin = _prefect_beside_python()
+    return _launch(host, queue, cluster.work_pool, prefect_bin, cluster.project_dir,
                    _api_url(api_url or cluster.api_url), env, wait, timeout)
+
+
+def _prefect_beside_python() -> str:
+    import sys
+
+    return os.path.join(os.path.dirname(sys.executable), "prefect")
 
 
 def stop(cluster: Cluster, timeout: float = 5.0) -> bool:
@@ -408,9 +421,7 @@ def start_local(queue: str, *, pool: str = DEFAULT_POOL, api_url: Optional[str] 
 
     ``prefect_bin`` defaults to the ``prefect`` next to this Python interpreter.
     """
-    import sys
-
-    bin_ = prefect_bin or os.path.join(os.path.dirname(sys.executable), "prefect")
+    bin_ = prefect_bin or _prefect_beside_python()
     return _launch(_LocalHost(), queue, pool, bin_, workdir, _api_url(api_url), env, wait, timeout)
 
 

@@ -1,4 +1,4 @@
-"""Deployable transfer flows: copy a Folder or Blob to another system (a Table: flows/transfer_table.py).
+"""Deployable transfer flows: copy a Folder or Blob to another system (a Table: transfer_table.py).
 
 Their parameters are blocks, so the Prefect UI's Run form offers block pickers (pick a saved rh Folder, an
 rh Cluster, S3 credentials) instead of JSON. They are what :mod:`rh_prefect.resources.remote` runs on a cluster's own
@@ -13,7 +13,7 @@ them on first use. Run one by hand::
 
 or call it as a plain function from Python (it is a normal Prefect flow)::
 
-    from flows.transfer import copy_folder
+    from rh_prefect.flows.transfer import copy_folder
     copy_folder(rh.folder(name="my-folder"), system="s3", path="/my-bucket/my-folder")
 """
 

@@ -1,6 +1,6 @@
 """Deployable transfer flow for Tables: copy an rh Table (all files of its current version) to another system.
 
-Kept apart from flows/transfer.py so that Folder and Blob copies do not pay for importing pandas and pyarrow.
+Kept apart from rh_prefect/flows/transfer.py so that Folder and Blob copies do not pay for importing pandas and pyarrow.
 """
 
 from __future__ import annotations
