@@ -9,6 +9,8 @@ The convention (stated in the README, "Concepts"):
   environment pointing at the suite's S3 / GCS server; ``s3:NAME`` / ``gs:NAME`` also an empty bucket ``NAME``
   (the reader's own bucket). A block without the line gets no servers and no credentials;
 * ``<!-- not-run: reason -->``: the block is shown, not run (e.g. it needs a real remote host and its worker);
+* ``<!-- continues; needs: ... -->``: the block goes on from the block above (its names are defined there), so it
+  runs after it, in the same namespace and working directory, as one test;
 * a statement alone on its line whose comment is a Python literal must give that value
   (``f.get("a.txt")  # b'hello'``; for ``print(x)``, what it prints); one whose comment starts with an error
   name and a colon must raise that error (``f.put(...)  # AlreadyExists: ...``).
@@ -42,6 +44,30 @@ class Block:
     needs: set[str] = field(default_factory=set)  # "cluster", "s3", "gs"
     buckets: list[tuple[str, str]] = field(default_factory=list)  # (store, bucket) to create
     not_run: str | None = None
+    continues: bool = False
+
+
+@dataclass
+class Chain:
+    """A block and the blocks that continue it: one test, one namespace."""
+
+    blocks: list[Block]
+
+    @property
+    def line(self) -> int:
+        return self.blocks[0].line
+
+    @property
+    def not_run(self) -> str | None:
+        return self.blocks[0].not_run
+
+    @property
+    def needs(self) -> set[str]:
+        return set().union(*(b.needs for b in self.blocks))
+
+    @property
+    def buckets(self) -> list[tuple[str, str]]:
+        return [bucket for b in self.blocks for bucket in b.buckets]
 
 
 def readme_blocks() -> list[Block]:
@@ -59,20 +85,39 @@ def readme_blocks() -> list[Block]:
             body.append(lines[i])
             i += 1
         block = Block(start + 1, "\n".join(body))
-        if m := re.fullmatch(r"<!--\s*needs:\s*(.*?)\s*-->", marker):
-            for item in filter(None, re.split(r"[,\s]+", m.group(1))):
-                store, _, bucket = item.partition(":")
-                assert store in ("cluster", "s3", "gs"), f"README.md:{start}: unknown need {item!r}"
-                block.needs.add(store)
-                if bucket:
-                    block.buckets.append((store, bucket))
-        elif m := re.fullmatch(r"<!--\s*not-run:\s*(.*?)\s*-->", marker):
-            block.not_run = m.group(1)
+        if m := re.fullmatch(r"<!--\s*(.*?)\s*-->", marker):
+            for part in (p.strip() for p in m.group(1).split(";")):
+                key, _, value = part.partition(":")
+                if key == "continues" and not value:
+                    block.continues = True
+                elif key == "not-run":
+                    block.not_run = value.strip()
+                elif key == "needs":
+                    for item in filter(None, re.split(r"[,\s]+", value)):
+                        store, _, bucket = item.partition(":")
+                        assert store in ("cluster", "s3", "gs"), f"README.md:{start}: unknown need {item!r}"
+                        block.needs.add(store)
+                        if bucket:
+                            block.buckets.append((store, bucket))
+                else:
+                    raise AssertionError(f"README.md:{start - 1}: unknown marker {part!r}")
         blocks.append(block)
     return blocks
 
 
+def readme_chains() -> list[Chain]:
+    chains: list[Chain] = []
+    for block in readme_blocks():
+        if block.continues:
+            assert chains, f"README.md:{block.line}: the first block cannot continue another"
+            chains[-1].blocks.append(block)
+        else:
+            chains.append(Chain([block]))
+    return chains
+
+
 BLOCKS = readme_blocks()
+CHAINS = readme_chains()
 
 
 def comments_by_line(code: str) -> dict[int, str]:
@@ -97,15 +142,15 @@ def expectation(comment: str | None):
         return None, _NO_CHECK  # prose, not a value
 
 
-def run_block(block: Block) -> int:
-    """Run ``block`` statement by statement, checking what the comments state; returns the checks made."""
+def run_block(block: Block, namespace: dict) -> int:
+    """Run ``block`` statement by statement in ``namespace``, checking what the comments state; returns the checks
+    made."""
     tree = ast.parse(block.code)
     comments = comments_by_line(block.code)
     lines_used: dict[int, int] = {}
     for stmt in tree.body:
         for n in range(stmt.lineno, stmt.end_lineno + 1):
             lines_used[n] = lines_used.get(n, 0) + 1
-    namespace: dict = {"rh": rh}
     checks = 0
     for stmt in tree.body:
         where = f"README.md:{block.line + stmt.lineno - 1}"
@@ -152,7 +197,7 @@ def _buckets(fs) -> set[str]:
     return {b.rstrip("/") for b in fs.ls("")}
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"line{b.line}" for b in BLOCKS])
+@pytest.mark.parametrize("block", CHAINS, ids=[f"line{c.line}" for c in CHAINS])
 def test_readme_block_runs(block, request, tmp_path, monkeypatch):
     if block.not_run:
         pytest.skip(f"not run: {block.not_run}")
@@ -169,8 +214,10 @@ def test_readme_block_runs(block, request, tmp_path, monkeypatch):
         stores[store].mkdir(bucket)
     names_before = set(rh.list_names())
     monkeypatch.chdir(tmp_path)
+    namespace: dict = {"rh": rh}
     try:
-        run_block(block)
+        for part in block.blocks:
+            run_block(part, namespace)
     finally:
         for full, _kind in set(rh.list_names()) - names_before:
             rh.delete(full)
@@ -183,3 +230,4 @@ def test_the_convention_finds_the_blocks():
     """Blocks are found, and a block that is not run says why."""
     assert len(BLOCKS) >= 5 and any(not b.not_run for b in BLOCKS)
     assert all(b.not_run.strip() for b in BLOCKS if b.not_run is not None)
+    assert all(not b.not_run for c in CHAINS for b in c.blocks[1:]), "a continuing block cannot skip on its own"
