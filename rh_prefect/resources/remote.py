@@ -27,12 +27,11 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Optional, TypeVar
 
 from rh_prefect.errors import NotFound, SystemUnavailable, UnknownSystem
 from rh_prefect.runtime import dispatch, worker
-from rh_prefect.systems import LocalSystem, get_system
+from rh_prefect.systems import get_system
 
 logger = logging.getLogger("rh_prefect.resources.remote")
 R = TypeVar("R")
@@ -159,8 +158,7 @@ def _colocated_view(source: Any) -> Any:
     worker runs as the cluster's login user, so ``~`` means the same home) instead of over SSH to itself."""
     if colocated_queue(source) is None or not worker.runs_on(source.sys):
         return source
-    local = LocalSystem()
-    return source.relocated(local, local.normalize(os.path.expanduser(source.path)))
+    return source.from_cluster(source.cluster)  # on the cluster itself, from_cluster reads the local disk
 
 
 # -- the transfer deployments ---------------------------------------------------------------------------------
