@@ -26,6 +26,9 @@ from fsspec import AbstractFileSystem
 from rh_prefect.errors import InvalidPath, ReadOnlySystem, RhError, SystemUnavailable, UnknownSystem
 
 _REGISTRY: dict[str, type["System"]] = {}
+#: the end of the name of the hidden directory that holds a Blob's immutable versions, beside the blob's file
+#: (``.<name>.rh-versions``): defined here because listings and copies must leave it out on every system
+VERSIONS_SUFFIX = ".rh-versions"
 
 
 class System(ABC):
@@ -221,8 +224,13 @@ class System(ABC):
 
     @staticmethod
     def is_temp_name(fs_path: str) -> bool:
-        """True for unfinished writes: a hidden temporary file, or anything inside a staging directory."""
-        return ".rh-tmp-" in fs_path
+        """True for the hidden names rh-prefect keeps to itself, which listings and copies leave out: unfinished
+        writes (a hidden temporary file, anything inside a staging directory) and a Blob's directory of
+        versions (``.<name>.rh-versions/``, see :mod:`rh_prefect.blob_store`) with everything in it."""
+        if ".rh-tmp-" in fs_path:
+            return True
+        return VERSIONS_SUFFIX in fs_path and any(
+            part.startswith(".") and part.endswith(VERSIONS_SUFFIX) for part in fs_path.split("/"))
 
     #: True when the system can receive many local files in one stream (:meth:`bulk_upload`)
     bulk_writes: ClassVar[bool] = False
