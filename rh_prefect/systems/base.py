@@ -180,6 +180,12 @@ class System(ABC):
         if not self.atomic_writes:
             self.fs.makedirs(fs_dir, exist_ok=True)
 
+    def remove_empty_dir(self, fs_dir: str) -> None:
+        """Remove the directory ``fs_dir`` if it is empty; OSError when it is not empty or not there. Nothing to
+        do on stores without real directories."""
+        if not self.atomic_writes:
+            self.fs.rmdir(fs_dir)
+
     @staticmethod
     def mtime(info: dict[str, Any]) -> Optional[float]:
         """Modification time of a listing entry as epoch seconds, whatever the backend calls it."""
