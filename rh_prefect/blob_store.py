@@ -165,11 +165,9 @@ def write(system: System, fs_path: str, *, size: Optional[int] = None,
 
 def _forget_empty_dir(system: System, vdir: str) -> None:
     """After a failed write: remove the versions directory if the write made it and nothing else is in it, so a
-    failed first write leaves the place as it was. Object stores have no directories to remove."""
-    if system.atomic_writes:
-        return
+    failed first write leaves the place as it was."""
     try:
-        system.fs.rmdir(vdir)
+        system.remove_empty_dir(vdir)
     except OSError:
         pass  # not empty (other versions, another writer's temporary file) or not there: it stays, as it should
 

@@ -215,19 +215,6 @@ class System(ABC):
         replacing a file already there."""
         self.fs.mv(tmp, fs_path)
 
-    def names_beside(self, fs_path: str, prefix: str) -> list[str]:
-        """The names (not paths) of the files in ``fs_path``'s directory that start with ``prefix``: e.g. the
-        hidden markers other writers left beside a file. Empty when the directory does not exist. A fresh
-        listing, never a cached one."""
-        head = posixpath.dirname(fs_path)
-        self.fs.invalidate_cache(head)
-        try:
-            listing = self.fs.ls(head, detail=True)
-        except FileNotFoundError:
-            return []
-        names = (posixpath.basename(e["name"]) for e in listing if e.get("type") == "file")
-        return [n for n in names if n.startswith(prefix)]
-
     @staticmethod
     def is_temp_name(fs_path: str) -> bool:
         """True for the hidden names rh-prefect keeps to itself, which listings and copies leave out: unfinished
