@@ -230,22 +230,6 @@ def places(tmp_path, rh_cluster, s3_bucket, gs_bucket, s3_env, gcs_env):
     }
 
 
-@pytest.fixture
-def blob_writer_in_flight(monkeypatch):
-    """For tests of a Blob reader meeting concurrent writers: the reader's quiet windows cut to 0.3 s, and
-    ``commit(blob, data, announce=True)``, which stores ``data`` (serializer "bytes") the way a writer of a saved
-    blob does before registering it, marker first when ``announce``. Returns ``(size, sha256, marker or None)``."""
-    from rh_prefect.resources import blob as blob_mod
-
-    monkeypatch.setattr(blob_mod, "REGISTRY_LAG_SECONDS", 0.3)
-    monkeypatch.setattr(blob_mod, "REGISTRY_LAG_ACTIVE_SECONDS", 0.3)
-
-    def commit(blob, data: bytes, announce: bool = True):
-        return blob_mod._write_task.fn(blob.sys, blob.fs_path, blob_mod._Payload(data), "bytes", "test", announce)
-
-    return commit
-
-
 # --------------------------------------------------------------------------- 6. the seed's names (issue 20)
 # The seed (Runhouse's "Data" page) and the README address the cluster as "rh-cpu". These fixtures make the test
 # servers stand in for it; they are kept apart from the shared helpers above.

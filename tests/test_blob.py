@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import rh_prefect as rh
-from rh_prefect import serializers, transfer
+from rh_prefect import blob_store, serializers, settings, transfer
 from rh_prefect.errors import AlreadyExists, IntegrityError, InvalidPath, NotFound
 from rh_prefect.serializers import SerializationError
 
@@ -44,9 +44,14 @@ def sha(data: bytes) -> str:
 
 
 def stored(b: rh.Blob) -> bytes:
-    """The bytes on the system, read with fsspec directly."""
+    """The bytes of the file at the blob's path (what other tools read), read with fsspec directly."""
     b.sys.fs.invalidate_cache()
     return b.sys.fs.cat_file(b.fs_path)
+
+
+def version_file(b: rh.Blob, version: str = None) -> str:
+    """The filesystem path of a version of the blob (its recorded one by default), as the format lays it out."""
+    return blob_store.version_path(b.fs_path, version or b.version)
 
 
 def listing(b: rh.Blob) -> list[str]:
@@ -54,7 +59,19 @@ def listing(b: rh.Blob) -> list[str]:
     fs = b.sys.fs
     fs.invalidate_cache()
     parent = posixpath.dirname(b.fs_path)
+    if not fs.exists(parent):  # an object store has no empty directories
+        return []
     return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(parent, detail=False))
+
+
+def in_versions_dir(b: rh.Blob) -> list[str]:
+    """File names in the blob's hidden versions directory, temporary ones included, read with fsspec directly."""
+    fs = b.sys.fs
+    fs.invalidate_cache()
+    vdir = blob_store.versions_dir(b.fs_path)
+    if not fs.exists(vdir):
+        return []
+    return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(vdir, detail=False))
 
 
 class Exploding:
@@ -85,10 +102,12 @@ def test_save_reload_by_name_fetch_equal(sysname, places, unique_name):
         saved = rh.blob(data=value, name=name, system=system, path=f"{base}/{kind}.bin").save()
         raw = stored(saved)
         assert (saved.serializer, saved.size, saved.sha256) == (serializer, len(raw), sha(raw))
+        assert saved.version is not None and saved.sys.fs.cat_file(version_file(saved)) == raw
 
         loaded = rh.blob(name=name)
         assert isinstance(loaded, rh.Blob) and loaded.system == saved.system and loaded.path == saved.path
-        assert (loaded.serializer, loaded.size, loaded.sha256) == (serializer, len(raw), sha(raw))
+        assert (loaded.serializer, loaded.size, loaded.sha256, loaded.version) == (
+            serializer, len(raw), sha(raw), saved.version)
         assert same(loaded.fetch(), value), kind
     assert rh.load(name).fetch() == VALUES["bytes"][0]  # any-type load finds blobs too
 
@@ -99,7 +118,7 @@ def test_reload_by_path_reads_without_checksum_and_verify_records_one(sysname, p
     for kind, (value, serializer) in VALUES.items():
         written = rh.blob(data=value, system=system, path=f"{base}/{kind}.bin")
         by_path = rh.blob(path=f"{base}/{kind}.bin", system=system, serializer=serializer)
-        assert by_path.sha256 is None and by_path.size is None
+        assert by_path.sha256 is None and by_path.size is None and by_path.version is None
         assert same(by_path.fetch(), value), kind
         assert by_path.verify().sha256 == written.sha256 and by_path.size == written.size
     # Without a serializer, a blob described by path is read as pickle (Runhouse's default).
@@ -118,8 +137,9 @@ def test_write_on_saved_blob_updates_registry_and_rm(sysname, places, unique_nam
     assert reloaded.fetch() == {"v": 2}
 
     assert reloaded.exists_in_system()
-    reloaded.rm()
+    reloaded.rm()  # the file and every version
     assert not reloaded.exists_in_system()
+    assert listing(reloaded) == [] and in_versions_dir(reloaded) == []
     with pytest.raises(NotFound, match="has no stored bytes"):
         reloaded.fetch()
 
@@ -166,16 +186,18 @@ def test_upload_download_stream_files(sysname, places, tmp_path, unique_name):
 
 @pytest.mark.parametrize("sysname", SYSTEMS)
 def test_corrupted_bytes_raise_integrity_error_before_deserializing(sysname, places, unique_name, tmp_path):
+    """Tampering with the stored version (the bytes readers read) is caught before anything is deserialized."""
     system, base = places[sysname]
     name = unique_name("blob-corrupt")
     value = {"weights": VALUES["array"][0], "step": 3}
     b = rh.blob(data=value, name=name, system=system, path=f"{base}/ckpt.pkl").save()
     raw = stored(b)
+    fs, version = b.sys.fs, version_file(b)
 
     # 1. same length, one byte flipped
     flipped = bytearray(raw)
     flipped[len(raw) // 2] ^= 0xFF
-    b.sys.fs.pipe_file(b.fs_path, bytes(flipped))
+    fs.pipe_file(version, bytes(flipped))
     loaded = rh.blob(name=name)
     with pytest.raises(IntegrityError) as err:
         loaded.fetch()
@@ -193,53 +215,82 @@ def test_corrupted_bytes_raise_integrity_error_before_deserializing(sysname, pla
 
     # 2. replaced by a valid pickle that would act when loaded: verification must come first
     marker = tmp_path / "deserialized-it"
-    b.sys.fs.pipe_file(b.fs_path, pickle.dumps(Tripwire(str(marker))))
+    fs.pipe_file(version, pickle.dumps(Tripwire(str(marker))))
     with pytest.raises(IntegrityError, match=f"stored bytes are \\d+ bytes"):
         rh.blob(name=name).fetch()
     assert not marker.exists()
 
     # 3. restoring the original bytes makes it verify again
-    b.sys.fs.pipe_file(b.fs_path, raw)
+    fs.pipe_file(version, raw)
     fetched = rh.blob(name=name).fetch()
     assert fetched["step"] == 3 and np.array_equal(fetched["weights"], value["weights"])
 
+    # 4. the file at the path is for other tools: rh-prefect reads the version, whatever the file holds
+    fs.pipe_file(b.fs_path, pickle.dumps(Tripwire(str(marker))))
+    assert rh.blob(name=name).fetch()["step"] == 3 and not marker.exists()
+
 
 @pytest.mark.parametrize("sysname", SYSTEMS)
-def test_a_reader_waits_while_another_writer_is_in_flight(sysname, places, unique_name, blob_writer_in_flight):
-    """On every system: a writer's in-flight marker is found beside the blob (and nothing else is taken for one:
-    another blob's marker, a file whose name starts alike, a directory's contents), and a reader meeting new,
-    unregistered bytes waits for their registration while the marker is there instead of calling them corrupt."""
-    import threading
-    import time
-
-    from rh_prefect.resources import blob as blob_mod
-
+def test_versions_beyond_the_kept_number_are_dropped(sysname, places, unique_name):
+    """After N + 2 writes only the newest N versions remain; the current one reads back, and the file at the
+    path - read with the store's plain fsspec filesystem, as any other tool would - holds the latest bytes."""
     system, base = places[sysname]
-    name = unique_name("blob-inflight")
-    rh.blob(data=b"one", name=name, system=system, path=f"{base}/dir/b.bin", serializer="bytes").save()
-    reader, writer = rh.blob(name=name), rh.blob(name=name)
-    fs, head = writer.sys.fs, posixpath.dirname(writer.fs_path)
-    for decoy in (".c.bin.rh-tmp-pending-0123", "b.bin.rh-tmp-pending-0123x", "b.bin2"):
-        fs.pipe_file(f"{head}/{decoy}", b"")
-    fs.makedirs(f"{head}/.b.bin.rh-tmp-pending-sub", exist_ok=True)
-    for deeper in ("file", ".b.bin.rh-tmp-pending-0123"):  # keys under a marker-like prefix
-        fs.pipe_file(f"{head}/.b.bin.rh-tmp-pending-sub/{deeper}", b"")
-    prefix = blob_mod._marker_prefix(writer.fs_path)
-    assert writer.sys.names_beside(writer.fs_path, prefix) == []
+    kept = 3
+    name = unique_name("blob-kept")
+    with settings.override(blob_versions_kept=kept):
+        b = rh.blob(data=b"write 0", name=name, system=system, path=f"{base}/kept/b.bin").save()
+        written = [b.version]
+        for i in range(1, kept + 2):
+            b.write(b"write %d" % i)
+            written.append(b.version)
+            assert stored(b) == b"write %d" % i  # published: the latest version, a plain file
+    assert len(set(written)) == kept + 2 and written == sorted(written)  # ids sort by time
+    assert b.versions() == written[-kept:] == in_versions_dir(b)  # nothing else in there: no temporary files
+    assert listing(b) == [".b.bin.rh-versions", "b.bin"]
+    loaded = rh.blob(name=name)
+    assert loaded.version == written[-1] and loaded.fetch() == b"write %d" % (kept + 1)
+    assert rh.folder(path=posixpath.dirname(b.path), system=system).ls(full_paths=False) == ["b.bin"]
 
-    size, digest, marker = blob_writer_in_flight(writer, b"two")  # committed, not yet registered
-    assert writer.sys.names_beside(writer.fs_path, prefix) == [posixpath.basename(marker)]
-    registered = threading.Timer(1.2, lambda: writer._record(size, digest, "bytes", marker))
-    registered.start()
-    started = time.monotonic()
-    try:
-        assert reader.fetch() == b"two"
-        assert time.monotonic() - started >= 0.9  # it waited for the registration
-    finally:
-        registered.join()
-    assert writer.sys.names_beside(writer.fs_path, prefix) == []  # registered: the marker is gone
-    assert rh.blob(name=name).fetch() == b"two"
-    rh.delete(name)
+
+@pytest.mark.parametrize("sysname", SYSTEMS)
+def test_an_older_loaded_blob_reads_its_own_version_until_it_is_dropped(sysname, places, unique_name, tmp_path):
+    """A reader holding a Blob loaded before newer writes gets exactly its version's bytes while that version is
+    kept - no error and no waiting - and a NotFound that says what happened once it was dropped."""
+    system, base = places[sysname]
+    kept = 2
+    name = unique_name("blob-pinned")
+    rh.blob(data={"v": 1}, name=name, system=system, path=f"{base}/pinned.pkl").save()
+    old = rh.blob(name=name)
+    with settings.override(blob_versions_kept=kept):
+        rh.blob(name=name).write({"v": 2})
+        assert old.fetch() == {"v": 1} and rh.blob(name=name).fetch() == {"v": 2}
+        with old.open() as f:
+            assert pickle.loads(f.read()) == {"v": 1}
+        rh.blob(name=name).write({"v": 3})  # old's version is now the third newest: dropped
+        with pytest.raises(NotFound) as err:
+            old.fetch()
+    msg = str(err.value)
+    assert f"Blob {name!r} at {old.url}: version {old.version} is no longer stored" in msg
+    assert f"keeps its newest {kept} versions (setting blob_versions_kept)" in msg
+    assert "Load the blob again (rh.blob(name=...))" in msg
+    with pytest.raises(NotFound, match="is no longer stored"):
+        old.download(tmp_path / "old.pkl")
+    assert not old.exists_in_system()
+    assert rh.blob(name=name).fetch() == {"v": 3}
+
+
+def test_a_write_removes_temporary_files_that_dead_writes_left_among_the_versions(tmp_path):
+    """A writer killed while committing a version leaves a hidden temporary file in the versions directory; the
+    next write removes it once nobody has touched it for ``settings.stale_temp_seconds``, never a live one."""
+    b = rh.blob(data=b"one", path=str(tmp_path / "b.bin"))
+    vdir = Path(blob_store.versions_dir(b.fs_path))
+    stale, live = vdir / ".v-dead.rh-tmp-0123456789ab", vdir / ".v-live.rh-tmp-ba9876543210"
+    stale.write_bytes(b"partial")
+    live.write_bytes(b"partial")
+    os.utime(stale, (1_000_000_000, 1_000_000_000))
+    b.write(b"two")
+    assert sorted(os.listdir(vdir)) == sorted([live.name, *b.versions()]) and len(b.versions()) == 2
+    assert rh.folder(path=str(tmp_path)).ls(full_paths=False) == ["b.bin"]
 
 
 @pytest.mark.parametrize("sysname", SYSTEMS)
@@ -260,13 +311,15 @@ def test_failing_serializer_leaves_old_blob_intact(sysname, places, unique_name)
 
     assert stored(b) == old_raw and b.sha256 == sha(old_raw)  # the block still describes the old bytes
     assert rh.blob(name=name).fetch() == old
-    assert listing(b) == ["ckpt.pkl"]  # no temporary or partial file next to it
+    # no temporary or partial file next to it, nor among its versions
+    assert listing(b) == [".ckpt.pkl.rh-versions", "ckpt.pkl"] and in_versions_dir(b) == [b.version]
 
     fresh = rh.blob(system=system, path=f"{base}/torn/fresh.pkl", dryrun=True, data=bomb)
     with pytest.raises(SerializationError):
         fresh.write()
     assert not fresh.exists_in_system()
-    assert listing(b) == ["ckpt.pkl"]
+    assert listing(b) == [".ckpt.pkl.rh-versions", "ckpt.pkl"]  # a failed first write leaves no trace at all
+    assert in_versions_dir(b) == [b.version]
     if sysname == "s3":  # the aborted multipart uploads are gone too, not just invisible
         bucket = b.fs_path.split("/", 1)[0]
         assert b.sys.fs.list_multipart_uploads(bucket) == []
@@ -306,7 +359,9 @@ def test_to_between_systems_preserves_bytes_and_checksum(src_name, dst_name, pla
 
     dst = src.to(dst_sys, path=f"{dst_base}/copies/ckpt.pkl")
     assert dst.system == dst_name and dst.path.endswith("copies/ckpt.pkl")
-    assert (dst.size, dst.sha256, dst.serializer) == (src.size, src.sha256, "pickle")
+    # the copy carries the version it copied, and its file is published for other tools
+    assert (dst.version, dst.size, dst.sha256, dst.serializer) == (src.version, src.size, src.sha256, "pickle")
+    assert dst.versions() == [src.version] and dst.sys.fs.cat_file(version_file(dst)) == raw
     assert stored(dst) == raw
 
     dst_name_saved = unique_name("blob-dst")
@@ -324,7 +379,7 @@ def test_to_same_store_is_server_side(sysname, places):
     before = transfer.COUNTERS["bytes_copied"]
     dst = src.to(system, path=f"{base}/b/blob.bin")
     assert transfer.COUNTERS["bytes_copied"] == before  # no byte went through this process
-    assert stored(dst) == payload and dst.sha256 == src.sha256
+    assert stored(dst) == payload and (dst.sha256, dst.version) == (src.sha256, src.version)
     assert dst.fetch() == payload
 
 
@@ -342,7 +397,12 @@ def test_to_folder_lands_in_folder_listing(sysname, places, tmp_path):
     by_folder = local.to(folder, path="model-copy.pkl")  # a Folder object, with a name inside it
     in_memory = rh.blob(data=[1, 2, 3]).to(folder, path="numbers.pkl")  # an in-memory blob is written there
 
-    assert folder.ls(full_paths=False) == ["README.txt", "model-copy.pkl", "model.pkl", "numbers.pkl"]
+    # the blobs' hidden versions directories are neither listed nor copied with the folder
+    files = ["README.txt", "model-copy.pkl", "model.pkl", "numbers.pkl"]
+    assert folder.ls(full_paths=False) == files and folder.ls(full_paths=False, recursive=True) == files
+    assert ".model.pkl.rh-versions" in listing(by_path)
+    copied = folder.to("file", path=str(tmp_path / "folder-copy"))
+    assert sorted(os.listdir(copied.path)) == files and copied.last_copy.files_copied == len(files)
     assert by_path.fetch() == {"layers": 12} and by_folder.fetch() == {"layers": 12}
     assert in_memory.fetch() == [1, 2, 3] and in_memory.sha256 == sha(stored(in_memory))
     assert folder.get("model.pkl") == stored(local)
@@ -367,6 +427,7 @@ def test_unnamed_in_memory_blob_cannot_be_saved(tmp_path, monkeypatch, unique_na
     name = unique_name("blob-mem")
     b.save(name)  # with a name it lives at the default place for that name: the current directory
     assert b.path == str(tmp_path / name) and (tmp_path / name).exists()
+    assert sorted(os.listdir(tmp_path)) == [f".{name}.rh-versions", name]
     loaded = rh.blob(name=name)
     assert loaded.sha256 == sha((tmp_path / name).read_bytes()) and loaded.fetch() == {"a": 1}
 

@@ -13,13 +13,13 @@ over, and records what it got. Asserted:
   is what a registry entry pointing at bytes or files that are not there looks like);
 * the reader really read while the writers wrote (a minimum number of reads, and versions of both writers seen);
 * the final state, read by name, is the last version of one of the two writers, for the blob and the table, and
-  the registry entries describe it: the blob's size and sha256 are those of the stored bytes, the table's row
-  count that of its current version.
+  the registry entries describe it: the blob's size and sha256 are those of the version it names, the table's row
+  count that of its current version; the file at the blob's path (for other tools) is a complete last version.
 
 Deterministic tests pin down the interleavings behind this: a registration that arrives after another writer's
-commit (the entry must end up describing the stored bytes, not the replaced ones); a reader that meets bytes
-committed but not yet registered (it must wait for the registration instead of reporting corruption, as long as it
-takes while the writer's in-flight marker is there, and not without one); no marker is left after a save.
+commit (the entry names a version that is stored, and reads return exactly it); a writer that committed and never
+registered - crashed, or not there yet - (readers, old and new, read what the registry names, at once); what a
+save leaves on storage, and what a failed commit leaves.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 import rh_prefect as rh
+from rh_prefect import settings
 
 WRITES = 50
 MIN_READS = 20  # per resource; the reader does several per second, the writers run for tens of seconds
@@ -193,9 +193,12 @@ def run_concurrent_writers(place: dict, tmp_path: Path, unique_name) -> None:
     # the final state, by name, is the last version of one of the writers
     last = {(0, WRITES - 1), (1, WRITES - 1)}
     final_blob = rh.blob(name=blob_name)
-    stored = final_blob.sys.fs.cat_file(final_blob.fs_path)
-    assert (final_blob.size, final_blob.sha256) == (len(stored), hashlib.sha256(stored).hexdigest())  # as loaded
     assert check_blob(final_blob.fetch()) in last
+    assert final_blob.verify().sha256 == hashlib.sha256(final_blob.fetch()).hexdigest()  # the entry describes it
+    published = final_blob.sys.fs.cat_file(final_blob.fs_path)  # the plain file other tools read
+    assert check_blob(published) in last
+    kept = settings.current().blob_versions_kept
+    assert final_blob.version in final_blob.versions() and len(final_blob.versions()) <= kept + 1
     final_table = rh.table(name=table_name)
     assert check_table(final_table.fetch()) in last
     assert final_table.row_count == table_rows(*check_table(final_table.fetch()))
@@ -210,113 +213,74 @@ def test_concurrent_writers_on_local_disk(tmp_path, unique_name):
 
 
 # ------------------------------------------------------------------------------------------- the interleavings
-def test_a_late_registration_does_not_point_at_replaced_bytes(tmp_path, unique_name):
+def test_a_late_registration_names_a_stored_version(tmp_path, unique_name):
     """Writer A commits and registers, writer B commits and registers, then A's registration arrives again (the
-    order two concurrent saves can take): the entry must describe the bytes that are stored (B's)."""
+    order two concurrent saves can take): the last registration wins, and it names a version that is stored, so
+    readers by name get exactly A's bytes, verified. The file at the path holds the last version published."""
     blob_name, table_name = unique_name("late-blob"), unique_name("late-table")
-    a_blob = rh.blob(data=blob_payload(0, 0), name=blob_name, path=str(tmp_path / "b.bin"), serializer="bytes").save()
+    path = tmp_path / "b.bin"
+    a_blob = rh.blob(data=blob_payload(0, 0), name=blob_name, path=str(path), serializer="bytes").save()
     a_table = rh.table(data=table_data(0, 0), name=table_name, path=str(tmp_path / "t")).save()
     rh.blob(name=blob_name).write(blob_payload(1, 0))
     rh.table(name=table_name).write(table_data(1, 0))
-    a_blob.save()  # A's entry (size and sha256 of its own, replaced bytes) registered last
+    a_blob.save()  # A's entry (its own version) registered last
     a_table.save()
-    assert check_blob(rh.blob(name=blob_name).fetch()) == (1, 0)
-    assert (a_blob.size, a_blob.sha256) == (len(blob_payload(1, 0)), rh.blob(name=blob_name).sha256)
+    loaded = rh.blob(name=blob_name)
+    assert loaded.version == a_blob.version and check_blob(loaded.fetch()) == (0, 0)
+    assert loaded.verify().sha256 == hashlib.sha256(blob_payload(0, 0)).hexdigest()
+    assert check_blob(path.read_bytes()) == (1, 0)  # published last: a complete version, for other tools
     loaded = rh.table(name=table_name)
     assert check_table(loaded.fetch()) == (1, 0) and loaded.row_count == table_rows(1, 0)
     rh.delete(blob_name)
     rh.delete(table_name)
 
 
-def test_a_reader_waits_for_a_registration_in_flight(tmp_path, unique_name):
-    """Bytes committed but not yet registered (a writer between its write and its save): a reader holding the old
-    entry gets the new version once it is registered, not an IntegrityError."""
+def test_a_writer_between_commit_and_registration_changes_nothing_readers_see(tmp_path, unique_name):
+    """A writer that committed its bytes and has not registered them - still on its way, or crashed - changes
+    nothing for readers: a Blob loaded before, and one loaded now, both read the registered version at once and
+    verified (no waiting, no IntegrityError). Only the file at the path, for other tools, shows the new bytes.
+    Once the writer registers, loads by name read its version, and the reader loaded before still reads its own."""
     name = unique_name("inflight")
-    path = str(tmp_path / "b.bin")
-    rh.blob(data=blob_payload(0, 0), name=name, path=path, serializer="bytes").save()
-    reader = rh.blob(name=name)
-    writer = rh.blob(name=name)
-    rh.blob(path=path, system="file", serializer="bytes").write(blob_payload(0, 1))  # the commit, unregistered
-    registered = threading.Timer(0.5, lambda: writer._record(len(blob_payload(0, 1)), rh.blob(
-        path=path, system="file").verify().sha256, "bytes"))  # ... and its registration, half a second later
-    registered.start()
-    try:
-        assert check_blob(reader.fetch()) == (0, 1)
-    finally:
-        registered.join()
-    assert reader.sha256 == writer.sha256  # the reader now holds the new entry
-    rh.delete(name)
+    path = tmp_path / "b.bin"
+    rh.blob(data=blob_payload(0, 0), name=name, path=str(path), serializer="bytes").save()
+    before = rh.blob(name=name)
+    writer = rh.blob(data=blob_payload(0, 1), path=str(path), serializer="bytes")  # committed, not registered
+    assert check_blob(path.read_bytes()) == (0, 1)
+    assert check_blob(before.fetch()) == (0, 0) and check_blob(rh.blob(name=name).fetch()) == (0, 0)
+    assert rh.blob(name=name).verify().version == before.version
 
-
-@pytest.mark.parametrize("announced", [True, False])
-def test_a_reader_tells_a_writer_in_flight_from_corruption_by_its_marker(tmp_path, unique_name,
-                                                                         blob_writer_in_flight, announced):
-    """A writer of a saved blob leaves a hidden marker before committing bytes and removes it once they are
-    registered. A reader meeting bytes its entry does not describe waits for the registration while the marker is
-    there, however slow the registry; without a marker (bytes changed outside rh_prefect) it reports corruption
-    after the short quiet window."""
-    name = unique_name("marker")
-    path = str(tmp_path / "b.bin")
-    rh.blob(data=blob_payload(0, 0), name=name, path=path, serializer="bytes").save()
-    reader, writer = rh.blob(name=name), rh.blob(name=name)
-    size, digest, marker = blob_writer_in_flight(writer, blob_payload(0, 1), announced)  # committed, unregistered
-    assert (marker is not None) == announced and (marker is None or os.path.exists(marker))
-    assert sorted(os.listdir(tmp_path)) == sorted(["b.bin"] + ([os.path.basename(marker)] if announced else []))
-    assert rh.folder(path=str(tmp_path)).ls(full_paths=False) == ["b.bin"]  # the marker is never listed
-    registered = threading.Timer(1.5, lambda: writer._record(size, digest, "bytes", marker))  # a slow registry
-    registered.start()
-    started = time.monotonic()
-    try:
-        if announced:
-            assert check_blob(reader.fetch()) == (0, 1)
-            assert time.monotonic() - started >= 1.0  # it waited for the registration
-        else:
-            with pytest.raises(rh.IntegrityError, match="failed verification"):
-                reader.fetch()
-            assert time.monotonic() - started < 1.5  # corruption is reported without waiting for a registry
-    finally:
-        registered.join()
-    assert sorted(os.listdir(tmp_path)) == ["b.bin"]  # registered: the marker is gone
+    writer.save(name)  # the registration: the commit point
     assert check_blob(rh.blob(name=name).fetch()) == (0, 1)
+    assert check_blob(before.fetch()) == (0, 0)  # its version is kept: still exactly what it was loaded as
     rh.delete(name)
 
 
-def test_a_reader_waits_while_a_late_registration_is_being_settled(tmp_path, unique_name, blob_writer_in_flight):
-    """The interleaving behind a CI failure (1 of 112 reads, 2026-11-30): writer A commits, writer B commits,
-    registers, checks and takes its marker away, then A's registration arrives late. For a moment the entry names
-    A's replaced bytes while B's bytes, whose marker is gone, are stored; A's settle then registers B's. A reader in
-    that moment must wait for the settle (A's marker is still there), not report corruption after the short quiet
-    window, however slow A's settle is."""
-    from rh_prefect.runtime.registry import Resource
-
-    name = unique_name("settle")
-    path = str(tmp_path / "b.bin")
-    rh.blob(data=blob_payload(0, 0), name=name, path=path, serializer="bytes").save()
-    reader, a = rh.blob(name=name), rh.blob(name=name)
-    size, digest, marker = blob_writer_in_flight(a, blob_payload(0, 1))  # A: committed, marker down
-    rh.blob(name=name).write(blob_payload(1, 0))  # B: committed, registered, settled, marker taken back
-    a.size, a.sha256, a._pending = size, digest, marker
-    Resource.save(a)  # A's registration arrives late: the entry names bytes that were replaced
-    assert rh.blob(name=name).sha256 == digest and os.path.exists(marker)
-
-    def settle() -> None:  # ... and A, slow, settles (registers B's bytes) and takes its marker back
-        a._settle()
-        a._retract()
-
-    settled = threading.Timer(1.5, settle)
-    settled.start()
-    started = time.monotonic()
-    try:
-        assert check_blob(reader.fetch()) == (1, 0)
-        assert time.monotonic() - started >= 1.0  # it waited for A's settle
-    finally:
-        settled.join()
-    assert sorted(os.listdir(tmp_path)) == ["b.bin"]
-    assert check_blob(rh.blob(name=name).fetch()) == (1, 0)
+def test_a_crashed_writer_leaves_the_registered_version_readable(tmp_path, unique_name):
+    """A writer process that dies between committing its bytes and registering them: the registry still names
+    the old version, which every reader gets, verified. (The child replaces Blob.save, the registration that a
+    saved blob's write() ends with, by an exit of the process: the moment of the crash, made exact.)"""
+    name = unique_name("crashed")
+    path = tmp_path / "b.bin"
+    rh.blob(data=blob_payload(0, 0), name=name, path=str(path), serializer="bytes").save()
+    crash = textwrap.dedent(
+        f"""
+        import os, rh_prefect as rh
+        b = rh.blob(name={name!r})
+        rh.Blob.save = lambda *args, **kwargs: os._exit(3)
+        b.write(b"crashed writer")
+        """
+    )
+    assert subprocess.run([sys.executable, "-c", crash], env=dict(os.environ), timeout=120).returncode == 3
+    assert path.read_bytes() == b"crashed writer"  # committed and published, never registered
+    loaded = rh.blob(name=name)
+    assert check_blob(loaded.fetch()) == (0, 0) and loaded.version in loaded.versions()
+    assert len(loaded.versions()) == 2
     rh.delete(name)
 
 
-def test_saved_writes_leave_no_marker_behind(tmp_path, unique_name, monkeypatch):
+def test_saved_writes_leave_the_file_and_its_versions_only(tmp_path, unique_name, monkeypatch):
+    """Every way to write a saved blob leaves exactly the file and its hidden versions directory - no marker, no
+    temporary file - and each write is one more version (up to the kept number)."""
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")  # an in-memory blob saved by name is written to the current directory
     name = unique_name("nomarker")
@@ -330,19 +294,23 @@ def test_saved_writes_leave_no_marker_behind(tmp_path, unique_name, monkeypatch)
         f.write(b"four")
     mem = unique_name("nomarker-mem")
     rh.blob(data=b"five", serializer="bytes").save(mem)
-    assert sorted(os.listdir(tmp_path)) == ["b.bin", "cwd", "src.bin"]
-    assert os.listdir(tmp_path / "cwd") == [mem]
+    assert sorted(os.listdir(tmp_path)) == [".b.bin.rh-versions", "b.bin", "cwd", "src.bin"]
+    assert sorted(os.listdir(tmp_path / ".b.bin.rh-versions")) == b.versions() and len(b.versions()) == 4
+    assert sorted(os.listdir(tmp_path / "cwd")) == [f".{mem}.rh-versions", mem]
     assert rh.blob(name=name).fetch() == b"four" and rh.blob(name=mem).fetch() == b"five"
+    assert path.read_bytes() == b"four"
     rh.delete(name)
     rh.delete(mem)
 
 
-def test_a_failed_write_takes_its_marker_back(tmp_path, unique_name, monkeypatch):
-    # The marker goes down before the commit; a commit that then fails leaves neither marker nor temporary file.
+def test_a_failed_commit_leaves_the_blob_as_it_was(tmp_path, unique_name, monkeypatch):
+    # The rename that commits a version fails (replaced here by one that refuses): neither a version nor a
+    # temporary file is left, the file at the path and the registry entry are unchanged.
     from rh_prefect.systems.local import LocalSystem
 
-    name = unique_name("failmarker")
+    name = unique_name("failcommit")
     b = rh.blob(data=b"one", name=name, path=str(tmp_path / "b.bin"), serializer="bytes").save()
+    first = b.version
 
     def refuse(self, tmp, fs_path):
         raise PermissionError(13, "Permission denied", fs_path)
@@ -353,7 +321,9 @@ def test_a_failed_write_takes_its_marker_back(tmp_path, unique_name, monkeypatch
     with pytest.raises(PermissionError):
         with b.open("wb") as f:
             f.write(b"three")
-    assert sorted(os.listdir(tmp_path)) == ["b.bin"]
+    assert sorted(os.listdir(tmp_path)) == [".b.bin.rh-versions", "b.bin"]
+    assert os.listdir(tmp_path / ".b.bin.rh-versions") == [first]
     monkeypatch.undo()
-    assert rh.blob(name=name).fetch() == b"one"
+    assert (tmp_path / "b.bin").read_bytes() == b"one"
+    assert rh.blob(name=name).fetch() == b"one" and b.version == first
     rh.delete(name)

@@ -1,9 +1,11 @@
-"""Blob: one serialized object on any system, written atomically and verified when read back.
+"""Blob: one serialized object on any system, stored as immutable versions and verified when read back.
 
 A Blob is a single file: the bytes of one object (a model checkpoint, a dict of metrics, a numpy array, raw bytes)
-turned into a byte stream by a serializer (:mod:`rh_prefect.serializers`). Writes stream through the copy engine's
-atomic writer, so a reader sees the old bytes or the new ones, never a torn file; the saved block records the
-size and sha256 of what was written, and :meth:`Blob.fetch` checks both before it deserializes anything.
+turned into a byte stream by a serializer (:mod:`rh_prefect.serializers`). Each write stores a new immutable
+version beside the file and then publishes the file itself as a copy of it (the format:
+:mod:`rh_prefect.blob_store`). The block records the version, its size and its sha256, and saving the block is
+the commit: a reader reads the version its block names, and :meth:`Blob.fetch` checks size and sha256 before it
+deserializes anything. Readers never wait for writers, and never see a torn or mixed blob.
 
 Three kinds of Blob, decided by what :func:`blob` is given:
 
@@ -11,27 +13,22 @@ Three kinds of Blob, decided by what :func:`blob` is given:
 * **in memory** - ``rh.blob(data=x)`` with no name, path or system: nothing is written, ``fetch()`` returns ``x``;
   ``save("my-blob")`` writes it to the default place for that name and registers it, ``to(system)`` writes it
   there. ``save()`` without a name is an error: an unnamed object with no system has nowhere to live;
-* **described by path** - ``rh.blob(path=..., system=...)`` for bytes written by someone else: no checksum is
-  recorded, so ``fetch()`` works but cannot verify (call :meth:`Blob.write` or :meth:`Blob.upload` to record one).
+* **described by path** - ``rh.blob(path=..., system=...)`` for bytes written by someone else: no version and no
+  checksum are recorded, so ``fetch()`` reads the file at the path and cannot verify it (call
+  :meth:`Blob.verify` to record a checksum, or :meth:`Blob.write`/:meth:`Blob.upload` to store a version).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import logging
 import os
 import posixpath
-import tempfile
-import time
 import uuid
 from contextlib import contextmanager
-from typing import IO, Any, Callable, Iterator, Optional, TypeVar, Union
+from typing import IO, Any, Iterator, Optional, Union
 
 from pydantic import Field, PrivateAttr
 
-from rh_prefect import names, serializers, transfer
-
+from rh_prefect import blob_store, names, serializers, transfer
 from rh_prefect.runtime import registry, tasks
 from rh_prefect.errors import IntegrityError, InvalidArgument, InvalidPath, NotFound
 from rh_prefect.resources.base import StoredResource, SystemArg, place
@@ -41,30 +38,18 @@ from rh_prefect.resources.cluster import Cluster
 from rh_prefect.systems import System, check_path, check_relative_key, get_system
 
 CHUNK_SIZE = transfer.CHUNK_SIZE
-#: remote blobs up to this size are verified in memory before they are deserialized; larger ones in a temp file
-SPOOL_IN_MEMORY = 64 * 2**20
 #: the serializer used to read a blob that records none (described by path only); Runhouse's default
 READ_DEFAULT = "pickle"
-#: a saved blob whose stored bytes do not match its registry entry is read again until neither has changed for
-#: this long: a writer commits its bytes first and registers their checksum right after (see _until_consistent)
-REGISTRY_LAG_SECONDS = 2.0
-#: ... or for this long once either was seen changing (writers are active: a registration may be slow)
-REGISTRY_LAG_ACTIVE_SECONDS = 30.0
-#: ... and at least this many times as long as loading the entry took (a busy server registers slowly too)
-REGISTRY_LAG_LOADS = 10
-#: ... and for at most this long in all (writers overwriting the blob without a pause)
-REGISTRY_LAG_MAX_SECONDS = 60.0
 
-logger = logging.getLogger("rh_prefect.blob")
-T = TypeVar("T")
 _NO_DATA = object()
 
 
 class Blob(StoredResource):
     """One object stored as a single file on the local disk, a cluster (SSH), S3 or GCS - atomic and verified.
 
-    The block records the serializer, the size and the sha256 checksum of the stored bytes; ``fetch()`` checks
-    them and raises :class:`~rh_prefect.errors.IntegrityError` if the bytes were changed behind its back.
+    The block records the serializer and the version of the stored bytes with its size and sha256 checksum;
+    ``fetch()`` reads that version and checks it, raising :class:`~rh_prefect.errors.IntegrityError` if the bytes
+    were changed behind its back. The file at ``path`` is a plain copy of the latest version, for other tools.
 
     Example:
         ```python
@@ -90,11 +75,15 @@ class Blob(StoredResource):
         title="SHA-256",
         description="Checksum of the stored bytes, verified by fetch(). Empty for a blob described by path only.",
     )
+    version: Optional[str] = Field(
+        default=None,
+        title="Version",
+        description="The stored version this block describes: an immutable object kept beside the path (in "
+        "'.<name>.rh-versions/'), read by fetch(). Empty for a blob described by path only: the path is read.",
+    )
     # Data handed over but not (yet) written: an in-memory blob, or rh.blob(data, ..., dryrun=True).
     _data: Any = PrivateAttr(default=None)
     _has_data: bool = PrivateAttr(default=False)
-    # The in-flight marker of bytes this object committed and has not registered yet (see _announce).
-    _pending: Optional[str] = PrivateAttr(default=None)
 
     # -- what and where -----------------------------------------------------------------------------------
     def has_unwritten_data(self) -> bool:
@@ -131,84 +120,23 @@ class Blob(StoredResource):
                 f"{posixpath.join(self.path or '', 'blob.pkl')!r}, or use rh.folder() for a directory."
             )
 
-    def _record(self, size: int, sha256: str, serializer: str, marker: Optional[str] = None) -> None:
-        """Remember what was written; a blob already saved by name is re-saved so loads verify the new bytes.
-        ``marker``: the in-flight marker the write left (removed once the bytes are registered)."""
-        self.size, self.sha256, self.serializer = size, sha256, serializer
-        if marker is not None:
-            self._retract()  # an earlier unregistered write of this object: superseded
-            self._pending = marker
+    def _record(self, size: int, sha256: str, serializer: str, version: Optional[str]) -> None:
+        """Remember what was written; a blob already saved by name is re-saved: that save is the commit that
+        makes loads by name read the new version."""
+        self.size, self.sha256, self.serializer, self.version = size, sha256, serializer, version
         if self._block_document_id is not None:
             self.save()
 
-    def _announces(self) -> bool:
-        """True when a write should leave an in-flight marker: the blob has a name, so a registration follows."""
-        return bool(self.name) and not self._in_memory()
-
-    def _retract(self) -> None:
-        """Remove the in-flight marker once the bytes it announced are registered (or superseded)."""
-        marker, self._pending = self._pending, None
-        if marker is not None:
-            try:
-                self.sys.fs.rm_file(marker)
-            except OSError as exc:  # gone already; a leftover is hidden and cleaned by copies after an hour
-                logger.debug("could not remove in-flight marker %s: %s", marker, exc)
-
-    def _settle(self) -> None:
-        """After registering: make the entry describe the bytes actually stored.
-
-        Bytes are committed before their checksum is registered, so two writers of one saved blob can register in
-        the opposite order of their commits, leaving an entry that names bytes which were replaced. The stored
-        bytes are read back once: if another writer's (complete) version is there, its size and checksum are
-        recorded instead. The last writer to register thus always leaves an entry that matches storage.
-        """
-        if self.sha256 is None or self._in_memory():
-            return
-        for _ in range(10):
-            try:
-                found = _verify_task.fn(self.sys, self.fs_path, None, None, self._label())
-            except (OSError, NotFound) as exc:  # committed and registered already; a reader re-checks anyway
-                logger.warning("could not read back %s after registering it: %s", self._label(), exc)
-                return
-            if found == (self.size, self.sha256):
-                return
-            logger.info("%s was overwritten by another writer meanwhile; registering the stored version",
-                        self._label())
-            self.size, self.sha256 = found
-            super().save()
-
-    def _refresher(self) -> Optional["_Refresher"]:
-        """For a saved blob: what a reader needs to tell a concurrent writer from corruption (see
-        :func:`_until_consistent`)."""
-        if self._block_document_id is None or not self.name:
-            return None
-        name = self.name
-        system, fs_path = self.sys, self.fs_path
-
-        def refresh() -> Optional[tuple]:
-            fresh = type(self)._load_named(name)
-            if (fresh.system, fresh.path) != (self.system, self.path):
-                return None
-            self.size, self.sha256, self.serializer = fresh.size, fresh.sha256, fresh.serializer
-            return fresh.size, fresh.sha256, fresh.serializer or READ_DEFAULT
-
-        def in_flight() -> bool:
-            try:
-                return bool(system.names_beside(fs_path, _marker_prefix(fs_path)))
-            except OSError:
-                return False
-
-        return _Refresher(refresh, in_flight)
-
     # -- writing ------------------------------------------------------------------------------------------
     def write(self, data: Any = _NO_DATA, serializer: Optional[str] = None, mkdir: bool = False) -> "Blob":
-        """Serialize ``data`` and store it atomically; records size and sha256. Returns the blob.
+        """Serialize ``data`` and store it as a new version; records version, size and sha256. Returns the blob.
 
         The serializer is ``serializer``, else the blob's own, else the default for the data (``bytes`` for
         bytes-like data, ``text`` for str, ``pickle`` otherwise). If serializing fails midway nothing is
         committed: the previous contents stay as they were. ``mkdir=True`` creates a missing bucket.
-        A blob already saved by name is re-saved so that later loads verify the new bytes; a Blob object loaded
-        before this write still records the old checksum, so its ``fetch()`` raises IntegrityError: load it again.
+        A blob already saved by name is re-saved, so later loads by name read the new version. A Blob object
+        loaded before this write keeps reading its own (older) version while that is kept (see
+        ``settings.blob_versions_kept``).
 
         Example:
             >>> b = rh.blob(name="my-blob", path="/tmp/my-blob.pkl").write({"a": 1})
@@ -224,14 +152,14 @@ class Blob(StoredResource):
             self.serializer = name
             return self
         self._prepare_write(mkdir)
-        size, digest, marker = tasks.run(_write_task, self.sys, self.fs_path, _Payload(data), name, self._label(),
-                                         self._announces())
+        version, size, digest = tasks.run(_write_task, self.sys, self.fs_path, _Payload(data), name, self._label(),
+                                          self.version)
         self._drop()
-        self._record(size, digest, name, marker)
+        self._record(size, digest, name, version)
         return self
 
     def upload(self, local_path: Union[str, os.PathLike], serializer: Optional[str] = None) -> "Blob":
-        """Store a local file's bytes as this blob, streaming (never the whole file in memory).
+        """Store a local file's bytes as a new version of this blob, streaming (never the whole file in memory).
 
         The bytes are taken as they are, already serialized: the blob keeps its serializer (or ``serializer``
         if given), or becomes ``bytes`` when it had none, so ``fetch()`` returns the file's content.
@@ -243,17 +171,20 @@ class Blob(StoredResource):
         name = serializer or self.serializer or "bytes"
         serializers.get(name)
         self._prepare_write()
-        size, digest, marker = tasks.run(_upload_task, src, self.sys, self.fs_path, self._announces())
+        version, size, digest = tasks.run(_upload_task, src, self.sys, self.fs_path, self.version)
         self._drop()
-        self._record(size, digest, name, marker)
+        self._record(size, digest, name, version)
         return self
 
     # -- reading ------------------------------------------------------------------------------------------
     def fetch(self) -> Any:
         """The stored object, deserialized - after its size and sha256 were checked against the block.
 
+        Reads the version the block records: exactly the bytes it describes, however many writers are at work.
         Raises :class:`~rh_prefect.errors.IntegrityError` (and deserializes nothing) if the stored bytes differ
-        from what was written. A blob described by path only has no checksum: it is read without verification.
+        from what was written, and :class:`~rh_prefect.errors.NotFound` if the version was dropped after newer
+        writes (load the blob again by name). A blob described by path only has no checksum: it is read without
+        verification.
 
         Example:
             >>> rh.blob(name="my-blob").fetch()
@@ -262,10 +193,8 @@ class Blob(StoredResource):
         if self._has_data:
             return self._data
         self._require_stored("be fetched")
-        payload = tasks.run(
-            _fetch_task, self.sys, self.fs_path, self.serializer or READ_DEFAULT, self.size, self.sha256,
-            self._label(), self._refresher(),
-        )
+        payload = tasks.run(_fetch_task, self.sys, self.fs_path, self.version, self.serializer or READ_DEFAULT,
+                            self.size, self.sha256, self._label())
         return payload.obj
 
     def verify(self) -> "Blob":
@@ -274,19 +203,27 @@ class Blob(StoredResource):
         A blob without a recorded checksum (described by path only) gets one recorded instead.
         """
         self._require_stored("be verified")
-        size, digest = tasks.run(_verify_task, self.sys, self.fs_path, self.size, self.sha256, self._label(),
-                                 self._refresher())
+        size, digest = tasks.run(_verify_task, self.sys, self.fs_path, self.version, self.size, self.sha256,
+                                 self._label())
         if self.sha256 is None:
-            self._record(size, digest, self.serializer or READ_DEFAULT)
+            self._record(size, digest, self.serializer or READ_DEFAULT, self.version)
         return self
+
+    def versions(self) -> list[str]:
+        """The ids of the versions stored for this blob, oldest first (``settings.blob_versions_kept`` are kept
+        after each write; ``blob.version`` is the one this object reads). Empty for a blob described by path
+        whose file was written by another program."""
+        self._require_stored("list its versions")
+        with self.sys.guard(self._label()):
+            return blob_store.versions(self.sys, self.fs_path)
 
     @contextmanager
     def open(self, mode: str = "rb") -> Iterator[IO[bytes]]:
-        """The stored bytes as a streaming file object (``"rb"``), or a writer replacing them (``"wb"``).
+        """The stored bytes as a streaming file object (``"rb"``), or a writer of a new version (``"wb"``).
 
-        Reading streams raw bytes without verification (use :meth:`verify` or :meth:`download` for that).
-        Writing commits atomically when the block exits without error and records size and sha256; the
-        blob keeps its serializer (``bytes`` if it had none).
+        Reading streams the raw bytes of the recorded version without verification (use :meth:`verify` or
+        :meth:`download` for that). Writing commits a new version when the block exits without error and
+        records version, size and sha256; the blob keeps its serializer (``bytes`` if it had none).
 
         Example:
             >>> with rh.blob(name="my-blob").open() as f:
@@ -294,19 +231,16 @@ class Blob(StoredResource):
         """
         self._require_stored(f"be opened with mode {mode!r}")
         if mode == "rb":
-            with _open_read(self.sys, self.fs_path, self._label()) as f:
+            with blob_store.open_read(self.sys, self.fs_path, self.version, self._label()) as f:
                 yield f
             return
         if mode != "wb":
             raise InvalidPath(f"Blob.open() supports mode 'rb' or 'wb', not {mode!r}.")
         self._prepare_write()
-        with _announcing(self.sys, self.fs_path) as made, transfer.open_write(self.sys, self.fs_path) as raw:
-            writer = _HashingWriter(raw)
+        with blob_store.write(self.sys, self.fs_path, keep=(self.version,)) as writer:
             yield writer  # type: ignore[misc]
-            if self._announces():
-                made.append(_announce(self.sys, self.fs_path))
         self._drop()
-        self._record(writer.size, writer.sha256, self.serializer or "bytes", (made or [None])[0])
+        self._record(writer.size, writer.sha256, self.serializer or "bytes", writer.version)
 
     def download(self, local_path: Union[str, os.PathLike]) -> str:
         """Copy the stored bytes to a local file, streaming and verifying; returns the local path.
@@ -318,32 +252,32 @@ class Blob(StoredResource):
             dst = os.path.join(dst, self._leaf())
         local = get_system("file")
         if self._has_data and self._in_memory():
-            tasks.run(_write_task, local, dst, _Payload(self._data), self.serializer or "pickle", f"local file {dst}")
+            tasks.run(_dump_task, local, dst, _Payload(self._data), self.serializer or "pickle", f"local file {dst}")
             return dst
         self._require_stored("be downloaded")
-        tasks.run(_download_task, self.sys, self.fs_path, local, dst, self.size, self.sha256, self._label(),
-                  self._refresher())
+        tasks.run(_download_task, self.sys, self.fs_path, self.version, local, dst, self.size, self.sha256,
+                  self._label())
         return dst
 
     def exists_in_system(self) -> bool:
-        """True if the blob's bytes are stored on its system (always False for an in-memory blob)."""
+        """True if the bytes this blob records are stored on its system (always False for an in-memory blob)."""
         if self._in_memory():
             return False
-        return bool(self.sys.fs.isfile(self.fs_path))
+        return blob_store.exists(self.sys, self.fs_path, self.version)
 
     def rm(self) -> None:
-        """Delete the stored bytes (an in-memory blob drops its data). The registry entry, if any, stays:
-        remove it with ``rh.delete(name)``."""
+        """Delete the stored bytes: the file and every version (an in-memory blob drops its data). The registry
+        entry, if any, stays: remove it with ``rh.delete(name)``."""
         if self._in_memory():
             self._drop()
             return
         self.sys.check_writable(self.path or "")
-        if self.sys.fs.exists(self.fs_path):
-            self.sys.fs.rm_file(self.fs_path)
+        blob_store.remove(self.sys, self.fs_path)
 
     # -- moving -------------------------------------------------------------------------------------------
     def to(self, system: Union[SystemArg, Folder], path: Optional[str] = None, via: str = "auto") -> "Blob":
-        """Copy the blob to another system or place and return the Blob there (same size, sha256, serializer).
+        """Copy the blob to another system or place and return the Blob there (same version, size, sha256 and
+        serializer: a copy carries the version it copied, and its file at ``path`` is published as well).
 
         The copy runs through the engine as a retryable task, streaming (bounded memory) or server-side when
         both ends are the same store. ``system`` may be a Folder: the blob lands in it (as ``path``, a name
@@ -359,10 +293,11 @@ class Blob(StoredResource):
         """Copy through this process (the engine, as a retryable task) and return the Blob there."""
         dst_sys, dst_path = self.destination(system, path)
         new = Blob(path=dst_path, serializer=self.serializer, size=self.size, sha256=self.sha256,
-                   **dst_sys.block_fields())
+                   version=self.version, **dst_sys.block_fields())
         new._sys = dst_sys
         new._rh_name = self._rh_name
-        if self._has_data:  # in memory (or not yet written): serialize straight to the destination
+        if self._has_data:  # in memory (or not yet written): serialize straight to the destination, a new version
+            new.version = None
             return new.write(self._data)
         src_fs, dst_fs = self.fs_path, dst_sys.fs_path(dst_path)
         if dst_sys == self.sys and dst_fs == src_fs:
@@ -370,6 +305,10 @@ class Blob(StoredResource):
         dst_sys.check_writable(dst_path)
         dst_sys.ensure_container(dst_fs)
         dst_sys.makedirs(posixpath.dirname(dst_fs))
+        if self.version is not None:
+            tasks.run(_copy_task, self.sys, src_fs, dst_sys, dst_fs, self.version, self.size, self._label())
+            return new
+        # No version recorded (described by path, or saved before versions): the file itself is what is copied.
         try:
             tasks.run(tasks.copy_file_task, self.sys, src_fs, dst_sys, dst_fs)
         except FileNotFoundError:
@@ -417,11 +356,8 @@ class Blob(StoredResource):
         Example:
             >>> rh.blob(data=[1, 2, 3]).save("my-list")   # written to ./my-list, then registered
         """
-        if not self._in_memory():
-            super().save(name, overwrite)
-            self._settle()
-            self._retract()
-            return self
+        if not self._in_memory():  # the bytes are stored already: registering is the commit
+            return super().save(name, overwrite)
         target = name or self.name
         if not target:
             raise NotFound(
@@ -435,12 +371,9 @@ class Blob(StoredResource):
             return super().save(name, overwrite)  # raises the registry's AlreadyExists; nothing is written
         sys, where = place(target, None, None, kind="blob")
         self._relocate(sys, where)
-        self._set_name(target)  # named before writing: the write announces the registration that follows
+        self._set_name(target)  # named before writing: errors of the write name the blob
         self.write()
-        super().save(name, overwrite)
-        self._settle()
-        self._retract()
-        return self
+        return super().save(name, overwrite)
 
 
 class _Payload:
@@ -453,302 +386,95 @@ class _Payload:
         self.obj = obj
 
 
-class _HashingWriter(io.RawIOBase):
-    """Forwards writes to a binary file in bounded chunks while counting bytes and computing sha256."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        super().__init__()
-        self._f = f
-        self._sha = hashlib.sha256()
-        self.size = 0
-        #: the error the underlying file raised, if any: a storage failure, not the serializer's fault
-        self.io_error: Optional[BaseException] = None
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:  # type: ignore[override]
-        view = memoryview(data)
-        if view.ndim != 1 or view.itemsize != 1:
-            view = view.cast("B")  # numpy buffers arrive as typed, multi-dimensional views
-        total = view.nbytes
-        for start in range(0, total, CHUNK_SIZE):
-            piece = view[start : start + CHUNK_SIZE]
-            self._sha.update(piece)
-            chunk = data if isinstance(data, bytes) and total <= CHUNK_SIZE else bytes(piece)
-            try:
-                self._f.write(chunk)
-            except BaseException as exc:
-                self.io_error = exc
-                raise
-            self.size += len(chunk)
-        return total
-
-    @property
-    def sha256(self) -> str:
-        return self._sha.hexdigest()
-
-
-@contextmanager
-def _open_read(system: System, fs_path: str, label: str) -> Iterator[IO[bytes]]:
+def _dump(payload: _Payload, serializer: str, writer: blob_store.HashingWriter, label: str) -> None:
+    """Serialize into ``writer``; a failure of the serializer (not of storage) is a SerializationError."""
     try:
-        with system.guard(label):  # refused credentials, unreachable endpoints: our errors, with advice
-            f = system.fs.open(fs_path, "rb", block_size=CHUNK_SIZE)
-    except FileNotFoundError:
-        raise NotFound(
-            f"{label} has no stored bytes (nothing at {system.url(system.user_path(fs_path))}); write it first "
-            "with blob.write(data), or check the path."
-        ) from None
-    with f:
-        yield f
-
-
-def _digest(f: IO[bytes], sink: Optional[IO[bytes]] = None) -> tuple[int, str]:
-    sha = hashlib.sha256()
-    size = 0
-    while True:
-        chunk = f.read(CHUNK_SIZE)
-        if not chunk:
-            return size, sha.hexdigest()
-        sha.update(chunk)
-        size += len(chunk)
-        if sink is not None:
-            sink.write(chunk)
-
-
-#: versions of a saved blob a reader accepts: (size, sha256) -> serializer, in the order they were registered
-Accepted = dict[tuple[Optional[int], Optional[str]], str]
-
-
-def _check(found: tuple[int, str], accepted: Accepted, label: str) -> str:
-    """The serializer of the accepted version the stored bytes are; IntegrityError if they are none of them.
-    The message names the version registered last."""
-    got_size, got_sha = found
-    for (size, sha256), serializer in reversed(accepted.items()):
-        if (size is None or got_size == size) and (sha256 is None or got_sha == sha256):
-            return serializer
-    size, sha256 = next(reversed(accepted))
-    error = IntegrityError(
-        f"{label} failed verification: the block records {size} bytes with sha256 {sha256}, but the stored "
-        f"bytes are {got_size} bytes with sha256 {got_sha}. They were changed or corrupted outside rh_prefect, "
-        "so nothing was deserialized. Rewrite the blob with blob.write(data), or copy it back from a good "
-        "copy with good_copy.to(...)."
-    )
-    error.found = found  # what is stored, for a reader telling a concurrent writer from corruption
-    raise error
-
-
-@contextmanager
-def _verified(system: System, fs_path: str, accepted: Accepted, label: str) -> Iterator[tuple[IO[bytes], str]]:
-    """A reader of the stored bytes and their serializer, yielded only after they matched an accepted version
-    (size and sha256): deserializing bytes that were tampered with (a pickle can run code) must not happen before
-    the check."""
-    (size, sha256), serializer = next(reversed(accepted.items()))
-    if sha256 is None:  # described by path only: nothing to verify against
-        with _open_read(system, fs_path, label) as f:
-            yield f, serializer
-        return
-    if system.is_local:  # reading the file twice is cheaper than a copy; one open file: the bytes that were
-        with _open_read(system, fs_path, label) as f:  # checked, even if a writer replaces the path meanwhile
-            serializer = _check(_digest(f), accepted, label)
-            f.seek(0)
-            yield f, serializer
-        return
-    with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, prefix="rh-blob-") as spool:
-        with _open_read(system, fs_path, label) as f:
-            found = _digest(f, sink=spool)
-        serializer = _check(found, accepted, label)
-        spool.seek(0)
-        yield spool, serializer  # type: ignore[misc]
+        serializers.get(serializer).dump(payload.obj, writer)
+    except Exception as exc:
+        if writer.io_error is not None:
+            raise  # storage failed (maybe transiently): let the retry policy judge it
+        hint = " For lambdas, local functions or classes try serializer='cloudpickle'." if serializer == "pickle" else ""
+        raise SerializationError(
+            f"Could not serialize a {type(payload.obj).__name__} with {serializer!r} "
+            f"({type(exc).__name__}: {str(exc)[:300]}). Nothing was written: {label} is unchanged.{hint}"
+        ) from exc
 
 
 # -- tasks: every stream runs as a retryable Prefect task (tasks.RETRY_POLICY) ------------------------------
-
-
-def _marker_prefix(fs_path: str) -> str:
-    """The start of the names of a blob's in-flight markers: hidden, temporary-named siblings (never listed)."""
-    return f".{posixpath.basename(fs_path)}.rh-tmp-pending-"
-
-
-def _announce(system: System, fs_path: str) -> str:
-    """Before committing the bytes of a saved blob: leave a marker, one per write, saying "this writer's
-    registration follows". It stays until the writer has registered and settled (see Blob._settle), the only
-    time the entry can name other bytes than the stored ones. A reader meeting bytes that its entry does not
-    describe then knows for sure whether to wait (a writer in flight) or to report corruption at once (no
-    marker). Returns its path."""
-    marker = posixpath.join(posixpath.dirname(fs_path), _marker_prefix(fs_path) + uuid.uuid4().hex[:16])
-    with system.fs.open(marker, "wb") as f:
-        f.write(b"")
-    return marker
-
-
-@contextmanager
-def _announcing(system: System, fs_path: str) -> Iterator[list[str]]:
-    """Collects the marker a write leaves (see :func:`_announce`) and removes it if the write then fails: its
-    bytes were never committed, so no registration follows."""
-    made: list[str] = []
-    try:
-        yield made
-    except BaseException:
-        for marker in made:
-            try:
-                system.fs.rm_file(marker)
-            except OSError:
-                pass  # hidden, and cleaned by copies after an hour
-        raise
+# A retried write makes a new version: the one an earlier attempt may have committed is left to retention.
 
 
 @tasks.rh_task("rh-blob-write")
 def _write_task(system: System, fs_path: str, payload: _Payload, serializer: str, label: str,
-                announce: bool = False) -> tuple[int, str, Optional[str]]:
+                previous: Optional[str] = None) -> tuple[str, int, str]:
+    """Store ``payload`` as a new version; ``previous``: the version the blob's record names now (kept)."""
     tasks.reset_on_retry(system)
-    ser = serializers.get(serializer)
-    with _announcing(system, fs_path) as made, transfer.open_write(system, fs_path) as raw:
-        writer = _HashingWriter(raw)
-        try:
-            ser.dump(payload.obj, writer)
-        except Exception as exc:
-            if writer.io_error is not None:
-                raise  # storage failed (maybe transiently): let the retry policy judge it
-            hint = " For lambdas, local functions or classes try serializer='cloudpickle'." if serializer == "pickle" else ""
-            raise SerializationError(
-                f"Could not serialize a {type(payload.obj).__name__} with {serializer!r} "
-                f"({type(exc).__name__}: {str(exc)[:300]}). Nothing was written: {label} is unchanged.{hint}"
-            ) from exc
-        if announce:
-            made.append(_announce(system, fs_path))
-    return writer.size, writer.sha256, (made or [None])[0]
+    with blob_store.write(system, fs_path, keep=(previous,)) as writer:
+        _dump(payload, serializer, writer, label)
+    return writer.version, writer.size, writer.sha256
 
 
-class _Refresher:
-    """For a reader of a saved blob: ``refresh()`` loads its registry entry again (``(size, sha256, serializer)``,
-    or None if the name now describes another place); ``in_flight()`` tells whether a writer of the blob has
-    committed bytes and not finished registering and settling them (its marker is there, see :func:`_announce`)."""
-
-    __slots__ = ("refresh", "in_flight")
-
-    def __init__(self, refresh: Callable[[], Optional[tuple]], in_flight: Callable[[str], bool]) -> None:
-        self.refresh, self.in_flight = refresh, in_flight
-
-
-def _until_consistent(read: Callable[[Accepted], T], entry: tuple, refresher: Optional[_Refresher]) -> T:
-    """``read(accepted)`` of the registry entry ``entry`` = ``(size, sha256, serializer)``; it raises
-    IntegrityError when the stored bytes are none of the accepted versions.
-
-    For a saved blob (``refresh`` given) a mismatch may be a concurrent writer rather than corruption: a writer
-    commits its bytes first and registers their checksum right after. The entry is then loaded again and the bytes
-    read again, now accepting every version the registry was seen to hold since the read began (each was
-    complete and registered by a writer: a read that returns one is linearizable at the moment it was seen), until
-    a read verifies. While any writer of the blob has its in-flight marker down, the reader waits for it: between
-    its commit and the end of its settle the entry may name replaced bytes, its own registered late or another's
-    (up to :data:`REGISTRY_LAG_MAX_SECONDS`, for a writer that died before registering); bytes with no writer in
-    flight that stay unexplained (neither entry nor bytes changing) for :data:`REGISTRY_LAG_SECONDS` were
-    changed outside rh_prefect: the IntegrityError is raised (:data:`REGISTRY_LAG_ACTIVE_SECONDS` once either was
-    seen changing, i.e. writers are at work; longer on a slow server, see :data:`REGISTRY_LAG_LOADS`).
-    """
-    accepted: Accepted = {tuple(entry[:2]): entry[2]}  # type: ignore[dict-item]
-    if refresher is None:
-        return read(accepted)
-    start = last_change = time.monotonic()
-    delay = 0.05
-    seen: Any = None
-    quiet = REGISTRY_LAG_SECONDS
-    while True:
-        try:
-            return read(accepted)
-        except IntegrityError as exc:
-            now = time.monotonic()
-            found = getattr(exc, "found", None)
-            state = (entry[:2], found)
-            if state != seen:
-                if seen is not None:
-                    quiet = max(quiet, REGISTRY_LAG_ACTIVE_SECONDS)
-                seen, last_change = state, now
-            if refresher.in_flight():
-                last_change = now  # a writer committed bytes and is registering them: wait for it
-            if now - last_change >= quiet or now - start >= REGISTRY_LAG_MAX_SECONDS:
-                raise
-            time.sleep(delay)
-            delay = min(2 * delay, 0.25)
-            loading = time.monotonic()
-            fresh = refresher.refresh()
-            quiet = max(quiet, REGISTRY_LAG_LOADS * (time.monotonic() - loading))
-            if fresh is None:  # the name now describes another place: this object's entry is what it is
-                raise
-            entry = fresh
-            accepted.pop(tuple(entry[:2]), None)  # re-inserted last: the latest entry names errors
-            accepted[tuple(entry[:2])] = entry[2]  # type: ignore[index]
-
-
-@tasks.rh_task("rh-blob-fetch")
-def _fetch_task(
-    system: System, fs_path: str, serializer: str, size: Optional[int], sha256: Optional[str], label: str,
-    refresh: Optional[_Refresher] = None,
-) -> _Payload:
+@tasks.rh_task("rh-blob-dump")
+def _dump_task(system: System, fs_path: str, payload: _Payload, serializer: str, label: str) -> None:
+    """Serialize ``payload`` into a plain file (no versions: a download of an in-memory blob)."""
     tasks.reset_on_retry(system)
-
-    def read(accepted: Accepted) -> _Payload:
-        with _verified(system, fs_path, accepted, label) as (f, serializer):
-            ser = serializers.get(serializer)
-            try:
-                return _Payload(ser.load(f))
-            except OSError:
-                raise  # reading failed, not decoding: the retry policy decides
-            except Exception as exc:
-                raise SerializationError(
-                    f"{label} could not be read with serializer {serializer!r} ({type(exc).__name__}: "
-                    f"{str(exc)[:300]}). If it holds raw bytes use rh.blob(..., serializer='bytes') or blob.open(); "
-                    "if it was written by another program, pass the serializer it used."
-                ) from exc
-
-    return _until_consistent(read, (size, sha256, serializer), refresh)
-
-
-@tasks.rh_task("rh-blob-verify")
-def _verify_task(system: System, fs_path: str, size: Optional[int], sha256: Optional[str], label: str,
-                 refresh: Optional[_Refresher] = None) -> tuple[int, str]:
-    tasks.reset_on_retry(system)
-
-    def read(accepted: Accepted) -> tuple[int, str]:
-        with _open_read(system, fs_path, label) as f:
-            found = _digest(f)
-        _check(found, accepted, label)
-        return found
-
-    return _until_consistent(read, (size, sha256, READ_DEFAULT), refresh)
+    with transfer.open_write(system, fs_path) as raw:
+        _dump(payload, serializer, blob_store.HashingWriter(raw), label)
 
 
 @tasks.rh_task("rh-blob-upload")
-def _upload_task(local_path: str, system: System, fs_path: str, announce: bool = False
-                 ) -> tuple[int, str, Optional[str]]:
+def _upload_task(local_path: str, system: System, fs_path: str, previous: Optional[str] = None
+                 ) -> tuple[str, int, str]:
     tasks.reset_on_retry(system)
-    with open(local_path, "rb") as src, _announcing(system, fs_path) as made, \
-            transfer.open_write(system, fs_path, size=os.fstat(src.fileno()).st_size) as raw:
-        writer = _HashingWriter(raw)
-        while True:
-            chunk = src.read(CHUNK_SIZE)
-            if not chunk:
-                break
+    with open(local_path, "rb") as src, \
+            blob_store.write(system, fs_path, size=os.fstat(src.fileno()).st_size, keep=(previous,)) as writer:
+        while chunk := src.read(CHUNK_SIZE):
             writer.write(chunk)
-        if announce:
-            made.append(_announce(system, fs_path))
-    return writer.size, writer.sha256, (made or [None])[0]
+    return writer.version, writer.size, writer.sha256
+
+
+@tasks.rh_task("rh-blob-fetch")
+def _fetch_task(system: System, fs_path: str, version: Optional[str], serializer: str, size: Optional[int],
+                sha256: Optional[str], label: str) -> _Payload:
+    tasks.reset_on_retry(system)
+    with blob_store.verified(system, fs_path, version, size, sha256, label) as f:
+        try:
+            return _Payload(serializers.get(serializer).load(f))
+        except OSError:
+            raise  # reading failed, not decoding: the retry policy decides
+        except Exception as exc:
+            raise SerializationError(
+                f"{label} could not be read with serializer {serializer!r} ({type(exc).__name__}: "
+                f"{str(exc)[:300]}). If it holds raw bytes use rh.blob(..., serializer='bytes') or blob.open(); "
+                "if it was written by another program, pass the serializer it used."
+            ) from exc
+
+
+@tasks.rh_task("rh-blob-verify")
+def _verify_task(system: System, fs_path: str, version: Optional[str], size: Optional[int],
+                 sha256: Optional[str], label: str) -> tuple[int, str]:
+    tasks.reset_on_retry(system)
+    with blob_store.open_read(system, fs_path, version, label) as f:
+        found = blob_store.digest(f)
+    blob_store.check(found, size, sha256, label)
+    return found
 
 
 @tasks.rh_task("rh-blob-download")
-def _download_task(
-    system: System, fs_path: str, local: System, local_path: str, size: Optional[int], sha256: Optional[str],
-    label: str, refresh: Optional[_Refresher] = None,
-) -> tuple[int, str]:
+def _download_task(system: System, fs_path: str, version: Optional[str], local: System, local_path: str,
+                   size: Optional[int], sha256: Optional[str], label: str) -> tuple[int, str]:
     tasks.reset_on_retry(system)
+    with blob_store.open_read(system, fs_path, version, label) as src, transfer.open_write(local, local_path) as out:
+        found = blob_store.digest(src, sink=out)
+        blob_store.check(found, size, sha256, label)  # raising here discards the temporary file: nothing lands
+    return found
 
-    def read(accepted: Accepted) -> tuple[int, str]:
-        with _open_read(system, fs_path, label) as src, transfer.open_write(local, local_path) as out:
-            found = _digest(src, sink=out)
-            _check(found, accepted, label)  # raising here discards the temporary file: nothing lands
-        return found
 
-    return _until_consistent(read, (size, sha256, READ_DEFAULT), refresh)
+@tasks.rh_task("rh-blob-copy")
+def _copy_task(src: System, src_fs_path: str, dst: System, dst_fs_path: str, version: str, size: Optional[int],
+               label: str) -> None:
+    tasks.reset_on_retry(src, dst)
+    blob_store.copy(src, src_fs_path, dst, dst_fs_path, version, label, size)
 
 
 # -- the factory --------------------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ from fsspec import AbstractFileSystem
 from rh_prefect.errors import InvalidPath, ReadOnlySystem, RhError, SystemUnavailable, UnknownSystem
 
 _REGISTRY: dict[str, type["System"]] = {}
+#: the end of the name of the hidden directory that holds a Blob's immutable versions, beside the blob's file
+#: (``.<name>.rh-versions``): defined here because listings and copies must leave it out on every system
+VERSIONS_SUFFIX = ".rh-versions"
 
 
 class System(ABC):
@@ -177,6 +180,12 @@ class System(ABC):
         if not self.atomic_writes:
             self.fs.makedirs(fs_dir, exist_ok=True)
 
+    def remove_empty_dir(self, fs_dir: str) -> None:
+        """Remove the directory ``fs_dir`` if it is empty; OSError when it is not empty or not there. Nothing to
+        do on stores without real directories."""
+        if not self.atomic_writes:
+            self.fs.rmdir(fs_dir)
+
     @staticmethod
     def mtime(info: dict[str, Any]) -> Optional[float]:
         """Modification time of a listing entry as epoch seconds, whatever the backend calls it."""
@@ -206,23 +215,15 @@ class System(ABC):
         replacing a file already there."""
         self.fs.mv(tmp, fs_path)
 
-    def names_beside(self, fs_path: str, prefix: str) -> list[str]:
-        """The names (not paths) of the files in ``fs_path``'s directory that start with ``prefix``: e.g. the
-        hidden markers other writers left beside a file. Empty when the directory does not exist. A fresh
-        listing, never a cached one."""
-        head = posixpath.dirname(fs_path)
-        self.fs.invalidate_cache(head)
-        try:
-            listing = self.fs.ls(head, detail=True)
-        except FileNotFoundError:
-            return []
-        names = (posixpath.basename(e["name"]) for e in listing if e.get("type") == "file")
-        return [n for n in names if n.startswith(prefix)]
-
     @staticmethod
     def is_temp_name(fs_path: str) -> bool:
-        """True for unfinished writes: a hidden temporary file, or anything inside a staging directory."""
-        return ".rh-tmp-" in fs_path
+        """True for the hidden names rh-prefect keeps to itself, which listings and copies leave out: unfinished
+        writes (a hidden temporary file, anything inside a staging directory) and a Blob's directory of
+        versions (``.<name>.rh-versions/``, see :mod:`rh_prefect.blob_store`) with everything in it."""
+        if ".rh-tmp-" in fs_path:
+            return True
+        return VERSIONS_SUFFIX in fs_path and any(
+            part.startswith(".") and part.endswith(VERSIONS_SUFFIX) for part in fs_path.split("/"))
 
     #: True when the system can receive many local files in one stream (:meth:`bulk_upload`)
     bulk_writes: ClassVar[bool] = False

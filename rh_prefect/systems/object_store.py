@@ -6,7 +6,6 @@ import asyncio
 import io
 import logging
 import os
-import posixpath
 import threading
 from collections import deque
 from datetime import datetime
@@ -113,27 +112,6 @@ class ObjectStoreSystem(System):
     def _object_pages(self, bucket: str, prefix: str) -> Optional[AsyncIterator[dict[str, dict[str, Any]]]]:
         """An async iterator over the listing pages of ``prefix`` in ``bucket``; None to list in one piece."""
         return None
-
-    def names_beside(self, fs_path: str, prefix: str) -> list[str]:
-        # One listing of the keys that start with the prefix, not of the whole "directory" (a bucket's root may
-        # hold millions of objects); it does not touch fsspec's directory cache.
-        bucket, _, key = fs_path.strip("/").partition("/")
-        head = posixpath.dirname(key)
-        parent = posixpath.dirname(fs_path.strip("/"))
-        pages = self._object_pages(bucket, f"{head}/{prefix}" if head else prefix)
-        if pages is None:
-            return super().names_beside(fs_path, prefix)
-        names: list[str] = []
-        try:
-            while True:
-                try:
-                    page = _sync(self.fs.loop, pages.__anext__)
-                except StopAsyncIteration:
-                    return names
-                # keys beside fs_path only: the listing has no delimiter, so deeper keys come too
-                names.extend(posixpath.basename(p) for p in page if posixpath.dirname(p) == parent)
-        finally:
-            _sync(self.fs.loop, pages.aclose)
 
     def ensure_container(self, path: str, create: bool = False) -> None:
         bucket = self.bucket_of(path)

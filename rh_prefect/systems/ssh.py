@@ -297,6 +297,16 @@ class SSHSystem(System):
             reason = (exc.stderr or "").strip() if isinstance(exc.stderr, str) else ""
             raise PermissionError(f"could not delete {fs_path} on {self.describe()}: {reason or exc}") from None
 
+    def remove_empty_dir(self, fs_dir: str) -> None:
+        # sshfs's synchronous rmdir is fsspec's no-op (fsspec mirrors only the async methods it knows of): one
+        # SFTP rmdir request, which the server refuses for a directory that is not empty.
+        import asyncssh
+
+        try:
+            sync(self.fs.loop, self.fs._rmdir, fs_dir)
+        except asyncssh.SFTPError as exc:  # e.g. not empty: the OSError the contract promises
+            raise OSError(f"could not remove {fs_dir} on {self.describe()}: {exc.reason}") from None
+
     def block_fields(self) -> dict[str, Any]:
         return {"system": self.name, "cluster": self.cluster}
 
