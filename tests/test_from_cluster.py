@@ -71,14 +71,14 @@ def test_from_cluster_is_a_view_of_the_same_data_through_the_cluster(kind, rh_cp
                                                                       ssh_server):
     name = unique_name(kind)
     on_cluster = make(kind, rh_cpu, f"{remote_base}/{kind}", name=name).save()
+    stored = ssh_server.home / remote_base
+    files_before = sorted(p.relative_to(stored) for p in stored.rglob("*"))
     view = on_cluster.from_cluster(rh_cpu)
     assert (view.system, view.path, view.cluster.host) == ("ssh", on_cluster.path, ssh_server.host)
     assert view.name == name and view._block_document_id == on_cluster._block_document_id  # same entry
     assert not view.sys.is_local  # read over SSH from here
     assert content(view) == EXPECTED[kind]
-    # no copy was made: the cluster holds exactly the one stored resource
-    stored = ssh_server.home / remote_base
-    assert sorted(p.name for p in stored.iterdir()) == [Path(on_cluster.path).name]
+    assert sorted(p.relative_to(stored) for p in stored.rglob("*")) == files_before  # no copy was made
 
 
 @pytest.mark.parametrize("kind", KINDS)
