@@ -53,6 +53,9 @@ class ClusterDisk(LocalSystem):
         self.cluster = cluster
         self._ssh = SSHSystem(cluster=cluster)  # for paths, URLs and descriptions only: it never connects here
 
+    # identity() stays the local disk's: bytes here and on a LocalSystem are the same bytes, so a copy between the
+    # two is a local copy, and onto-itself checks see them as one store.
+
     def normalize(self, path: str) -> str:
         path = str(path)
         if path.startswith(("ssh://", "sftp://")):
