@@ -214,7 +214,8 @@ def test_worker_start_needs_a_saved_cluster(cli):
     assert cli("worker", "start").exit_code == 2
     name = "no-such-cluster-" + uuid.uuid4().hex[:8]
     result = cli("worker", "start", "--cluster", name)
-    assert result.exit_code == 1 and result.stderr.startswith(f"rh-prefect: error: No resource named '{name}'")
+    assert result.exit_code == 1 and result.stderr.startswith(f"rh-prefect: error: No cluster named '{name}' is saved")
+    assert f"rh.cluster(name='{name}', host=" in result.stderr  # and how to save one
 
 
 # --------------------------------------------------------------------------- the embedded server

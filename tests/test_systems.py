@@ -424,7 +424,7 @@ def test_up_if_not_on_closed_port_names_host_and_port():
 def test_cluster_needs_name_or_host():
     with pytest.raises(rh.RhError, match="needs a name of a saved cluster or a host"):
         rh.cluster()
-    with pytest.raises(rh.NotFound, match="No resource named"):
+    with pytest.raises(rh.NotFound, match=r"No cluster named 'no-such-cluster-xyz' is saved.*\.save\(\)"):
         rh.cluster("no-such-cluster-xyz")
 
 
