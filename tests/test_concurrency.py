@@ -117,12 +117,12 @@ CHILD = VERSIONS + textwrap.dedent(
         for seq in range(int(sys.argv[6])):
             if writer == 0:
                 rh.blob(data=blob_payload(writer, seq), name=blob_name, path=place["blob"],
-                        system=place["system"], serializer="bytes").save()
+                        system=place["system"], serializer="bytes").save(overwrite=True)  # replaces it on purpose
                 table.write(table_data(writer, seq))
             else:
                 blob.write(blob_payload(writer, seq))
                 rh.table(data=table_data(writer, seq), name=table_name, path=place["table"],
-                         system=place["system"]).save()
+                         system=place["system"]).save(overwrite=True)
         print(f"{role}: {time.monotonic() - started:.1f} s", flush=True)
     else:
         reads = {"blob": [], "table": []}
@@ -249,7 +249,7 @@ def test_a_writer_between_commit_and_registration_changes_nothing_readers_see(tm
     assert check_blob(before.fetch()) == (0, 0) and check_blob(rh.blob(name=name).fetch()) == (0, 0)
     assert rh.blob(name=name).verify().version == before.version
 
-    writer.save(name)  # the registration: the commit point
+    writer.save(name, overwrite=True)  # the registration: the commit point
     assert check_blob(rh.blob(name=name).fetch()) == (0, 1)
     assert check_blob(before.fetch()) == (0, 0)  # its version is kept: still exactly what it was loaded as
     rh.delete(name)

@@ -212,10 +212,10 @@ def test_one_block_type_for_all_kinds():
         assert klass._calculate_schema_checksum() == checksum
         assert klass._to_block_type() == Table._to_block_type()
     # ... and the rh registry knows one type.
-    from rh_prefect.runtime.registry import _TYPES
+    from rh_prefect.runtime import registry
 
-    assert _TYPES["rh-table"] is Table
-    assert [c for c in _TYPES.values() if issubclass(c, Table)] == [Table]
+    assert registry.RESOURCE_TYPES["rh-table"] == "Table"
+    assert sorted(registry.RESOURCE_TYPES) == ["rh-blob", "rh-cluster", "rh-folder", "rh-table"]
 
 
 def test_loading_picks_the_kind_class(tmp_path, unique_name):

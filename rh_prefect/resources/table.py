@@ -200,7 +200,7 @@ class Table(StoredResource):
         self.row_count = manifest.num_rows
         self.partition_cols = list(manifest.partition_cols) or None
 
-    def save(self, name: Optional[str] = None, overwrite: bool = True) -> "Table":  # type: ignore[override]
+    def save(self, name: Optional[str] = None, overwrite: Optional[bool] = None) -> "Table":  # type: ignore[override]
         """Register the table by name and return it (see :meth:`rh_prefect.runtime.registry.Resource.save`)."""
         super().save(name, overwrite)
         self._settle()
