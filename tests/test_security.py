@@ -41,7 +41,6 @@ from pydantic import SecretStr
 import infra
 import rh_prefect as rh
 from rh_prefect import names
-from rh_prefect.runtime import registry
 from rh_prefect.errors import InvalidArgument
 from rh_prefect.resources.folder import Folder
 from rh_prefect.resources.cluster import Cluster
