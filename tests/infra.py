@@ -268,6 +268,40 @@ class PrefectServer(_Server):
         self._requested_home = Path(home) if home is not None else None
         self.database_url = database_url
         self.home: Path | None = None
+        self._reservation: socket.socket | None = None
+
+    def reserve_port(self) -> str:
+        """Pick the port now and hold it until start(); return the API URL the server will have.
+
+        For clients that must know the URL before the server runs (Prefect reads PREFECT_API_URL once, at
+        import). The port stays bound (SO_REUSEADDR, not listening): no other server picks it meanwhile, while
+        the Prefect server - which binds with SO_REUSEADDR too - can still take it over.
+        """
+        if self._reservation is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, 0))
+            self._reservation = sock
+            self.port = sock.getsockname()[1]
+        return self.api_url
+
+    def _pick_port(self) -> int:
+        return self.port if self._reservation is not None else super()._pick_port()
+
+    def start(self):
+        try:
+            return super().start()
+        finally:
+            self._release_port()
+
+    def stop(self) -> None:
+        self._release_port()
+        super().stop()
+
+    def _release_port(self) -> None:
+        if self._reservation is not None:
+            self._reservation.close()
+            self._reservation = None
 
     @property
     def api_url(self) -> str:
