@@ -294,6 +294,33 @@ def unique_name():
     return lambda prefix="t": f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture
+def small_groups(monkeypatch):
+    """Tables written in row groups of 100 rows and files of 3 groups, so small tables span many files and row
+    groups (other sizes: helpers.small_row_groups)."""
+    from helpers import small_row_groups
+
+    small_row_groups(monkeypatch, rows=100, groups_per_file=3)
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """``cli(*args, input=None)`` runs the ``rh-prefect`` command line in this process (typer's CliRunner) and
+    returns its Result (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from rh_prefect.cli import app
+
+    # The CLI would set this default in os.environ itself; keep it from leaking into other tests.
+    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
+    runner = CliRunner()
+
+    def run(*args: str, input: str | None = None):
+        return runner.invoke(app, list(args), input=input, env={"COLUMNS": "200"}, catch_exceptions=False)
+
+    return run
+
+
 SYSTEMS = ["file", "ssh", "s3", "gs"]
 
 

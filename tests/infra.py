@@ -31,6 +31,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from helpers import write_tree
+
 LOCALHOST = "127.0.0.1"
 
 # urllib honours *_proxy environment variables; loopback servers must never go through a proxy.
@@ -636,12 +638,6 @@ class GitDaemon(_Server):
             env["GIT_AUTHOR_DATE"] = env["GIT_COMMITTER_DATE"] = date
         return _run(["git", *args], env=env).stdout.strip()
 
-    def _write_tree(self, work: Path, files: dict[str, bytes]) -> None:
-        for rel, content in files.items():
-            path = work / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-
     def _build_repo(self) -> None:
         self.base = self.tmpdir / "base"
         bare = self.base / self.repo_path
@@ -650,13 +646,13 @@ class GitDaemon(_Server):
         self._git("init", "-q", "-b", "main", str(work))
         w = ("-C", str(work))
 
-        self._write_tree(work, self._FILES["v1"])
+        write_tree(work, self._FILES["v1"])
         self._git(*w, "add", "-A")
         self._git(*w, "commit", "-q", "-m", "v1", date="2024-01-01T00:00:00Z")
         self._git(*w, "tag", "-a", "v1", "-m", "release v1", date="2024-01-01T00:00:00Z")
         self.commits["v1"] = self._git(*w, "rev-parse", "HEAD")
 
-        self._write_tree(work, self._FILES["main"])
+        write_tree(work, self._FILES["main"])
         self._git(*w, "add", "-A")
         self._git(*w, "commit", "-q", "-m", "v2", date="2024-01-02T00:00:00Z")
         self.commits["main"] = self._git(*w, "rev-parse", "HEAD")
