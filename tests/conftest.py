@@ -2,7 +2,8 @@
 
 Sections:
   1. Environment that must be set before anything imports gcsfs or prefect.
-  2. The Prefect server (its URL set in pytest_configure; started before the first test marked ``servers``).
+  2. The Prefect server: its URL set in pytest_configure, the server started after collection when a selected
+     test is marked ``servers`` (2b: which tests are).
   3. Session-scoped servers (started lazily, on first use): S3, GCS, SSH, git.
   4. Function-scoped helpers: fresh buckets and credential environments.
 """
@@ -37,8 +38,8 @@ from infra import (  # noqa: E402  (tests/ is on sys.path: pytest's rootdir conf
 # PREFECT_API_URL must be in os.environ before any test module imports prefect (Prefect reads its settings once,
 # at import; without an API URL it would spawn a temporary server in every process). Test modules import prefect
 # while they are collected, but only the collected items tell whether the run needs the server at all. So
-# pytest_configure reserves the server's port and sets the URL, and the server itself starts before the first
-# test marked ``servers`` (section 2b): ``pytest -m "not servers"`` starts none. A test of that fast tier that
+# pytest_configure reserves the server's port and sets the URL, and the server itself starts once collection is
+# over, when a selected test is marked ``servers`` (section 2b): ``pytest -m "not servers"`` starts none. A test of that fast tier that
 # reaches the Prefect API anyway fails at once ("Failed to reach API"), with a hint to mark it.
 _prefect_server_key = pytest.StashKey[PrefectServer]()
 _prefect_client_home_key = pytest.StashKey[str]()
