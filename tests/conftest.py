@@ -108,37 +108,13 @@ SERVER_FIXTURES = frozenset({
     "prefect_server", "s3_server", "gcs_server", "ssh_server", "git_server",
     "gcs_fs_server",  # test_faults.py: a fake-gcs-server of its own
 })
-# Tests that need a server without requesting one of those fixtures: they save or load names, run a flow or a
-# task (a copy, a table or blob write), or start a server in their body. A module marks them itself
-# (``pytestmark = pytest.mark.servers``, or the mark on single tests); these are the ones not marked in their
-# module yet ("*": the whole module), by test function name.
-UNMARKED_SERVER_TESTS: dict[str, object] = {
-    "test_blob.py": {
-        "test_unnamed_in_memory_blob_cannot_be_saved",
-        "test_name_alone_loads_and_missing_name_or_nothing_is_an_error",
-        "test_name_taken_by_another_type_writes_nothing", "test_serializer_is_saved_and_used_on_reload",
-        "test_cloudpickle_and_pickle_errors", "test_unknown_or_mismatched_serializer",
-        "test_custom_serializer_registry",
-    },
-    "test_cli.py": {
-        "test_usage_errors_exit_2", "test_rm_asks_first", "test_info_shows_a_tables_schema_and_row_count",
-        "test_worker_start_needs_a_saved_cluster",
-    },
-    "test_concurrency.py": "*",
-    "test_orchestration.py": {
-        "test_transient_failure_retries_and_resumes_without_recopying", "test_user_error_is_not_retried",
-        "test_copy_inside_a_flow_shows_task_runs", "test_concurrent_local_worker_starts_agree_on_one_worker",
-        "test_local_worker_polls_its_queue_every_two_seconds_by_default",
-    },
-    "test_systems.py": {"test_cluster_needs_name_or_host"},
-}
+# Tests that need a server without requesting one of those fixtures (they save or load names, run a flow or a
+# task, or start a server in their body) carry the mark in their module: ``pytestmark = pytest.mark.servers``,
+# or ``@pytest.mark.servers`` on the test. A fast-tier test that reaches the API anyway fails with a hint.
 
 
 def _needs_servers(item: pytest.Item) -> bool:
-    if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-        return True
-    unmarked = UNMARKED_SERVER_TESTS.get(item.path.name, ())
-    return unmarked == "*" or getattr(item, "originalname", item.name) in unmarked
+    return bool(SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())))
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the marks

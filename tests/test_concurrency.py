@@ -139,6 +139,8 @@ CHILD = VERSIONS + textwrap.dedent(
     """
 )
 
+pytestmark = pytest.mark.servers  # Blob reads and writes run as Prefect tasks: the API is needed
+
 
 def spawn(role: str, work: Path, blob_name: str, table_name: str, place: dict, *extra: str) -> subprocess.Popen:
     # The child inherits this process's environment: PREFECT_API_URL of the suite's server, credentials.

@@ -53,7 +53,7 @@ def test_no_pointer_means_no_table_and_a_pointer_is_read_back(tmp_path):
 
 
 def test_a_fan_out_copy_splits_files_into_parts_of_about_equal_size():
-    from flows.transfer import split_by_size
+    from rh_prefect.flows.transfer import split_by_size
 
     sizes = {f"f{i:02d}": 1000 + 100 * i for i in range(20)}
     parts = split_by_size(sizes, 4)
