@@ -272,12 +272,13 @@ def unique_name():
 
 
 @pytest.fixture
-def small_groups(monkeypatch):
+def small_groups():
     """Tables written in row groups of 100 rows and files of 3 groups, so small tables span many files and row
     groups (other sizes: helpers.small_row_groups)."""
     from helpers import small_row_groups
 
-    small_row_groups(monkeypatch, rows=100, groups_per_file=3)
+    with small_row_groups(rows=100, groups_per_file=3):
+        yield
 
 
 @pytest.fixture

@@ -131,11 +131,11 @@ def folder_contents(folder: Any) -> dict[str, bytes]:
 # --------------------------------------------------------------------------- tables
 
 
-def small_row_groups(monkeypatch: Any, rows: int, groups_per_file: int) -> None:
-    """Write tables in row groups of ``rows`` rows and files of ``groups_per_file`` groups, so that a table of a
-    few hundred rows spans many files and row groups (the defaults would put it in one)."""
-    from rh_prefect.tables import dataset
+def small_row_groups(rows: int, groups_per_file: int) -> Any:
+    """Inside the ``with`` block, tables are written in row groups of ``rows`` rows and files of
+    ``groups_per_file`` groups, so that a table of a few hundred rows spans many files and row groups (the
+    defaults would put it in one)."""
+    from rh_prefect import settings
 
-    monkeypatch.setattr(dataset, "MAX_GROUP_ROWS", rows)
-    monkeypatch.setattr(dataset, "MIN_GROUP_ROWS", rows)
-    monkeypatch.setattr(dataset, "GROUPS_PER_FILE", groups_per_file)
+    return settings.override(table_max_group_rows=rows, table_min_group_rows=rows,
+                             table_groups_per_file=groups_per_file)

@@ -94,12 +94,10 @@ exec(VERSIONS)  # noqa: S102  (the same definitions the child processes run)
 CHILD = VERSIONS + textwrap.dedent(
     """
     import os, sys, time, json, traceback
-    import rh_prefect as rh
-    from rh_prefect.tables import dataset as tds
-
     # several files and row groups per table version, so a mix of two versions is possible and detectable
-    tds.MAX_GROUP_ROWS = tds.MIN_GROUP_ROWS = 32
-    tds.GROUPS_PER_FILE = 2
+    os.environ.update(RH_PREFECT_TABLE_MAX_GROUP_ROWS="32", RH_PREFECT_TABLE_MIN_GROUP_ROWS="32",
+                      RH_PREFECT_TABLE_GROUPS_PER_FILE="2")
+    import rh_prefect as rh
     role, workdir, blob_name, table_name, place = sys.argv[1:6]
     place = json.loads(place)
     Path = __import__("pathlib").Path

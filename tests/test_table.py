@@ -294,7 +294,9 @@ def test_a_long_stream_shows_as_running_and_a_short_one_is_recorded_at_its_end(t
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime
     from prefect.client.schemas.sorting import TaskRunSort
 
-    from rh_prefect.resources.table import RECORD_AFTER_SECONDS
+    from rh_prefect import settings
+
+    RECORD_AFTER_SECONDS = settings.current().stream_record_after
 
     def stream_runs(since):
         with prefect_client() as c:

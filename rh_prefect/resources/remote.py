@@ -30,7 +30,7 @@ import logging
 import os
 from typing import Any, Optional, TypeVar
 
-from rh_prefect.errors import NotFound, SystemUnavailable, UnknownSystem
+from rh_prefect.errors import SystemUnavailable, UnknownSystem
 from rh_prefect.runtime import dispatch, worker
 from rh_prefect.systems import LocalSystem, get_system
 
