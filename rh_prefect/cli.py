@@ -241,11 +241,14 @@ def rm(
             raise FileNotFoundError(target)
         if not yes and not typer.confirm(f"Delete {target} ({where})?"):
             _fail("nothing deleted.")
-        if exists:
+        if res is not None:
+            # The resource's own delete keeps its promises to readers: a Table removes its pointer first, so a
+            # reader never meets a half-deleted table.
+            res.rm()
+            registry.delete(target)
+        elif exists:
             system.check_writable(path)
             system.rm_tree(path)
-        if res is not None:
-            registry.delete(target)
         typer.echo(f"removed {where}" + (f" and forgot {target}" if res is not None else ""))
 
     _run(go, target)

@@ -61,6 +61,26 @@ class Settings(BaseSettings):
     task_timeout: float = Field(default=6 * 3600.0, gt=0, description="Seconds a copy task may run in all.")
 
     # -- stored formats -----------------------------------------------------------------------------------
+    table_max_group_rows: int = Field(default=131_072, gt=0, description="Rows per parquet row group, at most.")
+    table_min_group_rows: int = Field(
+        default=1_024, gt=0, description="Rows per parquet row group, at least (wide rows get smaller groups).",
+    )
+    table_group_bytes: int = Field(
+        default=64 * MiB, gt=0, description="About this many bytes of memory per row group (bounds stream memory).",
+    )
+    table_groups_per_file: int = Field(
+        default=8, gt=0, description="Row groups per parquet file (lazy kinds read one partition per file).",
+    )
+    stream_readers: int = Field(default=3, gt=0, description="Row groups a stream reads at once from local disk.")
+    stream_remote_readers: int = Field(
+        default=8, gt=0, description="Row groups a stream reads at once over the network (each waits a round trip).",
+    )
+    stream_read_budget: int = Field(
+        default=96 * MiB, gt=0, description="Memory for the row groups a stream has in flight (wide tables: fewer).",
+    )
+    stream_record_after: float = Field(
+        default=1.0, ge=0, description="A stream's Prefect task run starts once the stream ran this long.",
+    )
     blob_versions_kept: int = Field(
         default=5, ge=1, description="Versions of a Blob kept (the current one included); older ones are dropped.",
     )

@@ -2,7 +2,8 @@
 
 Sections:
   1. Environment that must be set before anything imports gcsfs or prefect.
-  2. The Prefect server (started in pytest_configure, before test modules import prefect).
+  2. The Prefect server: its URL set in pytest_configure, the server started after collection when a selected
+     test is marked ``servers`` (2b: which tests are).
   3. Session-scoped servers (started lazily, on first use): S3, GCS, SSH, git.
   4. Function-scoped helpers: fresh buckets and credential environments.
 """
@@ -34,8 +35,12 @@ from infra import (  # noqa: E402  (tests/ is on sys.path: pytest's rootdir conf
 )
 
 # --------------------------------------------------------------------------- 2. Prefect server
-# Started in pytest_configure, not in a fixture: PREFECT_API_URL must be in os.environ before any
-# test module imports prefect, or Prefect would spawn a temporary server in every process.
+# PREFECT_API_URL must be in os.environ before any test module imports prefect (Prefect reads its settings once,
+# at import; without an API URL it would spawn a temporary server in every process). Test modules import prefect
+# while they are collected, but only the collected items tell whether the run needs the server at all. So
+# pytest_configure reserves the server's port and sets the URL, and the server itself starts once collection is
+# over, when a selected test is marked ``servers`` (section 2b): ``pytest -m "not servers"`` starts none. A test of that fast tier that
+# reaches the Prefect API anyway fails at once ("Failed to reach API"), with a hint to mark it.
 _prefect_server_key = pytest.StashKey[PrefectServer]()
 _prefect_client_home_key = pytest.StashKey[str]()
 _prefect_saved_env_key = pytest.StashKey[dict]()
@@ -45,15 +50,22 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.help:
         return
     # RH_TEST_PREFECT_DATABASE_URL: run the suite against a Prefect server on that database (PostgreSQL).
-    server = PrefectServer(database_url=os.environ.get("RH_TEST_PREFECT_DATABASE_URL") or None).start()
+    server = PrefectServer(database_url=os.environ.get("RH_TEST_PREFECT_DATABASE_URL") or None)
     config.stash[_prefect_server_key] = server
     # The test process gets its own PREFECT_HOME too, so a developer's ~/.prefect profile
     # (or results written by flows under test) never mixes with the suite's.
     client_home = tempfile.mkdtemp(prefix="rh-test-prefect-client-")
     config.stash[_prefect_client_home_key] = client_home
-    client_env = {"PREFECT_API_URL": server.api_url, "PREFECT_HOME": client_home}
+    client_env = {"PREFECT_API_URL": server.reserve_port(), "PREFECT_HOME": client_home}
     config.stash[_prefect_saved_env_key] = {name: os.environ.get(name) for name in client_env}
     os.environ.update(client_env)
+
+
+def _started_prefect_server(config: pytest.Config) -> PrefectServer:
+    server = config.stash[_prefect_server_key]
+    if server.process is None:
+        server.start()
+    return server
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -65,8 +77,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-    _drain_prefect_services()
-    server.stop()
+    if server.process is not None:
+        _drain_prefect_services()
+    server.stop()  # also gives back a port that was reserved and never used
     shutil.rmtree(config.stash[_prefect_client_home_key])
 
 
@@ -85,7 +98,53 @@ def _drain_prefect_services() -> None:
 @pytest.fixture(scope="session")
 def prefect_server(pytestconfig: pytest.Config) -> PrefectServer:
     """The suite's Prefect server: .api_url, .ui_url, .port, .home, .log_path."""
-    return pytestconfig.stash[_prefect_server_key]
+    return _started_prefect_server(pytestconfig)
+
+
+# --------------------------------------------------------------------------- 2b. the servers marker
+# Fixtures that start a server. A test needs a server when it requests one of them, directly or through other
+# fixtures (item.fixturenames is the whole closure): s3_bucket, places, rh_cluster ... all lead here.
+SERVER_FIXTURES = frozenset({
+    "prefect_server", "s3_server", "gcs_server", "ssh_server", "git_server",
+    "gcs_fs_server",  # test_faults.py: a fake-gcs-server of its own
+})
+# Tests that need a server without requesting one of those fixtures (they save or load names, run a flow or a
+# task, or start a server in their body) carry the mark in their module: ``pytestmark = pytest.mark.servers``,
+# or ``@pytest.mark.servers`` on the test. A fast-tier test that reaches the API anyway fails with a hint.
+
+
+def _needs_servers(item: pytest.Item) -> bool:
+    return bool(SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _needs_servers(item):
+            item.add_marker(pytest.mark.servers)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # After -m / -k selection. Started for the whole session (not at the first such test): a test that needs the
+    # server but lacks the mark still finds it whenever the run has any server test.
+    if session.config.option.collectonly or session.testsfailed:  # collection errors: nothing will run
+        return
+    if any(item.get_closest_marker("servers") for item in session.items):
+        _started_prefect_server(session.config)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    server = item.config.stash.get(_prefect_server_key, None)
+    if not report.failed or server is None or server.process is not None:
+        return
+    text = str(report.longrepr)
+    if server.api_url in text or ("ConnectError" in text and "prefect/client/" in text):
+        report.sections.append(("servers", (
+            f"{item.nodeid} reached the Prefect API ({server.api_url}), which this run did not start because no "
+            "selected test is marked `servers`: mark the test (or its module) with pytest.mark.servers.")))
 
 
 # --------------------------------------------------------------------------- 3. session servers
@@ -210,6 +269,34 @@ def rh_cluster(ssh_server):
 def unique_name():
     """A fresh resource name per call, so tests never see each other's registry entries."""
     return lambda prefix="t": f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def small_groups():
+    """Tables written in row groups of 100 rows and files of 3 groups, so small tables span many files and row
+    groups (other sizes: helpers.small_row_groups)."""
+    from helpers import small_row_groups
+
+    with small_row_groups(rows=100, groups_per_file=3):
+        yield
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """``cli(*args, input=None)`` runs the ``rh-prefect`` command line in this process (typer's CliRunner) and
+    returns its Result (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from rh_prefect.cli import app
+
+    # The CLI would set this default in os.environ itself; keep it from leaking into other tests.
+    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
+    runner = CliRunner()
+
+    def run(*args: str, input: str | None = None):
+        return runner.invoke(app, list(args), input=input, env={"COLUMNS": "200"}, catch_exceptions=False)
+
+    return run
 
 
 SYSTEMS = ["file", "ssh", "s3", "gs"]

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 import uuid
 
 import pytest
 
 import rh_prefect as rh
 from rh_prefect.runtime import registry
+
+from helpers import prefect_client, wait_for
+
+pytestmark = pytest.mark.servers  # registry and task runs: the Prefect server (on PostgreSQL when asked)
 
 PG_ENV = "RH_TEST_POSTGRES_DSN"  # where to look for the rows (the database behind the Prefect server)
 
@@ -75,7 +78,6 @@ def test_core_copy_and_reload_by_name(sysname, places, unique_name, tmp_path):
 
 def test_core_copy_in_a_flow_records_task_runs(tmp_path):
     from prefect import flow
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     src = rh.folder(path=str(tmp_path / "src")).put({"a.bin": b"a" * 5000})
@@ -88,15 +90,12 @@ def test_core_copy_in_a_flow_records_task_runs(tmp_path):
     flow_run_id = state.state_details.flow_run_id
 
     def names() -> list[str]:
-        with get_client(sync_client=True) as c:
+        with prefect_client() as c:
             runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
         return [r.name for r in runs if r.state and r.state.is_completed()]
 
-    for _ in range(50):  # task run states arrive through Prefect's event stream, a moment after the run
-        if any(n.startswith("rh-copy-tree") for n in names()):
-            break
-        time.sleep(0.2)
-    assert any(n.startswith("rh-copy-tree") for n in names()), names()
+    # Task run states arrive through Prefect's event stream, a moment after the run.
+    assert wait_for(lambda: any(n.startswith("rh-copy-tree") for n in names()), 10, "a completed rh-copy-tree task run")
     assert (tmp_path / "dst" / "a.bin").read_bytes() == b"a" * 5000
     if _on_postgres():
         rows = _pg_rows("SELECT name FROM task_run WHERE flow_run_id = $1", flow_run_id)

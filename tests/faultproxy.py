@@ -83,6 +83,14 @@ class FaultProxy:
     def is_stalled(self) -> bool:
         return time.monotonic() < self._stall_until
 
+    @property
+    def holds_stalled_connections(self) -> bool:
+        """True while connections stalled with ``existing_only`` are held, however long ago their stall ran out;
+        :meth:`restore` lets them go. (A test asks it to tell "the client gave up on them" from "they were
+        released".)"""
+        with self._lock:
+            return bool(self._stalled)
+
     def _held(self, sock: socket.socket) -> bool:
         return self.is_stalled or time.monotonic() < self._stalled.get(sock, 0.0)
 

@@ -31,6 +31,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from helpers import write_tree
+
 LOCALHOST = "127.0.0.1"
 
 # urllib honours *_proxy environment variables; loopback servers must never go through a proxy.
@@ -268,6 +270,40 @@ class PrefectServer(_Server):
         self._requested_home = Path(home) if home is not None else None
         self.database_url = database_url
         self.home: Path | None = None
+        self._reservation: socket.socket | None = None
+
+    def reserve_port(self) -> str:
+        """Pick the port now and hold it until start(); return the API URL the server will have.
+
+        For clients that must know the URL before the server runs (Prefect reads PREFECT_API_URL once, at
+        import). The port stays bound (SO_REUSEADDR, not listening): no other server picks it meanwhile, while
+        the Prefect server - which binds with SO_REUSEADDR too - can still take it over.
+        """
+        if self._reservation is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, 0))
+            self._reservation = sock
+            self.port = sock.getsockname()[1]
+        return self.api_url
+
+    def _pick_port(self) -> int:
+        return self.port if self._reservation is not None else super()._pick_port()
+
+    def start(self):
+        try:
+            return super().start()
+        finally:
+            self._release_port()
+
+    def stop(self) -> None:
+        self._release_port()
+        super().stop()
+
+    def _release_port(self) -> None:
+        if self._reservation is not None:
+            self._reservation.close()
+            self._reservation = None
 
     @property
     def api_url(self) -> str:
@@ -602,12 +638,6 @@ class GitDaemon(_Server):
             env["GIT_AUTHOR_DATE"] = env["GIT_COMMITTER_DATE"] = date
         return _run(["git", *args], env=env).stdout.strip()
 
-    def _write_tree(self, work: Path, files: dict[str, bytes]) -> None:
-        for rel, content in files.items():
-            path = work / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-
     def _build_repo(self) -> None:
         self.base = self.tmpdir / "base"
         bare = self.base / self.repo_path
@@ -616,13 +646,13 @@ class GitDaemon(_Server):
         self._git("init", "-q", "-b", "main", str(work))
         w = ("-C", str(work))
 
-        self._write_tree(work, self._FILES["v1"])
+        write_tree(work, self._FILES["v1"])
         self._git(*w, "add", "-A")
         self._git(*w, "commit", "-q", "-m", "v1", date="2024-01-01T00:00:00Z")
         self._git(*w, "tag", "-a", "v1", "-m", "release v1", date="2024-01-01T00:00:00Z")
         self.commits["v1"] = self._git(*w, "rev-parse", "HEAD")
 
-        self._write_tree(work, self._FILES["main"])
+        write_tree(work, self._FILES["main"])
         self._git(*w, "add", "-A")
         self._git(*w, "commit", "-q", "-m", "v2", date="2024-01-02T00:00:00Z")
         self.commits["main"] = self._git(*w, "rev-parse", "HEAD")

@@ -32,6 +32,8 @@ VALUES = {
     "bytes": (RNG.bytes(300_000), "bytes"),
 }
 
+pytestmark = pytest.mark.servers  # Blob reads and writes run as Prefect tasks: the API is needed
+
 
 def same(a, b) -> bool:
     if isinstance(a, np.ndarray):

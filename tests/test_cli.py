@@ -65,6 +65,7 @@ def test_help_and_usage_errors_start_no_server(tmp_path):
     assert not (tmp_path / "server-home").exists()  # no embedded Prefect server was started
 
 
+@pytest.mark.servers  # uses the Prefect API without a server fixture
 def test_usage_errors_exit_2(cli):
     assert cli("no-such-command").exit_code == 2
     assert cli("ls").exit_code == 2
@@ -110,6 +111,7 @@ def test_cp_ls_cat_rm_on_s3(cli, tmp_path, s3_bucket, s3_env):
     assert (result.exit_code, result.stderr) == (1, f"rh-prefect: error: not found: {url}/sub\n")
 
 
+@pytest.mark.servers  # uses the Prefect API without a server fixture
 def test_rm_asks_first(cli, tmp_path):
     target = tmp_path / "keep-me"
     target.write_bytes(b"x")
@@ -190,6 +192,7 @@ def test_saved_names_info_list_and_rm(cli, tmp_path, s3_bucket, s3_env, rh_clust
     assert cli("list", ns).stdout.splitlines() == [f"Cluster    {ns}/gpu"]
 
 
+@pytest.mark.servers  # uses the Prefect API without a server fixture
 def test_info_shows_a_tables_schema_and_row_count(cli, tmp_path, unique_name):
     import pyarrow as pa
 
@@ -210,6 +213,7 @@ def test_register_lists_every_block_type(cli, prefect_server):
     assert result.stdout.splitlines() == [f"registered {b.get_block_type_slug()}" for b in BLOCK_TYPES]
 
 
+@pytest.mark.servers  # uses the Prefect API without a server fixture
 def test_worker_start_needs_a_saved_cluster(cli):
     assert cli("worker", "start").exit_code == 2
     name = "no-such-cluster-" + uuid.uuid4().hex[:8]

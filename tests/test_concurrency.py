@@ -94,12 +94,10 @@ exec(VERSIONS)  # noqa: S102  (the same definitions the child processes run)
 CHILD = VERSIONS + textwrap.dedent(
     """
     import os, sys, time, json, traceback
-    import rh_prefect as rh
-    from rh_prefect.tables import dataset as tds
-
     # several files and row groups per table version, so a mix of two versions is possible and detectable
-    tds.MAX_GROUP_ROWS = tds.MIN_GROUP_ROWS = 32
-    tds.GROUPS_PER_FILE = 2
+    os.environ.update(RH_PREFECT_TABLE_MAX_GROUP_ROWS="32", RH_PREFECT_TABLE_MIN_GROUP_ROWS="32",
+                      RH_PREFECT_TABLE_GROUPS_PER_FILE="2")
+    import rh_prefect as rh
     role, workdir, blob_name, table_name, place = sys.argv[1:6]
     place = json.loads(place)
     Path = __import__("pathlib").Path
@@ -117,12 +115,12 @@ CHILD = VERSIONS + textwrap.dedent(
         for seq in range(int(sys.argv[6])):
             if writer == 0:
                 rh.blob(data=blob_payload(writer, seq), name=blob_name, path=place["blob"],
-                        system=place["system"], serializer="bytes").save()
+                        system=place["system"], serializer="bytes").save(overwrite=True)  # replaces it on purpose
                 table.write(table_data(writer, seq))
             else:
                 blob.write(blob_payload(writer, seq))
                 rh.table(data=table_data(writer, seq), name=table_name, path=place["table"],
-                         system=place["system"]).save()
+                         system=place["system"]).save(overwrite=True)
         print(f"{role}: {time.monotonic() - started:.1f} s", flush=True)
     else:
         reads = {"blob": [], "table": []}
@@ -138,6 +136,8 @@ CHILD = VERSIONS + textwrap.dedent(
         (work / "reads.json").write_text(json.dumps(reads))
     """
 )
+
+pytestmark = pytest.mark.servers  # Blob reads and writes run as Prefect tasks: the API is needed
 
 
 def spawn(role: str, work: Path, blob_name: str, table_name: str, place: dict, *extra: str) -> subprocess.Popen:
@@ -249,7 +249,7 @@ def test_a_writer_between_commit_and_registration_changes_nothing_readers_see(tm
     assert check_blob(before.fetch()) == (0, 0) and check_blob(rh.blob(name=name).fetch()) == (0, 0)
     assert rh.blob(name=name).verify().version == before.version
 
-    writer.save(name)  # the registration: the commit point
+    writer.save(name, overwrite=True)  # the registration: the commit point
     assert check_blob(rh.blob(name=name).fetch()) == (0, 1)
     assert check_blob(before.fetch()) == (0, 0)  # its version is kept: still exactly what it was loaded as
     rh.delete(name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import threading
@@ -12,6 +11,8 @@ import pytest
 
 import rh_prefect as rh
 from rh_prefect import transfer
+
+from helpers import sha256s, stored_sha256s, write_tree
 
 SYSTEMS = ["file", "ssh", "s3", "gs"]
 TREE = {
@@ -24,34 +25,9 @@ TREE = {
 }
 
 
-def sha_manifest(f: rh.Folder) -> dict[str, str]:
-    """relative path -> sha256, read through the raw fsspec filesystem (not the copy engine)."""
-    fs = f.sys.fs
-    fs.invalidate_cache()
-    root = f.fs_path.rstrip("/")
-    out = {}
-    for path in fs.find(root):
-        norm = path if path.startswith("/") or not root.startswith("/") else "/" + path
-        rel = norm[len(root) + 1 :]
-        digest = hashlib.sha256()
-        with fs.open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(2**20), b""):
-                digest.update(chunk)
-        out[rel] = digest.hexdigest()
-    return out
-
-
-def expected_manifest(files: dict[str, bytes]) -> dict[str, str]:
-    return {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
-
-
 @pytest.fixture
 def local_tree(tmp_path) -> Path:
-    root = tmp_path / "tree"
-    for rel, data in TREE.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    return root
+    return write_tree(tmp_path / "tree", TREE)
 
 
 def source_on(places, sysname: str, local_tree: Path) -> rh.Folder:
@@ -65,14 +41,14 @@ def source_on(places, sysname: str, local_tree: Path) -> rh.Folder:
 @pytest.mark.parametrize("src_name", SYSTEMS)
 def test_copy_pair(places, local_tree, src_name, dst_name):
     src = source_on(places, src_name, local_tree)
-    assert sha_manifest(src) == expected_manifest(TREE)
+    assert stored_sha256s(src) == sha256s(TREE)
     system, base = places[dst_name]
     dst_path = f"{base}/dst-from-{src_name}"
 
-    before = transfer.COUNTERS["bytes_copied"]
+    before = transfer.moved_here()
     dst = src.to(system, dst_path)
-    moved = transfer.COUNTERS["bytes_copied"] - before
-    assert sha_manifest(dst) == expected_manifest(TREE)
+    moved = (transfer.moved_here() - before).bytes_copied
+    assert stored_sha256s(dst) == sha256s(TREE)
     assert dst.last_copy.files_copied == len(TREE)
     if src_name == dst_name and dst_name in ("s3", "gs"):
         # Same endpoint: the store copies the objects itself, no byte passes through this process.
@@ -85,7 +61,7 @@ def test_copy_pair(places, local_tree, src_name, dst_name):
     again = src.to(system, dst_path)
     assert again.last_copy.files_copied == 0
     assert again.last_copy.files_skipped == len(TREE)
-    assert sha_manifest(dst) == expected_manifest(TREE)
+    assert stored_sha256s(dst) == sha256s(TREE)
 
 
 @pytest.fixture
@@ -99,7 +75,7 @@ def github_source(git_server, tmp_path, monkeypatch) -> rh.Folder:
 def test_copy_from_github(places, github_source, git_server, dst_name):
     system, base = places[dst_name]
     dst = github_source.to(system, f"{base}/from-github")
-    assert sha_manifest(dst) == expected_manifest(git_server.expected_files("main"))
+    assert stored_sha256s(dst) == sha256s(git_server.expected_files("main"))
     assert github_source.to(system, f"{base}/from-github").last_copy.files_copied == 0
 
 
@@ -118,7 +94,7 @@ def test_overwrite_false_copy_refuses_before_copying(places, local_tree):
     dst.put({"top.txt": b"different and longer content"})
     with pytest.raises(rh.AlreadyExists, match="Nothing was copied"):
         src.to(system, f"{base}/dst", overwrite=False)
-    assert sha_manifest(dst) == expected_manifest({"top.txt": b"different and longer content"})
+    assert stored_sha256s(dst) == sha256s({"top.txt": b"different and longer content"})
 
 
 @pytest.mark.parametrize("dst_name", SYSTEMS)
@@ -168,4 +144,4 @@ def test_no_partial_file_under_its_final_name(places, tmp_path, dst_name):
     if dst_name == "ssh":
         assert temp_names, "the watcher never saw the copy in progress"  # proves the check was meaningful
     assert dst.ls(full_paths=False) == ["big.bin"]  # no temporary name left behind
-    assert sha_manifest(dst) == expected_manifest({"big.bin": big})
+    assert stored_sha256s(dst) == sha256s({"big.bin": big})

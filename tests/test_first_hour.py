@@ -19,6 +19,8 @@ import pytest
 
 from infra import free_port
 
+pytestmark = pytest.mark.servers  # starts its own Prefect server through `rh-prefect server up`
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 import rh_prefect as rh
+
+from helpers import folder_contents, write_tree
 
 SYSTEMS = ["file", "ssh", "s3", "gs"]
 BIG = os.urandom(3 * 2**20 + 17)  # spans several SFTP/HTTP chunks, not a toy string
@@ -20,20 +21,9 @@ def make(places, sysname: str, sub: str = "f") -> rh.Folder:
     return rh.folder(path=f"{base}/{sub}", system=system)
 
 
-def contents(f: rh.Folder) -> dict[str, bytes]:
-    return {key: f.get(key) for key in f.ls(full_paths=False, recursive=True)}
-
-
 def raw_exists(f: rh.Folder, key: str) -> bool:
     f.sys.fs.invalidate_cache()
     return f.sys.fs.exists(f"{f.fs_path}/{key}")
-
-
-def local_tree(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    return root
 
 
 # --------------------------------------------------------------------------- put / get / ls
@@ -82,7 +72,7 @@ def test_ls_sort_newest_first(places, sysname):
 @pytest.mark.parametrize("sysname", SYSTEMS)
 def test_put_local_paths_and_folders(places, sysname, tmp_path):
     f = make(places, sysname)
-    src = local_tree(tmp_path / "src", {"x.txt": b"x", "d/y.bin": BIG, "d/e/z": b""})
+    src = write_tree(tmp_path / "src", {"x.txt": b"x", "d/y.bin": BIG, "d/e/z": b""})
     f.put(src)
     single = tmp_path / "single.txt"
     single.write_bytes(b"one file")
@@ -90,7 +80,7 @@ def test_put_local_paths_and_folders(places, sysname, tmp_path):
     other = rh.folder(path=tmp_path / "other")
     other.put({"o/1.txt": b"from a folder"})
     f.put(other)
-    assert contents(f) == {"x.txt": b"x", "d/y.bin": BIG, "d/e/z": b"", "single.txt": b"one file",
+    assert folder_contents(f) == {"x.txt": b"x", "d/y.bin": BIG, "d/e/z": b"", "single.txt": b"one file",
                            "o/1.txt": b"from a folder"}
     with pytest.raises(rh.NotFound, match="does not exist"):
         f.put(tmp_path / "nope")
@@ -108,7 +98,7 @@ def test_put_without_overwrite_writes_nothing(places, sysname, tmp_path):
     assert "'a.txt'" in str(info.value) and "overwrite=True" in str(info.value)
     assert "Nothing was written" in str(info.value)
 
-    src = local_tree(tmp_path / "src", {"new3.txt": b"3", "a.txt": b"local version"})
+    src = write_tree(tmp_path / "src", {"new3.txt": b"3", "a.txt": b"local version"})
     with pytest.raises(rh.AlreadyExists, match="Nothing was copied"):
         f.put(src)
     other = rh.folder(path=tmp_path / "other")
@@ -118,10 +108,10 @@ def test_put_without_overwrite_writes_nothing(places, sysname, tmp_path):
 
     for key in ("new1.txt", "new2/x.txt", "new3.txt", "new4.txt"):
         assert not raw_exists(f, key), key
-    assert contents(f) == {"a.txt": b"original"}
+    assert folder_contents(f) == {"a.txt": b"original"}
 
     f.put({"a.txt": b"replacement", "new1.txt": b"1"}, overwrite=True)
-    assert contents(f) == {"a.txt": b"replacement", "new1.txt": b"1"}
+    assert folder_contents(f) == {"a.txt": b"replacement", "new1.txt": b"1"}
 
 
 @pytest.mark.parametrize("sysname", SYSTEMS)
@@ -131,7 +121,7 @@ def test_bad_keys_are_refused_before_writing(places, sysname):
     for bad, words in [("../escape", "contains '..'"), ("/abs", "is absolute"), ("a\x00b", "NUL"), ("", "non-empty")]:
         with pytest.raises(rh.InvalidPath, match=words):
             f.put({"fine.txt": b"f", bad: b"x"})
-    assert contents(f) == {"keep": b"k"}
+    assert folder_contents(f) == {"keep": b"k"}
 
 
 @pytest.mark.parametrize("sysname", SYSTEMS)
@@ -148,7 +138,7 @@ def test_a_backslash_is_a_character_of_a_name_everywhere(places, sysname, tmp_pa
     copy = f.to("file", str(tmp_path / "copy"))
     assert sorted(str(p.relative_to(tmp_path / "copy")) for p in (tmp_path / "copy").rglob("*") if p.is_file()) \
         == ["..\\not-up", "a\\b.txt", "dir\\x/c.txt"]
-    assert contents(copy) == {"..\\not-up": b"three", "a\\b.txt": b"one", "dir\\x/c.txt": b"two"}
+    assert folder_contents(copy) == {"..\\not-up": b"three", "a\\b.txt": b"one", "dir\\x/c.txt": b"two"}
     f.rm(["a\\b.txt"])
     assert f.ls(full_paths=False, recursive=True) == ["..\\not-up", "dir\\x/c.txt"]
     with pytest.raises(rh.InvalidPath, match="is absolute"):
@@ -213,7 +203,7 @@ def test_exists_mkdir_rm(places, sysname):
     f.put({"a.txt": b"a", "b.txt": b"b", "sub/c.txt": b"c"})
     assert f.exists_in_system()
     f.rm(["a.txt", "sub", "not-there.txt"])
-    assert contents(f) == {"b.txt": b"b"}
+    assert folder_contents(f) == {"b.txt": b"b"}
     f.rm()
     assert not f.exists_in_system()
 
@@ -243,12 +233,12 @@ def test_mv_moves_data_and_registry_entry(places, src_sys, dst_sys, unique_name)
     system, base = places[dst_sys]
     moved = f.mv(system, f"{base}/moved")
     assert moved is f
-    assert contents(f) == {"a.txt": b"a", "d/b.bin": BIG}
+    assert folder_contents(f) == {"a.txt": b"a", "d/b.bin": BIG}
     assert not old.exists_in_system()
     again = rh.folder(name=name)
     assert again.system == f.system == rh.folder(path=f"{base}/x", system=system).system
     assert again.path == f.path
-    assert contents(again) == {"a.txt": b"a", "d/b.bin": BIG}
+    assert folder_contents(again) == {"a.txt": b"a", "d/b.bin": BIG}
 
 
 def test_mv_onto_itself_keeps_the_data(tmp_path):
@@ -257,7 +247,7 @@ def test_mv_onto_itself_keeps_the_data(tmp_path):
     for target in (f.path, f"{f.path}/inside"):
         with pytest.raises(rh.InvalidPath, match="onto itself|inside itself"):
             f.mv("file", target)
-    assert contents(f) == {"a.txt": b"precious"}
+    assert folder_contents(f) == {"a.txt": b"precious"}
 
 
 def test_to_default_paths(places, tmp_path, monkeypatch, s3_bucket, gs_bucket, rh_cluster, ssh_server, unique_name):
@@ -294,7 +284,7 @@ def test_to_returns_unsaved_copy_keeping_the_source(places, unique_name):
     assert copy.system == "s3" and copy.path == f"{base}/copy"
     assert copy.last_copy.files_copied == 1
     assert rh.folder(name=name).system == "file"  # the saved entry still points at the source
-    assert contents(copy) == contents(f) == {"a.txt": b"a"}
+    assert folder_contents(copy) == folder_contents(f) == {"a.txt": b"a"}
 
 
 def test_resources_needs_a_saved_folder(tmp_path):
@@ -318,4 +308,4 @@ def test_concurrent_puts_from_threads(places):
     for t in threads:
         t.join()
     assert errors == []
-    assert contents(f) == {f"t{i}/{j}.txt": f"{i}-{j}".encode() for i in range(4) for j in range(5)}
+    assert folder_contents(f) == {f"t{i}/{j}.txt": f"{i}-{j}".encode() for i in range(4) for j in range(5)}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-from pathlib import Path
 
 import asyncssh
 import gcsfs
@@ -13,18 +12,10 @@ import pytest
 import s3fs
 import sshfs
 
+from helpers import prefect_client, read_tree
 from infra import GitDaemon, http_status
 
 PAYLOAD = random.Random(7).randbytes(300_000)  # several SFTP/HTTP chunks, not a toy string
-
-
-def read_tree(root: Path) -> dict[str, bytes]:
-    """Relative path -> bytes for every file under root, ignoring .git."""
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and ".git" not in p.relative_to(root).parts
-    }
 
 
 # --------------------------------------------------------------------------- S3
@@ -138,9 +129,10 @@ def test_git_clone_tag_gives_v1_files(git_server, tmp_path):
                           capture_output=True, text=True).stdout.strip()
 
     assert head == git_server.commits["v1"]
-    assert read_tree(dest) == git_server.expected_files("v1")
-    assert read_tree(dest)["README.md"] == b"hello v1\n"
-    assert len(read_tree(dest)["data/sub/b.bin"]) == 1000
+    checkout = read_tree(dest, skip=[".git"])
+    assert checkout == git_server.expected_files("v1")
+    assert checkout["README.md"] == b"hello v1\n"
+    assert len(checkout["data/sub/b.bin"]) == 1000
 
 
 def test_git_refs_match_commits(git_server):
@@ -158,11 +150,9 @@ def test_git_refs_match_commits(git_server):
 
 
 def test_prefect_server_is_the_configured_api(prefect_server):
-    from prefect.client.orchestration import get_client
-
     assert os.environ["PREFECT_API_URL"] == prefect_server.api_url
     assert http_status(f"{prefect_server.api_url}/health") == 200
-    with get_client(sync_client=True) as client:
+    with prefect_client() as client:
         assert str(client.api_url).rstrip("/") == prefect_server.api_url  # not a temporary server
         response = client.hello()
     assert response.status_code == 200

@@ -107,6 +107,7 @@ def _task_run(state) -> Any:
         return c.read_task_run(task_run_id)
 
 
+@pytest.mark.servers  # uses the Prefect API without a server fixture
 def test_transient_failure_retries_and_resumes_without_recopying(tmp_path):
     files = _make_tree(tmp_path / "src")
     faults = {"c.bin": [ConnectionResetError(104, "Connection reset by peer")]}
@@ -125,6 +126,7 @@ def test_transient_failure_retries_and_resumes_without_recopying(tmp_path):
     assert run and run.run_count == 2 and run.state.is_completed()
 
 
+@pytest.mark.servers  # uses the Prefect API without a server fixture
 def test_user_error_is_not_retried(tmp_path):
     _make_tree(tmp_path / "src")
     faults = {"c.bin": [PermissionError(13, "Permission denied") for _ in range(5)]}
@@ -198,6 +200,7 @@ def test_plain_python_copy_prints_no_warnings(tmp_path, prefect_server):
     assert noisy == [], done.stderr
 
 
+@pytest.mark.servers  # uses the Prefect API without a server fixture
 def test_copy_inside_a_flow_shows_task_runs(tmp_path):
     from prefect import flow
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -405,6 +408,7 @@ def test_a_run_no_worker_picks_up_is_cancelled_and_says_how_to_retry(prefect_ser
         assert c.read_flow_run(run_id).state.is_cancelled()
 
 
+@pytest.mark.servers  # uses the Prefect API without a server fixture
 def test_concurrent_local_worker_starts_agree_on_one_worker(tmp_path):
     """start_local (this machine's equivalent of Cluster.start_worker): two racing starts, one worker; stop."""
     from concurrent.futures import ThreadPoolExecutor
@@ -427,6 +431,7 @@ def test_concurrent_local_worker_starts_agree_on_one_worker(tmp_path):
     assert _wait_for(lambda: _process_gone(infos[0].pid), timeout=10)
 
 
+@pytest.mark.servers  # uses the Prefect API without a server fixture
 def test_local_worker_polls_its_queue_every_two_seconds_by_default(tmp_path):
     """Prefect's default poll is 10 s, and a dispatched copy waits for that poll before it starts."""
     queue = f"rh-local-{uuid.uuid4().hex[:8]}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
-from pathlib import Path
 
 import pytest
 from prefect import flow, task
@@ -13,6 +12,9 @@ from prefect.filesystems import WritableDeploymentStorage, WritableFileSystem
 from prefect.results import ResultStore
 
 import rh_prefect as rh
+from rh_prefect import names
+
+from helpers import read_tree, write_tree
 
 
 @pytest.fixture
@@ -48,7 +50,7 @@ def test_flow_results_stored_in_folder_and_read_back(s3_folder):
         return {"square": x * x, "payload": "r" * 1000}
 
     # The flow names the storage the way Prefect's docs do: "<block type slug>/<block document name>".
-    @flow(persist_result=True, result_storage=f"rh-folder/{s3_folder._block_document_name}")
+    @flow(persist_result=True, result_storage=f"rh-folder/{names.parse(s3_folder.name).block_name}")
     def compute(x: int) -> dict:
         return square(x)
 
@@ -87,16 +89,9 @@ PROJECT = {
 }
 
 
-def _write_project(root: Path) -> Path:
-    for rel, data in PROJECT.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    (root / ".prefectignore").write_text("*.tmp\n")
-    return root
-
-
-def _read_tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+def _write_project(root):
+    """The project on local disk, with a .prefectignore that keeps scratch files from being deployed."""
+    return write_tree(root, {**PROJECT, ".prefectignore": b"*.tmp\n"})
 
 
 def test_put_and_get_directory_roundtrip(s3_folder, tmp_path):
@@ -106,7 +101,7 @@ def test_put_and_get_directory_roundtrip(s3_folder, tmp_path):
     deployed = {k: v for k, v in PROJECT.items() if not k.endswith(".tmp")}
     assert count == len(deployed) + 1  # plus .prefectignore itself
     s3_folder.get_directory(from_path="code", local_path=str(tmp_path / "pulled"))
-    pulled = _read_tree(tmp_path / "pulled")
+    pulled = read_tree(tmp_path / "pulled")
     assert "scratch.tmp" not in pulled
     assert {k: pulled[k] for k in deployed} == deployed
 
@@ -119,7 +114,7 @@ def test_async_directory_twins(s3_folder, tmp_path):
         await s3_folder.aget_directory(from_path="async-code", local_path=str(tmp_path / "pulled"))
 
     asyncio.run(go())
-    pulled = _read_tree(tmp_path / "pulled")
+    pulled = read_tree(tmp_path / "pulled")
     assert {k: pulled[k] for k in PROJECT} == PROJECT
 
 
@@ -135,6 +130,7 @@ def test_pull_step_with_saved_folder(s3_folder, tmp_path, monkeypatch):
 
     s3_folder.save().put_directory(local_path=str(_write_project(tmp_path / "project")))
     monkeypatch.chdir(tmp_path)
-    out = asyncio.run(pull_with_block(block_document_name=s3_folder._block_document_name, block_type_slug="rh-folder"))
-    pulled = _read_tree(tmp_path / out["directory"])
+    out = asyncio.run(pull_with_block(block_document_name=names.parse(s3_folder.name).block_name,
+                                      block_type_slug="rh-folder"))
+    pulled = read_tree(tmp_path / out["directory"])
     assert pulled["flows/hello.py"] == PROJECT["flows/hello.py"]

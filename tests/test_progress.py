@@ -17,6 +17,8 @@ import pytest
 from rh_prefect import progress as progress_module
 from rh_prefect.progress import Progress, human_bytes
 
+from helpers import prefect_client, wait_for, write_tree
+
 LINE = re.compile(r"^rh-prefect: copy file -> s3: (\d+)/100 files, [\d.]+ (KiB|MiB)/100\.0 KiB \((\d+)%\), "
                   r"[\d.]+ (B|KiB)/s, ETA \d+s$")
 
@@ -81,10 +83,7 @@ def test_a_real_copy_in_a_pipe_prints_nothing_per_file(tmp_path, s3_bucket, s3_e
     from rh_prefect import transfer
     from rh_prefect.systems import get_system
 
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(30):
-        (src / f"file-{i:02d}.txt").write_bytes(b"x" * i)
+    src = write_tree(tmp_path / "src", {f"file-{i:02d}.txt": b"x" * i for i in range(30)})
     s3 = get_system("s3")
     report = transfer.copy_tree(get_system("file"), str(src), s3, f"{s3_bucket}/dst")
     assert report.files_copied == 30
@@ -119,10 +118,7 @@ def test_interactive_bar_follows_a_real_copy(tmp_path, s3_bucket, s3_env):
     from rh_prefect import transfer
     from rh_prefect.systems import get_system
 
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(3):
-        (src / f"part-{i}.bin").write_bytes(os.urandom(2**20))
+    src = write_tree(tmp_path / "src", {f"part-{i}.bin": os.urandom(2**20) for i in range(3)})
     buf, console = _bar_console()
     bar = Progress("upload", interactive=True, artifacts=False, console=console)
     transfer.copy_tree(get_system("file"), str(src), get_system("s3"), f"{s3_bucket}/bar", progress=bar)
@@ -135,7 +131,7 @@ def test_interactive_bar_follows_a_real_copy(tmp_path, s3_bucket, s3_env):
 
 
 @pytest.fixture
-def flush_run_logs():
+def flush_run_logs(prefect_server):
     """Send the flow runs' logs before the test ends (not at exit, when the suite's server is gone)."""
     yield
     from prefect.logging.handlers import APILogHandler
@@ -144,10 +140,9 @@ def flush_run_logs():
 
 
 def _artifacts(flow_run_id):
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    with get_client(sync_client=True) as client:
+    with prefect_client() as client:
         return client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
 
@@ -157,11 +152,8 @@ def test_copy_in_a_flow_leaves_progress_and_summary_artifacts(tmp_path, s3_bucke
 
     import rh_prefect as rh
 
-    data = tmp_path / "data"
-    data.mkdir()
     sizes = [100, 2000, 30_000, 4, 5]
-    for i, n in enumerate(sizes):
-        (data / f"f{i}.bin").write_bytes(os.urandom(n))
+    data = write_tree(tmp_path / "data", {f"f{i}.bin": os.urandom(n) for i, n in enumerate(sizes)})
 
     @flow(name="rh-test-progress-artifacts")
     def copy_it() -> str:
@@ -191,10 +183,7 @@ def test_copy_in_a_flow_leaves_progress_and_summary_artifacts(tmp_path, s3_bucke
 
 def test_summary_lines_go_to_the_flow_run_log(flush_run_logs):
     from prefect import flow, runtime
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-    from ui_helpers import wait_for
 
     @flow(name="rh-test-progress-log")
     def long_job() -> str:
@@ -210,7 +199,7 @@ def test_summary_lines_go_to_the_flow_run_log(flush_run_logs):
     run_id = long_job()
 
     def progress_lines():
-        with get_client(sync_client=True) as client:
+        with prefect_client() as client:
             logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
         return [entry.message for entry in logs if entry.message.startswith("stream table:")]
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from prefect.client.orchestration import get_client
 
 import rh_prefect as rh
 from rh_prefect import names
+
+from helpers import prefect_client
+
+pytestmark = pytest.mark.servers  # every test here saves, loads or lists names on the Prefect server
 
 
 def test_save_returns_the_folder_and_chains(tmp_path, unique_name):
@@ -152,5 +155,5 @@ def test_nested_namespace_listing(tmp_path, unique_name):
 
 
 def _block_names() -> set[str]:
-    with get_client(sync_client=True) as client:
+    with prefect_client() as client:
         return {doc.name for doc in client.read_block_documents() if doc.name}

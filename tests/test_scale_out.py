@@ -12,10 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import rh_prefect as rh
 from rh_prefect import transfer
 
+from helpers import prefect_client
 from postgres import PostgresServer
+
+pytestmark = pytest.mark.servers  # PostgreSQL and a Prefect server on it; copies that record task runs
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ENV = "RH_TEST_POSTGRES_DSN"  # tells the child's checks where to find their rows
@@ -51,7 +56,6 @@ def test_core_tests_pass_on_postgresql(tmp_path):
 
 
 def test_folder_copy_fans_out_over_a_dask_cluster(tmp_path, s3_env, s3_bucket):
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect_dask import DaskTaskRunner
 
@@ -61,17 +65,17 @@ def test_folder_copy_fans_out_over_a_dask_cluster(tmp_path, s3_env, s3_bucket):
     src = rh.folder(path=str(tmp_path / "big")).put(files)
     runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 2, "processes": True,
                                             "dashboard_address": None})
-    before = dict(transfer.COUNTERS)
+    before = transfer.moved_here()
 
     state = copy_folder_fanout.with_options(task_runner=runner)(
         src, system="s3", path=f"/{s3_bucket}/big", partitions=4, return_state=True)
 
     out = state.result()
     assert (out["partitions"], out["files_copied"], out["bytes_copied"]) == (4, 24, sum(map(len, files.values())))
-    assert dict(transfer.COUNTERS) == before  # every byte moved in the Dask workers, none in this process
+    assert transfer.moved_here() == before  # every byte moved in the Dask workers, none in this process
     fs = rh.folder(path=f"/{s3_bucket}/big", system="s3")
     assert {k: fs.get(k) for k in files} == files
-    with get_client(sync_client=True) as c:
+    with prefect_client() as c:
         this_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
         runs = c.read_task_runs(flow_run_filter=this_run)
     assert sorted(r.name.rsplit("-", 1)[0] for r in runs if r.name.startswith("rh-copy-part")) == ["rh-copy-part"] * 4

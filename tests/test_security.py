@@ -28,7 +28,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 import typing
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -41,36 +40,15 @@ from pydantic import SecretStr
 import infra
 import rh_prefect as rh
 from rh_prefect import names
-from rh_prefect.runtime import registry
 from rh_prefect.errors import InvalidArgument
 from rh_prefect.resources.folder import Folder
 from rh_prefect.resources.cluster import Cluster
 from rh_prefect.systems import GitHubCredentials, S3Credentials, get_system
 
+from helpers import chain_text, log_text, prefect_client, read_tree, wait_for
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_PREFECT = str(Path(sys.executable).parent / "prefect")
-
-
-def _client():
-    from prefect.client.orchestration import get_client
-
-    return get_client(sync_client=True)
-
-
-def _chain_text(exc: BaseException | None) -> str:
-    """str and repr of an exception and everything it was raised from or during (what a traceback shows)."""
-    parts = []
-    seen = 0
-    while exc is not None and seen < 20:
-        parts += [str(exc), repr(exc)]
-        for value in getattr(exc, "failures", {}).values():  # TransferError keeps one error per file
-            parts += [str(value), repr(value)]
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return "\n".join(parts)
-
-
-from test_errors import _all_log_text as _log_text  # noqa: E402  (one helper for both modules)
 
 
 def _key_secret_lines(key_text: str) -> list[str]:
@@ -132,7 +110,7 @@ def test_credential_fields_are_secretstr_and_marked_secret_for_the_ui():
     suspicious = ("secret", "token", "password", "passwd", "private", "ssh_key", "service_account", "api_key")
     from rh_prefect.blocks import BLOCK_TYPES
 
-    blocks = set(BLOCK_TYPES) | set(registry._known_types().values())  # table kinds too
+    blocks = set(BLOCK_TYPES) | {rh.PandasTable, rh.DaskTable, rh.RayTable, rh.HuggingFaceTable, rh.PolarsTable}
     assert set(expected) <= blocks and {rh.Folder, rh.Blob, rh.Table} <= blocks
     for model in blocks:
         for field_name in model.model_fields:
@@ -199,7 +177,7 @@ def secret_world(s3_server, ssh_server, git_server, tmp_path_factory):
         ssh_folder.rm()
         for name in (s3_folder.name, ssh_folder.name, cluster.name, stranger.name):
             rh.delete(name)
-        with _client() as client:
+        with prefect_client() as client:
             for block_name, slug in ((creds_name, "rh-s3-credentials"), (gh_name, "rh-github-credentials")):
                 client.delete_block_document(client.read_block_document_by_name(block_name, slug).id)
     admin.rm(bucket, recursive=True)
@@ -217,7 +195,7 @@ def _flow_run_texts(flow_run_id) -> dict[str, str]:
     APILogWorker.drain_all(timeout=10)
     EventsWorker.drain_all(timeout=10)
     texts: dict[str, str] = {}
-    with _client() as client:
+    with prefect_client() as client:
         run = client.read_flow_run(flow_run_id)
         texts["flow-run parameters"] = json.dumps(run.parameters, default=str)
         texts["flow-run record"] = run.model_dump_json()
@@ -242,19 +220,13 @@ def _flow_run_texts(flow_run_id) -> dict[str, str]:
     return texts
 
 
-def _wait_for_log_line(flow_run_id, needle: str, timeout: float) -> None:
-    """Until a log line of the flow run contains needle; AssertionError with the lines seen after timeout s."""
+def _log_lines(flow_run_id) -> list[str]:
+    """The messages of a flow run's log lines, as the server has them so far."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    deadline = time.monotonic() + timeout
-    while True:
-        with _client() as client:
-            lines = [log.message for log in client.read_logs(
-                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
-        if any(needle in line for line in lines):
-            return
-        assert time.monotonic() < deadline, f"no log line with {needle!r} after {timeout} s; lines: {lines}"
-        time.sleep(0.5)
+    with prefect_client() as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in logs]
 
 
 def test_secrets_stay_out_of_a_flow_that_copies_and_one_that_fails(secret_world, tmp_path, caplog, prefect_server):
@@ -321,7 +293,7 @@ def test_secrets_stay_out_of_a_flow_that_copies_and_one_that_fails(secret_world,
     assert "copy failed as expected" in texts["bad flow-run logs"] and "Traceback" in texts["bad flow-run logs"]
     assert "AKIDRHSECURITYTEST" in texts["bad flow-run parameters"]  # the (non-secret) key id is there
     assert "does not exist" in texts["bad flow-run states"]
-    texts["failures"] = "\n".join(_chain_text(e) for e in failures)
+    texts["failures"] = "\n".join(chain_text(e) for e in failures)
     texts["bad state"] = repr(bad_state) + str(bad_state.message)
     objects = [w["creds"], w["gh"], w["cluster"], w["stranger"], w["s3_folder"], w["ssh_folder"], ssh_dst,
                rh.folder(name=w["s3_folder"].name), rh.cluster(w["cluster"].name), rh.folder(name=w["s3_folder"].name).sys,
@@ -329,13 +301,13 @@ def test_secrets_stay_out_of_a_flow_that_copies_and_one_that_fails(secret_world,
     texts["reprs"] = "\n".join(f"{o!r}\n{o}" for o in objects)
     texts["model dumps"] = "\n".join(json.dumps(o.model_dump(mode="json"), default=str) for o in objects
                                      if hasattr(o, "model_dump"))
-    with _client() as client:
+    with prefect_client() as client:
         docs = [client.read_block_document_by_name(n, slug, include_secrets=False) for n, slug in (
             (w["creds_name"], "rh-s3-credentials"), (w["gh_name"], "rh-github-credentials"),
             (names.encode(rh.cluster(w["cluster"].name).full_name), "rh-cluster"),
             (names.encode(w["s3_folder"].full_name), "rh-folder"))]
     texts["registry (as the UI reads it)"] = "\n".join(json.dumps(d.data, default=str) for d in docs)
-    texts["caplog"] = _log_text(caplog)
+    texts["caplog"] = log_text(caplog)
     # Debug logging was really on: botocore printed the requests it signed, with the token's header name.
     assert "CanonicalRequest" in texts["caplog"] and "x-amz-security-token:" in texts["caplog"]
     texts["client PREFECT_HOME"] = _files_text(Path(os.environ["PREFECT_HOME"]))
@@ -418,14 +390,15 @@ def test_secrets_stay_out_of_copies_dispatched_to_a_cluster_worker(secret_world,
         assert {k: new.get(k) for k in new.ls(full_paths=False)} == w["files"]
         assert isinstance(failure, rh.NotFound), repr(failure)
         assert "Bucket 'rh-no-such-bucket-sec' does not exist" in str(failure)
-        with _client() as client:
+        with prefect_client() as client:
             runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
                 work_queue_name=FlowRunFilterWorkQueueName(any_=[queue])))
         assert sorted(r.state.type.value for r in runs) == ["COMPLETED", "FAILED"]
         # A run's state turns final before its process on the worker has shipped its last log lines (they go
         # out in batches and when that process exits), so wait for the copy's closing line before reading.
         done = next(r for r in runs if r.state.type.value == "COMPLETED")
-        _wait_for_log_line(done.id, "copied ", timeout=60)
+        wait_for(lambda: any("copied " in line for line in _log_lines(done.id)), 60,
+                 f"a log line with 'copied ' from flow run {done.id}", interval=0.5)
         texts: dict[str, str] = {}
         for run in runs:
             # Blocks travelled by reference only: no block field at all in the stored parameters.
@@ -434,7 +407,7 @@ def test_secrets_stay_out_of_copies_dispatched_to_a_cluster_worker(secret_world,
                 texts[f"{run.state.type.value} {where}"] = text
         assert "copied " in texts["COMPLETED flow-run logs"] and "rh-copy-tree" in texts["COMPLETED task runs"]
         assert "does not exist" in texts["FAILED flow-run states"]
-        texts["caller exception"] = _chain_text(failure)
+        texts["caller exception"] = chain_text(failure)
         texts["new resource"] = repr(new) + str(new) + json.dumps(new.model_dump(mode="json"), default=str)
     finally:
         if info is not None:
@@ -464,6 +437,7 @@ class _SSHServerOnPort(infra.SSHServer):
         return self._wanted_port
 
 
+@pytest.mark.servers  # an sshd of its own, and a cluster saved in the registry
 def test_a_changed_host_key_is_refused_for_every_operation(tmp_path, unique_name):
     """A cluster saved while its host had one key; the host is reinstalled (same address, new key): every
     operation of the saved cluster, including those over a previously pooled connection, is refused."""
@@ -584,16 +558,6 @@ def _odd_names(canary: str) -> list[str]:
     ]
 
 
-def _tree(root: Path) -> dict[str, bytes]:
-    """Relative path -> bytes of every file under a local directory (the exact names on disk)."""
-    out = {}
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            full = Path(dirpath) / name
-            out[full.relative_to(root).as_posix()] = full.read_bytes()
-    return out
-
-
 def _assert_no_canary(canary: str, *roots: Path) -> None:
     assert not (Path.home() / canary).exists(), "a shell command injected through a file name ran"
     assert not (Path.cwd() / canary).exists()
@@ -629,7 +593,7 @@ def test_odd_names_go_through_every_remote_command_unharmed(ssh_server, rh_clust
                         lambda self, *a: (bulk.__setitem__("down", bulk["down"] + 1), real_down(self, *a))[1])
 
     def on_server(path: str) -> dict[str, bytes]:
-        return _tree(home / path)
+        return read_tree(home / path)
 
     try:
         # SFTP: mkdir, put (a dict: one atomic write per key), ls, get, open.
@@ -655,7 +619,7 @@ def test_odd_names_go_through_every_remote_command_unharmed(ssh_server, rh_clust
         back = tmp_path / root_name / "back"
         b.to("file", str(back))
         assert bulk["down"] >= 1
-        assert _tree(back) == files
+        assert read_tree(back) == files
         # Fewer files than a tar stream is worth: one SFTP transfer per file, both ways.
         few = {k: files[k] for k in (odd[11], odd[12], odd[17], f"{odd[13]}.d/{odd[13]}", odd[18], odd[5])}
         few_src = tmp_path / root_name / "few-src"
@@ -667,7 +631,7 @@ def test_odd_names_go_through_every_remote_command_unharmed(ssh_server, rh_clust
         assert on_server(f"{run}/{root_name}/c") == few
         c.to("file", str(tmp_path / root_name / "few"))
         assert bulk == before  # no tar stream: one SFTP put/get per file
-        assert _tree(tmp_path / root_name / "few") == few
+        assert read_tree(tmp_path / root_name / "few") == few
         # rm of odd names over SFTP.
         removed = [k for k in few if "\n" not in k]
         b.rm(removed)
@@ -708,9 +672,7 @@ def test_worker_start_quotes_the_queue_name_and_refuses_odd_env_names(ssh_server
     info = c.start_worker(wait=False, env={"RH_ODD_VALUE": odd_value})
     try:
         assert info.started and info.queue == queue
-        deadline = time.monotonic() + 10
-        while not argv_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(argv_file.exists, 10, "the fake prefect to record its arguments", interval=0.05)
         argv = argv_file.read_bytes().split(b"\0")[:-1]
         assert [a.decode() for a in argv] == ["worker", "start", "--pool", "rh-pool", "--work-queue", queue,
                                               "--name", f"rh-{queue}", "--type", "process"]
@@ -729,7 +691,7 @@ def test_worker_start_quotes_the_queue_name_and_refuses_odd_env_names(ssh_server
         c2.start_worker(wait=False, env={f"A=1;cd;touch {canary};B": "v"})
     from prefect.exceptions import ObjectNotFound
 
-    with _client() as client, pytest.raises(ObjectNotFound):
+    with prefect_client() as client, pytest.raises(ObjectNotFound):
         client.read_work_queue_by_name(bad_queue, work_pool_name="rh-pool")  # nothing was created
     _assert_no_canary(canary, tmp_path)
 

@@ -27,7 +27,6 @@ import pytest
 
 import rh_prefect as rh
 from faultproxy import FaultProxy
-from rh_prefect.tables import dataset as tds
 
 ROWS = 20_000
 GROUP_ROWS = 500
@@ -38,11 +37,12 @@ SEED = 11
 
 
 @pytest.fixture(autouse=True)
-def small_groups(monkeypatch):
+def small_groups():
     """Row groups of 500 rows in files of 2 groups: the table is 40 row groups in 20 files."""
-    monkeypatch.setattr(tds, "MAX_GROUP_ROWS", GROUP_ROWS)
-    monkeypatch.setattr(tds, "MIN_GROUP_ROWS", GROUP_ROWS)
-    monkeypatch.setattr(tds, "GROUPS_PER_FILE", 2)
+    from helpers import small_row_groups
+
+    with small_row_groups(GROUP_ROWS, 2):
+        yield
 
 
 def data(n: int = ROWS) -> pa.Table:

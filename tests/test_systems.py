@@ -421,6 +421,7 @@ def test_up_if_not_on_closed_port_names_host_and_port():
     assert not c.is_up()
 
 
+@pytest.mark.servers  # uses the Prefect API without a server fixture
 def test_cluster_needs_name_or_host():
     with pytest.raises(rh.RhError, match="needs a name of a saved cluster or a host"):
         rh.cluster()

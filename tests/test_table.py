@@ -25,11 +25,17 @@ import pytest
 from prefect.blocks.core import Block
 
 import rh_prefect as rh
+from rh_prefect import names
 from rh_prefect.errors import InvalidArgument, MissingDependency, NotFound, SchemaMismatch
 from rh_prefect.resources.table import (
     DaskTable, HuggingFaceTable, PandasTable, PolarsTable, RayTable, Table,
 )
 from rh_prefect.tables import dataset as tds
+
+from helpers import prefect_client, wait_for
+
+# Writing a table runs a Prefect task, so nearly every test here needs the Prefect server.
+pytestmark = pytest.mark.servers
 
 SYSTEMS = ["file", "ssh", "s3", "gs"]
 KIND_CLASS = {"arrow": Table, "pandas": PandasTable, "dask": DaskTable, "huggingface": HuggingFaceTable,
@@ -153,14 +159,6 @@ def pointer(t: Table) -> dict:
     return json.loads(t.sys.fs.cat_file(posixpath.join(t.fs_path, tds.POINTER)))
 
 
-@pytest.fixture
-def small_groups(monkeypatch):
-    """Row groups of 100 rows and files of 3 groups, so small tables span many files and row groups."""
-    monkeypatch.setattr(tds, "MAX_GROUP_ROWS", 100)
-    monkeypatch.setattr(tds, "MIN_GROUP_ROWS", 100)
-    monkeypatch.setattr(tds, "GROUPS_PER_FILE", 3)
-
-
 # ----------------------------------------------------------------------------------------------- kinds x systems
 @pytest.mark.parametrize("kind,sysname", ROUNDTRIPS, ids=[f"{k}-{s}" for k, s in ROUNDTRIPS])
 def test_write_save_reload_stream_fetch(kind, sysname, places, unique_name, small_groups):
@@ -191,10 +189,7 @@ def test_block_shows_what_the_table_is(tmp_path, unique_name):
     name = unique_name("tbl")
     rh.table(data=frame(20), name=name, path=tmp_path / "t", partition_cols=["part"], stream_format="numpy",
              metadata={"owner": "ml"}).save()
-    from prefect.client.orchestration import get_client
-    from rh_prefect import names
-
-    with get_client(sync_client=True) as client:
+    with prefect_client() as client:
         doc = client.read_block_document_by_name(names.encode(names.parse(name).full), "rh-table")
     data = doc.data
     assert data["kind"] == "pandas" and data["system"] == "file" and data["path"] == str(tmp_path / "t")
@@ -212,10 +207,10 @@ def test_one_block_type_for_all_kinds():
         assert klass._calculate_schema_checksum() == checksum
         assert klass._to_block_type() == Table._to_block_type()
     # ... and the rh registry knows one type.
-    from rh_prefect.runtime.registry import _TYPES
+    from rh_prefect.runtime import registry
 
-    assert _TYPES["rh-table"] is Table
-    assert [c for c in _TYPES.values() if issubclass(c, Table)] == [Table]
+    assert registry.RESOURCE_TYPES["rh-table"] == "Table"
+    assert sorted(registry.RESOURCE_TYPES) == ["rh-blob", "rh-cluster", "rh-folder", "rh-table"]
 
 
 def test_loading_picks_the_kind_class(tmp_path, unique_name):
@@ -223,7 +218,7 @@ def test_loading_picks_the_kind_class(tmp_path, unique_name):
     rh.table(data=pl.DataFrame({"a": [1, 2]}), name=name, path=tmp_path / "t").save()
     assert type(rh.table(name=name)) is PolarsTable
     assert type(rh.load(name)) is PolarsTable
-    assert type(Table.load(rh.table(name=name)._block_document_name)) is PolarsTable
+    assert type(Table.load(names.parse(name).block_name)) is PolarsTable  # Prefect's own load, by block name
     with pytest.raises(NotFound, match="PolarsTable, not a PandasTable"):
         PandasTable._load_named(name)
 
@@ -233,7 +228,7 @@ def test_loading_picks_the_kind_class(tmp_path, unique_name):
 def test_shuffle_is_deterministic_across_files_and_row_groups(sysname, places, small_groups):
     system, base = places[sysname]
     t = rh.table(data=frame(1000), path=f"{base}/shuf", system=system)
-    assert len(t._manifest().files) == 4  # 10 groups of 100 rows in files of 3 groups
+    assert len(pointer(t)["files"]) == 4  # 10 groups of 100 rows in files of 3 groups
 
     def ids(**kw):
         got = [b["id"].to_pylist() for b in t.stream(batch_size=64, batch_format="pyarrow", **kw)]
@@ -296,25 +291,18 @@ def test_a_long_stream_shows_as_running_and_a_short_one_is_recorded_at_its_end(t
     import time
     from datetime import datetime, timezone
 
-    from prefect import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime
     from prefect.client.schemas.sorting import TaskRunSort
 
-    from rh_prefect.resources.table import RECORD_AFTER_SECONDS
+    from rh_prefect import settings
+
+    RECORD_AFTER_SECONDS = settings.current().stream_record_after
 
     def stream_runs(since):
-        with get_client(sync_client=True) as c:
+        with prefect_client() as c:
             return c.read_task_runs(task_run_filter=TaskRunFilter(
                 name=TaskRunFilterName(any_=["rh-table-stream"]),
                 start_time=TaskRunFilterStartTime(after_=since)), sort=TaskRunSort.EXPECTED_START_TIME_DESC)
-
-    def wait_for(check, timeout=20.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if (got := check()):
-                return got
-            time.sleep(0.2)
-        return check()
 
     t = rh.table(data=frame(100), path=tmp_path / "t")
     since = datetime.now(timezone.utc)
@@ -323,19 +311,22 @@ def test_a_long_stream_shows_as_running_and_a_short_one_is_recorded_at_its_end(t
     assert s.recorded(timeout=0) is False  # not started yet
     time.sleep(RECORD_AFTER_SECONDS + 0.2)
     second = next(s)
-    running = wait_for(lambda: [r for r in stream_runs(since) if r.state and r.state.is_running()])
+    running = wait_for(lambda: [r for r in stream_runs(since) if r.state and r.state.is_running()], 20,
+                       "the stream's task run to show as running")
     assert len(running) == 1, stream_runs(since)
     rest = list(s)
     assert [r["id"] for b in [first, second, *rest] for r in b.to_pylist()] == list(range(100))
     assert s.recorded(timeout=30)
-    done = wait_for(lambda: [r for r in stream_runs(since) if r.id == running[0].id and r.state.is_completed()])
+    done = wait_for(lambda: [r for r in stream_runs(since) if r.id == running[0].id and r.state.is_completed()], 20,
+                    "the stream's task run to complete")
     assert done, stream_runs(since)
 
     since = datetime.now(timezone.utc)
     quick = t.stream(batch_size=10, batch_format="pyarrow")
     assert sum(len(b) for b in quick) == 100
     assert quick.recorded(timeout=30)
-    assert wait_for(lambda: [r for r in stream_runs(since) if r.state.is_completed()])
+    assert wait_for(lambda: [r for r in stream_runs(since) if r.state.is_completed()], 20,
+                    "the quick stream's task run to be recorded as completed")
 
 
 def test_stream_resumes_at_a_row_and_counts_rows(tmp_path, small_groups):
@@ -640,7 +631,6 @@ def test_a_table_is_a_valid_task_parameter(tmp_path):
 def test_write_inside_a_flow_publishes_a_table_artifact(tmp_path):
     """Issue 6 point 4: the UI shows schema, row count and the first rows of a table written in a flow."""
     from prefect import flow
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.context import get_run_context
 
@@ -652,7 +642,7 @@ def test_write_inside_a_flow_publishes_a_table_artifact(tmp_path):
         return str(get_run_context().flow_run.id)
 
     run_id = write_it()
-    with get_client(sync_client=True) as client:
+    with prefect_client() as client:
         arts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
     tables = [a for a in arts if a.type == "table"]

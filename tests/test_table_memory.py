@@ -16,8 +16,11 @@ import textwrap
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 import rh_prefect as rh
+
+pytestmark = pytest.mark.servers  # writing and streaming a table run Prefect tasks
 
 ROWS = 13_000_000
 EXTRA = 96 * 2**20

@@ -10,7 +10,6 @@ Paths covered here and not by test_copy_matrix.py (whose tree is too small to re
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -20,7 +19,8 @@ import pytest
 import rh_prefect as rh
 from rh_prefect import transfer
 from rh_prefect.systems import get_system
-from test_copy_matrix import sha_manifest as manifest  # one raw-fsspec sha256 manifest for both modules
+
+from helpers import sha256s, stored_sha256s, write_tree
 
 SMALL = {f"d{i % 3}/f{i:03d}.bin": os.urandom(1000 + i) for i in range(30)}
 BIG_SIZE = 20 * 2**20 + 12345  # above the 8 MiB streaming chunk and the 16 MiB parallel-upload threshold
@@ -33,12 +33,8 @@ def big_bytes() -> bytes:
 
 @pytest.fixture
 def source_tree(tmp_path: Path, big_bytes: bytes) -> tuple[Path, dict[str, str]]:
-    root = tmp_path / "src"
     files = dict(SMALL, **{"big/big.bin": big_bytes})
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    return root, {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
+    return write_tree(tmp_path / "src", files), sha256s(files)
 
 
 @pytest.mark.parametrize("src_name,dst_name", [("ssh", "s3"), ("ssh", "gs"), ("s3", "gs"), ("gs", "s3")])
@@ -47,14 +43,14 @@ def test_remote_to_remote_small_and_big_files(places, source_tree, src_name, dst
     system, base = places[src_name]
     src = rh.folder(path=f"{base}/src", system=system)
     src.put(str(local_root))
-    assert manifest(src) == expected
+    assert stored_sha256s(src) == expected
 
     dst_system, dst_base = places[dst_name]
-    before = transfer.COUNTERS["bytes_copied"]
+    before = transfer.moved_here()
     dst = src.to(dst_system, f"{dst_base}/from-{src_name}")
-    assert manifest(dst) == expected
+    assert stored_sha256s(dst) == expected
     assert dst.last_copy.files_copied == len(expected)
-    assert transfer.COUNTERS["bytes_copied"] - before == sum(len(v) for v in SMALL.values()) + BIG_SIZE
+    assert (transfer.moved_here() - before).bytes_copied == sum(len(v) for v in SMALL.values()) + BIG_SIZE
 
     again = src.to(dst_system, f"{dst_base}/from-{src_name}")
     assert (again.last_copy.files_copied, again.last_copy.files_skipped) == (0, len(expected))
@@ -103,7 +99,7 @@ def test_failing_destination_stops_the_cluster_stream(places, rh_cluster):
     dst_system, dst_base = places["s3"]
     dst = src.to(dst_system, f"{dst_base}/after-failure")  # the same cluster connection, used again
     assert dst.last_copy.files_copied == len(SMALL)
-    assert manifest(dst) == {k: hashlib.sha256(v).hexdigest() for k, v in SMALL.items()}
+    assert stored_sha256s(dst) == sha256s(SMALL)
 
 
 def test_one_failing_file_in_a_batch_leaves_the_others_committed(places, tmp_path):
@@ -333,7 +329,7 @@ def test_small_uploads_to_s3_go_with_their_headers_and_large_parts_wait_for_cont
     report = transfer.copy_tree(LocalSystem(), str(local_root), s3, s3.fs_path(f"{base}/expect"))
 
     assert report.files_copied == len(expected)
-    assert manifest(rh.folder(path=f"{base}/expect", system="s3")) == expected
+    assert stored_sha256s(rh.folder(path=f"{base}/expect", system="s3")) == expected
     small = [s for s in sent if s[0] == "PUT" and "uploadId=" not in s[1]]
     parts = [s for s in sent if s[0] == "PUT" and "uploadId=" in s[1]]
     assert len(small) == len(SMALL) and all(s[3] is None for s in small), small

@@ -20,7 +20,8 @@ from typing import Iterator
 
 import pytest
 
-from ui_helpers import Browser, api, flow_run_state, is_loopback, off_loop, wait_for
+from helpers import wait_for
+from ui_helpers import Browser, api, flow_run_state, is_loopback, off_loop
 
 pytestmark = pytest.mark.slow
 KEEP_SHOTS = os.environ.get("RH_UI_SCREENSHOTS") == "1"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -169,18 +168,6 @@ def off_loop(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """
     with ThreadPoolExecutor(1, thread_name_prefix="rh-ui-python") as pool:
         return pool.submit(fn, *args, **kwargs).result()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    """Poll until ``predicate()`` is truthy; return its value or raise AssertionError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def flow_run_state(api_url: str, run_id: str) -> Optional[str]:

@@ -5,19 +5,19 @@ from __future__ import annotations
 import posixpath
 from abc import ABC
 import uuid
-from typing import Any, Optional, TypeVar, Union
+from typing import Any, Literal, Optional, TypeVar, Union
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, field_validator
 
 from rh_prefect import names
 
 from rh_prefect.runtime import registry
-from rh_prefect.errors import InvalidArgument, InvalidPath, NotFound
+from rh_prefect.errors import InvalidArgument, InvalidPath, NotFound, UnknownSystem
 from rh_prefect.runtime.registry import Resource
 from rh_prefect.resources.cluster import Cluster
 from rh_prefect.runtime import worker
 from rh_prefect.systems import (
-    ClusterDisk, GCSCredentials, GitHubCredentials, S3Credentials, System, check_path, get_system,
+    ClusterDisk, GCSCredentials, GitHubCredentials, S3Credentials, System, check_path, get_system, system_class,
 )
 
 SystemArg = Union[str, Cluster, System, None]
@@ -28,7 +28,9 @@ class StoredResource(Resource, ABC):
     """A named resource whose data lives at ``path`` on ``system``. Not a block type by itself."""
 
     path: Optional[str] = Field(default=None, title="Path", description="Where the data lives on the system.")
-    system: str = Field(
+    # A choice list in the Prefect UI's block form (an enum in the block schema); aliases such as "sftp" and
+    # any spelling of a known name are accepted from Python and stored as the canonical name.
+    system: Literal["file", "s3", "gs", "github", "ssh"] = Field(
         default="file",
         title="System",
         description="Where the data lives: file, s3, gs, github or ssh (ssh needs a Cluster).",
@@ -42,6 +44,16 @@ class StoredResource(Resource, ABC):
         description="Credentials for s3, gs or github; empty to use the environment's default credentials.",
     )
     _sys: Optional[System] = PrivateAttr(default=None)
+
+    @field_validator("system", mode="before")
+    @classmethod
+    def _canonical_system(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return system_class(value).name
+            except UnknownSystem as exc:
+                raise ValueError(str(exc)) from None
+        return value
     _last_report: Any = PrivateAttr(default=None)
     _flow_run: Any = PrivateAttr(default=None)
 

@@ -349,7 +349,7 @@ class Blob(StoredResource):
         return dst_sys, dst_sys.normalize(posixpath.join(where, self._leaf())) if is_dir else where
 
     # -- registry -----------------------------------------------------------------------------------------
-    def save(self, name: Optional[str] = None, overwrite: bool = True) -> "Blob":  # type: ignore[override]
+    def save(self, name: Optional[str] = None, overwrite: Optional[bool] = None) -> "Blob":  # type: ignore[override]
         """Register the blob by name and return it. An in-memory blob is first written to the default place
         for that name (the current directory, or its namespace folder); without a name it cannot be saved.
 

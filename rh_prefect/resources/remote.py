@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional, TypeVar
 
-from rh_prefect.errors import NotFound, SystemUnavailable, UnknownSystem
+from rh_prefect.errors import SystemUnavailable, UnknownSystem
 from rh_prefect.runtime import dispatch, worker
 from rh_prefect.systems import get_system
 

@@ -36,6 +36,7 @@ from prefect import task
 from prefect.context import TaskRunContext
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
+from rh_prefect import settings
 from rh_prefect.runtime import registry, tasks
 from rh_prefect.errors import InvalidArgument, NotFound, RhError
 from rh_prefect.resources.base import StoredResource, SystemArg, place
@@ -200,7 +201,7 @@ class Table(StoredResource):
         self.row_count = manifest.num_rows
         self.partition_cols = list(manifest.partition_cols) or None
 
-    def save(self, name: Optional[str] = None, overwrite: bool = True) -> "Table":  # type: ignore[override]
+    def save(self, name: Optional[str] = None, overwrite: Optional[bool] = None) -> "Table":  # type: ignore[override]
         """Register the table by name and return it (see :meth:`rh_prefect.runtime.registry.Resource.save`)."""
         super().save(name, overwrite)
         self._settle()
@@ -451,8 +452,6 @@ _KIND_CLASSES: dict[str, type[Table]] = {
 assert set(_KIND_CLASSES) == set(KINDS)
 #: rows per batch when iterating rows
 _ROW_BATCH = 4096
-#: a stream's Prefect task run starts once the stream has run this long (a shorter stream is recorded at its end)
-RECORD_AFTER_SECONDS = 1.0
 
 
 # ------------------------------------------------------------------------------------------------- streaming
@@ -463,7 +462,7 @@ class TableStream:
     continues a stream where it stopped.
 
     Each stream is one Prefect task run ("rh-table-stream"): it starts once the stream has run for
-    :data:`RECORD_AFTER_SECONDS` (a shorter stream is recorded when it ends), ends with it (Completed with the
+    ``settings.stream_record_after`` (a shorter stream is recorded when it ends), ends with it (Completed with the
     number of rows delivered, or Failed with the stream's error) and nests under the caller's flow run.
     The task run is kept beside the data path rather than on it: batches never pass through Prefect's generator
     machinery, so the ~50 ms of task-run bookkeeping does not delay the first batch, no Prefect code runs per
@@ -495,11 +494,11 @@ class TableStream:
             self._reader.close(wait=True)
 
     def _batches(self) -> Iterator[Any]:
-        # The task run starts once the stream has run for RECORD_AFTER_SECONDS: a long stream shows as Running
+        # The task run starts once the stream has run for settings.stream_record_after: a long stream shows as Running
         # while it runs, and a short one (a fraction of a second) is recorded when it ends, its bookkeeping
         # (~50 ms of CPU) no longer competing with the data for the GIL.
         self._run = None
-        deadline = time.monotonic() + RECORD_AFTER_SECONDS
+        deadline = time.monotonic() + settings.current().stream_record_after
         try:
             for batch in self._read():
                 yield batch

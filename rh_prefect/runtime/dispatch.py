@@ -31,7 +31,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Optional
 from uuid import UUID
 
 from rh_prefect import errors, settings
-from rh_prefect.errors import NotFound, SystemUnavailable, TransferError
+from rh_prefect.errors import SystemUnavailable, TransferError
 from rh_prefect.runtime import worker
 
 logger = logging.getLogger("rh_prefect.runtime.dispatch")

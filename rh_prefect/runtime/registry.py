@@ -87,8 +87,13 @@ class Resource(Block, ABC):
             names.parse(name)  # validate early: a bad name must fail before any data is written
         self._rh_name = name
 
-    def save(self: R, name: Optional[str] = None, overwrite: bool = True) -> R:  # type: ignore[override]
+    def save(self: R, name: Optional[str] = None, overwrite: Optional[bool] = None) -> R:  # type: ignore[override]
         """Save this resource in the Prefect registry under ``name`` (or its current name) and return it.
+
+        A resource loaded by that name (or saved under it by this object) is updated. A name already saved by
+        someone else is replaced only with ``overwrite=True``: otherwise :class:`AlreadyExists`, and nothing
+        changes, so re-running a script never re-points a name another user or script relies on.
+        ``overwrite=False`` refuses even an update of the resource this object was loaded from.
 
         Example:
             >>> folder = rh.folder(path="/tmp/data").save("my-folder")
@@ -105,7 +110,13 @@ class Resource(Block, ABC):
         if other is not None and other[0] != type(self).get_block_type_slug():
             raise _name_taken(self.name, other[0])
         if other is not None and not overwrite:
-            raise AlreadyExists(f"{self.name!r} is already saved; pass overwrite=True to replace it.")
+            ours = self._block_document_id is not None and str(self._block_document_id) == str(other[1])
+            if overwrite is False or not ours:
+                kind = type(self).__name__
+                raise AlreadyExists(
+                    f"{self.name!r} is already saved; pass overwrite=True to replace it with this {kind}, or load "
+                    f"it with rh.load({self.name!r}) to change it. Nothing was saved."
+                )
         if other is None:
             # A fresh name must create a new document, not update the one this object was loaded from.
             self._block_document_id = None

@@ -15,7 +15,7 @@ from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
-from rh_prefect.errors import CredentialsError, HostKeyMismatch, InvalidArgument, SystemUnavailable
+from rh_prefect.errors import CredentialsError, HostKeyMismatch, SystemUnavailable
 from rh_prefect.systems.base import System
 
 DEFAULT_ROOT = "~/.cache/rh_prefect"

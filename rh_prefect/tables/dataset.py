@@ -51,7 +51,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from rh_prefect import transfer
+from rh_prefect import settings, transfer
 from rh_prefect.errors import InvalidArgument, NotFound, RhError, SchemaMismatch
 from rh_prefect.systems.base import System
 from rh_prefect.tables.formats import ArrowSource
@@ -61,13 +61,9 @@ logger = logging.getLogger("rh_prefect.tables")
 POINTER = "_rh_table.json"
 FORMAT = "rh-table"
 FORMAT_VERSION = 1
-#: row groups hold at most this many rows ...
-MAX_GROUP_ROWS = 131_072
-#: ... and about this many bytes in memory, so wide rows get smaller groups (streaming memory stays bounded)
-GROUP_BYTES = 64 * 2**20
-MIN_GROUP_ROWS = 1_024
-#: row groups per file: several files let lazy kinds (dask, ray) read in parallel, one partition per file
-GROUPS_PER_FILE = 8
+# Row groups hold at most settings.table_max_group_rows rows and about settings.table_group_bytes of memory, so
+# wide rows get smaller groups (streaming memory stays bounded); settings.table_groups_per_file groups per file
+# let lazy kinds (dask, ray) read in parallel, one partition per file.
 #: unreferenced version directories older than this are swept; longer than the write task's timeout (6 h)
 ORPHAN_AGE = timedelta(hours=7)
 _VERSION_TIME = "%Y%m%dT%H%M%S%f"
@@ -240,7 +236,8 @@ def _cast_source(source: ArrowSource, schema: pa.Schema) -> ArrowSource:
 
 
 def _with_group_size(source: ArrowSource) -> tuple[ArrowSource, int]:
-    """Rows per row group: ~GROUP_BYTES of memory per group, between MIN_ and MAX_GROUP_ROWS."""
+    """Rows per row group: ~table_group_bytes of memory per group, between the min and max group rows settings."""
+    tuned = settings.current()
     if isinstance(source, pa.Table):
         sample_bytes, sample_rows = source.nbytes, source.num_rows
     else:
@@ -251,7 +248,7 @@ def _with_group_size(source: ArrowSource) -> tuple[ArrowSource, int]:
                 first = batch
                 break
         if first is None:
-            return reader.schema.empty_table(), MAX_GROUP_ROWS
+            return reader.schema.empty_table(), tuned.table_max_group_rows
         sample_bytes, sample_rows = first.nbytes, first.num_rows
 
         def chained() -> Iterator[pa.RecordBatch]:
@@ -260,7 +257,7 @@ def _with_group_size(source: ArrowSource) -> tuple[ArrowSource, int]:
 
         source = pa.RecordBatchReader.from_batches(reader.schema, chained())
     row_bytes = max(1.0, sample_bytes / max(1, sample_rows))
-    rows = int(min(MAX_GROUP_ROWS, max(MIN_GROUP_ROWS, GROUP_BYTES // row_bytes)))
+    rows = int(min(tuned.table_max_group_rows, max(tuned.table_min_group_rows, tuned.table_group_bytes // row_bytes)))
     return source, rows
 
 
@@ -318,7 +315,7 @@ def write_version(
             basename_template="part-{i}.parquet",
             max_rows_per_group=group_rows,
             min_rows_per_group=group_rows,
-            max_rows_per_file=group_rows * GROUPS_PER_FILE,
+            max_rows_per_file=group_rows * settings.current().table_groups_per_file,
             existing_data_behavior="overwrite_or_ignore",
             preserve_order=True,
             file_visitor=written.append,

@@ -13,7 +13,7 @@ read-ahead across files and row groups (as fast as ``pyarrow.dataset``'s ``to_ba
 shuffled streams read unit by unit on a small pool of reader threads.
 
 Memory stays bounded: a background thread prepares batches about ``prefetch_batches`` ahead (in whole row
-groups), and only a few row groups (fewer for wide tables, see :data:`READ_BUDGET`) are read and decoded
+groups), and only a few row groups (fewer for wide tables, see ``settings.stream_read_budget``) are read and decoded
 meanwhile; a shuffle window is the only other buffer.
 
 Resumption: reads follow the package's retry policy (passed in as a :class:`RetryPolicy`). After a transient
@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from rh_prefect import settings
 from rh_prefect.errors import InvalidArgument
 from rh_prefect.tables.dataset import Snapshot, to_expression
 from rh_prefect.tables.formats import check_format, converter
@@ -75,15 +76,12 @@ class RetryPolicy:
 #: a chunk handed from the reader to the caller: ``[(rows, batch), ...]``
 Chunk = list[tuple[int, Any]]
 
-#: row groups read concurrently at most (I/O and decoding of the next groups overlap the consumer); more over
-#: the network, where each read waits for a round trip ...
-READERS = 3
-REMOTE_READERS = 8
+# Row groups read concurrently at most: settings.stream_readers (local) / stream_remote_readers (over the network,
+# where each read waits for a round trip), so I/O and decoding of the next groups overlap the consumer, within
+# about settings.stream_read_budget of memory for the groups in flight (wide tables get fewer readers).
 #: the ordered scan: files read at once (the next file opens while one is read)
 SCAN_FILES_LOCAL = 2
 SCAN_FILES_REMOTE = 2
-#: ... within about this much memory for the groups in flight (wide tables get fewer readers)
-READ_BUDGET = 96 * 2**20
 #: default shuffle window, in row groups (each is at most ~64 MiB in memory by construction of the writer)
 DEFAULT_WINDOW_UNITS = 4
 
@@ -327,19 +325,20 @@ def _group_bytes(snapshot: Snapshot) -> int:
 
 def _readers(snapshot: Snapshot) -> int:
     """Row groups read at once by the unit-by-unit reader."""
-    most = READERS if snapshot.system.is_local else REMOTE_READERS
-    return max(1, min(most, READ_BUDGET // _group_bytes(snapshot)))
+    tuned = settings.current()
+    most = tuned.stream_readers if snapshot.system.is_local else tuned.stream_remote_readers
+    return max(1, min(most, tuned.stream_read_budget // _group_bytes(snapshot)))
 
 
 def _scan_readahead(snapshot: Snapshot) -> tuple[int, int, ds.ParquetFragmentScanOptions]:
-    """(files, row groups per file, scan options) for the ordered scan, within :data:`READ_BUDGET`.
+    """(files, row groups per file, scan options) for the ordered scan, within ``settings.stream_read_budget``.
 
     Over the network, pyarrow's pre-buffering coalesces a row group's column chunks into few large reads; a file
     being scanned then holds about five row groups' worth of memory (measured: ~50 MiB with 4 MiB groups). On
     local disk reads are cheap and pre-buffering only doubles that, so it is off there.
     """
     local = snapshot.system.is_local
-    fits = READ_BUDGET // ((3 if local else 5) * _group_bytes(snapshot))
+    fits = settings.current().stream_read_budget // ((3 if local else 5) * _group_bytes(snapshot))
     files = max(1, min(SCAN_FILES_LOCAL if local else SCAN_FILES_REMOTE, fits))
     return files, (2 if fits >= 1 else 1), ds.ParquetFragmentScanOptions(pre_buffer=not local)
 
