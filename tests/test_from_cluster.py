@@ -15,6 +15,8 @@ import rh_prefect as rh
 from infra import free_port
 from rh_prefect.runtime.worker import COLOCATED_ENV, colocated_identity
 
+pytestmark = pytest.mark.servers  # names are saved and loaded on the Prefect server
+
 KINDS = ["folder", "table", "blob"]
 FILES = {"a.txt": b"alpha", "sub/b.bin": bytes(range(256))}
 ROWS = [{"id": i, "text": f"row {i}"} for i in range(7)]

@@ -28,6 +28,8 @@ import pytest
 
 import rh_prefect as rh
 
+pytestmark = pytest.mark.servers  # names are saved and loaded on the Prefect server
+
 SHARED = Path(os.environ.get("RH_TEST_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared")
 SEED_DIR = SHARED / "seed"
 
