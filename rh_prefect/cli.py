@@ -191,14 +191,15 @@ def cat(target: str = typer.Argument(..., metavar=TARGET, help="A file URL or a 
     Example: rh-prefect cat s3://my-bucket/data/a.txt
     """
     def go() -> None:
-        from rh_prefect import transfer
+        from rh_prefect import settings
 
         system, path, _ = _resolve(target)
         if system.fs.isdir(path):
             _fail(f"{target} is a folder, not a file; list it with `rh-prefect ls {target}`.")
         out = sys.stdout.buffer
-        with system.fs.open(path, "rb", block_size=transfer.CHUNK_SIZE) as f:
-            while chunk := f.read(transfer.CHUNK_SIZE):
+        chunk_size = settings.current().chunk_size
+        with system.fs.open(path, "rb", block_size=chunk_size) as f:
+            while chunk := f.read(chunk_size):
                 out.write(chunk)
         out.flush()
 
