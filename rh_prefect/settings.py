@@ -138,4 +138,17 @@ def override(**values: Any) -> Iterator[Settings]:
             _current = before
 
 
-__all__ = ["Settings", "current", "override"]
+def markdown_table() -> str:
+    """Every setting as a Markdown table (variable, default, meaning): README's "Settings" section is this output
+    (``python -m rh_prefect.settings``), and a test keeps the two in step."""
+    rows = ["| variable | default | what it sets |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        rows.append(f"| `RH_PREFECT_{name.upper()}` | {field.default!r} | {field.description} |")
+    return "\n".join(rows)
+
+
+__all__ = ["Settings", "current", "markdown_table", "override"]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(markdown_table())
