@@ -38,6 +38,22 @@ worker_app = typer.Typer(help="Prefect workers on clusters.\n\nExample: rh-prefe
 app.add_typer(server_app, name="server")
 app.add_typer(worker_app, name="worker")
 
+
+def _version(value: bool) -> None:
+    if value:
+        from rh_prefect import __version__
+
+        typer.echo(f"rh-prefect {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version of rh-prefect and exit."),
+) -> None:
+    """Store, list and move data between local disk, SSH clusters, S3, GCS and GitHub, named in Prefect."""
+
 TARGET = "NAME_OR_URL"
 
 

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, description="Age after which a copy removes temporary files left by a dead writer.",
     )
 
+    # -- logging ------------------------------------------------------------------------------------------
+    task_logs: bool = Field(
+        default=False,
+        description="Print Prefect's task-run log lines for calls made outside a flow (inside a flow they always show).",
+    )
+
     # -- retries ------------------------------------------------------------------------------------------
     retries: int = Field(default=4, ge=0, description="Retries of a copy or stream task after a transient error.")
     task_timeout: float = Field(default=6 * 3600.0, gt=0, description="Seconds a copy task may run in all.")
