@@ -121,19 +121,35 @@ def _resolve(target: str) -> tuple[Any, str, Any]:
 
 
 def _saved_cluster(url: str) -> Any:
-    """The saved Cluster an ``ssh://NAME/path`` URL names (no user or port given, NAME saved), else None."""
+    """The saved Cluster an ``ssh://NAME/path`` URL names (no user or port given, NAME saved), else None.
+
+    A NAME that is neither a saved cluster nor a host name that resolves is an error saying so, not a failed
+    connection to a host called NAME."""
+    import socket
     from urllib.parse import urlsplit
 
+    from rh_prefect.errors import NotFound
     from rh_prefect.resources.cluster import Cluster
     from rh_prefect.runtime import registry
 
     if not url.startswith(("ssh://", "sftp://")):
         return None
     parts = urlsplit(url)
-    if not parts.hostname or parts.username or parts.port or not registry.exists(parts.hostname):
+    if not parts.hostname or parts.username or parts.port:
         return None
-    found = registry.load(parts.hostname)
-    return found if isinstance(found, Cluster) else None
+    if registry.exists(parts.hostname):
+        found = registry.load(parts.hostname)
+        if isinstance(found, Cluster):
+            return found
+    try:
+        socket.getaddrinfo(parts.hostname, 22)
+    except OSError:
+        raise NotFound(
+            f"No cluster named {parts.hostname!r} is saved (and it is not a host name that resolves). Save one "
+            f"with rh.cluster(name={parts.hostname!r}, host=..., user=...).save(), or give the host as "
+            f"ssh://user@host:port/path."
+        ) from None
+    return None
 
 
 @app.command()
