@@ -223,14 +223,20 @@ def cat(target: str = typer.Argument(..., metavar=TARGET, help="A file URL or a 
     Example: rh-prefect cat s3://my-bucket/data/a.txt
     """
     def go() -> None:
-        from rh_prefect import settings
+        import contextlib
 
-        system, path, _ = _resolve(target)
+        from rh_prefect import settings
+        from rh_prefect.resources.blob import Blob
+
+        system, path, res = _resolve(target)
         if system.fs.isdir(path):
             _fail(f"{target} is a folder, not a file; list it with `rh-prefect ls {target}`.")
         out = sys.stdout.buffer
         chunk_size = settings.current().chunk_size
-        with system.fs.open(path, "rb", block_size=chunk_size) as f:
+        # A saved Blob: the version its entry records (the file at its path is only the latest one published).
+        opened = res.open() if isinstance(res, Blob) else contextlib.nullcontext(
+            system.fs.open(path, "rb", block_size=chunk_size))
+        with opened as f:
             while chunk := f.read(chunk_size):
                 out.write(chunk)
         out.flush()
