@@ -70,8 +70,8 @@ def test_an_interrupted_rm_leaves_no_table_and_a_second_rm_finishes(cli, tmp_pat
 
 
 def test_cat_of_a_saved_blob_prints_the_version_its_entry_records(cli, tmp_path, unique_name):
-    """The file at a saved blob's path is for other tools; `cat NAME` streams the recorded version, verified by
-    the same reader as fetch(), even when someone rewrote that file."""
+    """The file at a saved blob's path is for other tools; `cat NAME` streams the recorded version, even when
+    someone rewrote that file."""
     import rh_prefect as rh
 
     name = unique_name("cat-blob")
