@@ -1,1 +1,1 @@
-"""Prefect flows of the rh-prefect project: transfer flows (deployable) and an offline example pipeline."""
+"""Example flows of the rh-prefect project (the quickstart and the BERT pipeline); the transfer flows ship in the package, in rh_prefect.flows."""

@@ -112,7 +112,7 @@ class HashingWriter(io.RawIOBase):
         if view.ndim != 1 or view.itemsize != 1:
             view = view.cast("B")  # numpy buffers arrive as typed, multi-dimensional views
         total = view.nbytes
-        chunk_size = transfer.CHUNK_SIZE
+        chunk_size = settings.current().chunk_size
         for start in range(0, total, chunk_size):
             piece = view[start : start + chunk_size]
             self._sha.update(piece)
@@ -296,7 +296,7 @@ def open_read(system: System, fs_path: str, version: Optional[str], label: str) 
     path = fs_path if version is None else version_path(fs_path, version)
     try:
         with system.guard(label):  # refused credentials, unreachable endpoints: our errors, with advice
-            f = system.fs.open(path, "rb", block_size=transfer.CHUNK_SIZE)
+            f = system.fs.open(path, "rb", block_size=settings.current().chunk_size)
     except FileNotFoundError:
         raise _missing(system, fs_path, version, label) from None
     with f:
@@ -307,8 +307,9 @@ def digest(f: IO[bytes], sink: Optional[IO[bytes]] = None) -> tuple[int, str]:
     """``(size, sha256)`` of what ``f`` holds from its position to its end, copied to ``sink`` when given."""
     sha = hashlib.sha256()
     size = 0
+    chunk_size = settings.current().chunk_size
     while True:
-        chunk = f.read(transfer.CHUNK_SIZE)
+        chunk = f.read(chunk_size)
         if not chunk:
             return size, sha.hexdigest()
         sha.update(chunk)

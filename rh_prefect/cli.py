@@ -38,6 +38,22 @@ worker_app = typer.Typer(help="Prefect workers on clusters.\n\nExample: rh-prefe
 app.add_typer(server_app, name="server")
 app.add_typer(worker_app, name="worker")
 
+
+def _version(value: bool) -> None:
+    if value:
+        from rh_prefect import __version__
+
+        typer.echo(f"rh-prefect {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version of rh-prefect and exit."),
+) -> None:
+    """Store, list and move data between local disk, SSH clusters, S3, GCS and GitHub, named in Prefect."""
+
 TARGET = "NAME_OR_URL"
 
 
@@ -105,19 +121,35 @@ def _resolve(target: str) -> tuple[Any, str, Any]:
 
 
 def _saved_cluster(url: str) -> Any:
-    """The saved Cluster an ``ssh://NAME/path`` URL names (no user or port given, NAME saved), else None."""
+    """The saved Cluster an ``ssh://NAME/path`` URL names (no user or port given, NAME saved), else None.
+
+    A NAME that is neither a saved cluster nor a host name that resolves is an error saying so, not a failed
+    connection to a host called NAME."""
+    import socket
     from urllib.parse import urlsplit
 
+    from rh_prefect.errors import NotFound
     from rh_prefect.resources.cluster import Cluster
     from rh_prefect.runtime import registry
 
     if not url.startswith(("ssh://", "sftp://")):
         return None
     parts = urlsplit(url)
-    if not parts.hostname or parts.username or parts.port or not registry.exists(parts.hostname):
+    if not parts.hostname or parts.username or parts.port:
         return None
-    found = registry.load(parts.hostname)
-    return found if isinstance(found, Cluster) else None
+    if registry.exists(parts.hostname):
+        found = registry.load(parts.hostname)
+        if isinstance(found, Cluster):
+            return found
+    try:
+        socket.getaddrinfo(parts.hostname, 22)
+    except OSError:
+        raise NotFound(
+            f"No cluster named {parts.hostname!r} is saved (and it is not a host name that resolves). Save one "
+            f"with rh.cluster(name={parts.hostname!r}, host=..., user=...).save(), or give the host as "
+            f"ssh://user@host:port/path."
+        ) from None
+    return None
 
 
 @app.command()
@@ -191,14 +223,21 @@ def cat(target: str = typer.Argument(..., metavar=TARGET, help="A file URL or a 
     Example: rh-prefect cat s3://my-bucket/data/a.txt
     """
     def go() -> None:
-        from rh_prefect import transfer
+        import contextlib
 
-        system, path, _ = _resolve(target)
+        from rh_prefect import settings
+        from rh_prefect.resources.blob import Blob
+
+        system, path, res = _resolve(target)
         if system.fs.isdir(path):
             _fail(f"{target} is a folder, not a file; list it with `rh-prefect ls {target}`.")
         out = sys.stdout.buffer
-        with system.fs.open(path, "rb", block_size=transfer.CHUNK_SIZE) as f:
-            while chunk := f.read(transfer.CHUNK_SIZE):
+        chunk_size = settings.current().chunk_size
+        # A saved Blob: the version its entry records (the file at its path is only the latest one published).
+        opened = res.open() if isinstance(res, Blob) else contextlib.nullcontext(
+            system.fs.open(path, "rb", block_size=chunk_size))
+        with opened as f:
+            while chunk := f.read(chunk_size):
                 out.write(chunk)
         out.flush()
 

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, description="Age after which a copy removes temporary files left by a dead writer.",
     )
 
+    # -- logging ------------------------------------------------------------------------------------------
+    task_logs: bool = Field(
+        default=False,
+        description="Print Prefect's task-run log lines for calls made outside a flow (inside a flow they always show).",
+    )
+
     # -- retries ------------------------------------------------------------------------------------------
     retries: int = Field(default=4, ge=0, description="Retries of a copy or stream task after a transient error.")
     task_timeout: float = Field(default=6 * 3600.0, gt=0, description="Seconds a copy task may run in all.")
@@ -138,4 +144,17 @@ def override(**values: Any) -> Iterator[Settings]:
             _current = before
 
 
-__all__ = ["Settings", "current", "override"]
+def markdown_table() -> str:
+    """Every setting as a Markdown table (variable, default, meaning): README's "Settings" section is this output
+    (``python -m rh_prefect.settings``), and a test keeps the two in step."""
+    rows = ["| variable | default | what it sets |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        rows.append(f"| `RH_PREFECT_{name.upper()}` | {field.default!r} | {field.description} |")
+    return "\n".join(rows)
+
+
+__all__ = ["Settings", "current", "markdown_table", "override"]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(markdown_table())

@@ -29,13 +29,14 @@ from typing import IO, Any, Iterator, Optional
 
 from fsspec.asyn import sync
 
+from rh_prefect import settings
 from rh_prefect.errors import AlreadyExists, IntegrityError, NotFound, RhError, TransferError
 from rh_prefect.progress import Progress, human_bytes
 from rh_prefect.systems.base import System, within_deadline
 
 logger = logging.getLogger("rh_prefect.transfer")
 
-CHUNK_SIZE = 8 * 2**20
+# Streams move settings.chunk_size bytes per read and write (8 MiB).
 # What every copy in this process has moved so far; read it with moved_here(). (COUNTERS is the same dict under
 # its former public name, kept while tests of other branches still read it; it goes once they use moved_here().)
 _COUNTERS = COUNTERS = {"bytes_copied": 0, "files_copied": 0}
@@ -109,9 +110,9 @@ def _count(nbytes: int, nfiles: int = 0) -> None:
         _COUNTERS["files_copied"] += nfiles
 
 
-#: a temporary file untouched for this long was left by a write that died (a killed process): a copy onto its
-#: directory removes it. Live writes touch their file as they go, so a slow write is never taken for one.
-STALE_TEMP_SECONDS = 3600.0
+# A temporary file untouched for settings.stale_temp_seconds (an hour) was left by a write that died (a killed
+# process): a copy onto its directory removes it. Live writes touch their file as they go, so a slow write is
+# never taken for one.
 
 
 def list_files(system: System, root: str, temps: Optional[list[dict[str, Any]]] = None) -> dict[str, dict[str, Any]]:
@@ -165,8 +166,8 @@ def _keyed(system: System, root: str, found: dict[str, dict[str, Any]],
 
 
 def _remove_stale_temps(system: System, temps: list[dict[str, Any]]) -> int:
-    """Remove temporary files untouched for :data:`STALE_TEMP_SECONDS` (best effort); returns how many."""
-    cutoff = time.time() - STALE_TEMP_SECONDS
+    """Remove temporary files untouched for ``settings.stale_temp_seconds`` (best effort); returns how many."""
+    cutoff = time.time() - settings.current().stale_temp_seconds
     removed = 0
     for info in temps:
         mtime = system.mtime(info)
@@ -589,17 +590,18 @@ def copy_file(
     else:
         with _big_file_gate(size), src.open_read(src_path, size) as reader, \
                 open_write(dst, dst_path, size=size) as writer:
-            nbytes = _pump_overlapped(reader, writer) if size is None or size > CHUNK_SIZE else _pump(reader, writer)
+            chunk = settings.current().chunk_size
+            nbytes = _pump_overlapped(reader, writer, chunk) if size is None or size > chunk else _pump(reader, writer, chunk)
             if size is not None and nbytes != size:  # inside the block: the upload is discarded, not committed
                 raise IntegrityError(f"{src_path}: read {nbytes} bytes but the source listed {size}; copy again.")
     _count(nbytes, 1)
     return nbytes
 
 
-def _pump(reader: IO[bytes], writer: IO[bytes]) -> int:
+def _pump(reader: IO[bytes], writer: IO[bytes], chunk_size: int) -> int:
     total = 0
     while True:
-        chunk = reader.read(CHUNK_SIZE)
+        chunk = reader.read(chunk_size)
         if not chunk:
             return total
         writer.write(chunk)
@@ -610,7 +612,7 @@ def _pump(reader: IO[bytes], writer: IO[bytes]) -> int:
 READ_AHEAD_CHUNKS = 1
 
 
-def _pump_overlapped(reader: IO[bytes], writer: IO[bytes]) -> int:
+def _pump_overlapped(reader: IO[bytes], writer: IO[bytes], chunk_size: int) -> int:
     """Like :func:`_pump`, but a thread reads the next chunk while this one is being written, so a copy between
     two remote systems takes about max(read, write) instead of read + write. At most ``READ_AHEAD_CHUNKS`` + 2
     chunks are held at once."""
@@ -628,7 +630,7 @@ def _pump_overlapped(reader: IO[bytes], writer: IO[bytes]) -> int:
     def read_ahead() -> None:
         try:
             while not stop.is_set():
-                chunk = reader.read(CHUNK_SIZE)
+                chunk = reader.read(chunk_size)
                 offer(chunk)
                 if not chunk:
                     return
@@ -677,10 +679,12 @@ def _discard(system: System, tmp: str) -> None:
 
 
 @contextlib.contextmanager
-def open_write(system: System, fs_path: str, block_size: int = CHUNK_SIZE,
+def open_write(system: System, fs_path: str, block_size: Optional[int] = None,
                size: Optional[int] = None) -> Iterator[IO[bytes]]:
     """A binary file object whose content appears under ``fs_path`` only when the block exits cleanly.
-    ``size``: how many bytes will be written, when known (lets a store pick its upload strategy)."""
+    ``size``: how many bytes will be written, when known (lets a store pick its upload strategy);
+    ``block_size``: the write buffer (default ``settings.chunk_size``)."""
+    block_size = block_size or settings.current().chunk_size
     system.check_writable(fs_path)
     system.makedirs(posixpath.dirname(fs_path))
     if system.atomic_writes:

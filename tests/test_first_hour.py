@@ -108,3 +108,23 @@ def test_a_process_without_a_server_adopts_the_running_one(fresh_user, tmp_path)
                  "try:\n    rh.folder\nexcept SystemUnavailable as e:\n    print('ERR', e)\n"], env)
     assert f"An rh-prefect server is running at {api}" in late.stdout, late.stdout
     assert "prefect profile use rh-prefect" in late.stdout
+
+
+def test_version_is_printed_by_the_cli():
+    from importlib.metadata import version
+
+    import rh_prefect
+
+    done = _run([str(BIN / "rh-prefect"), "--version"], dict(os.environ))
+    assert done.stdout == f"rh-prefect {rh_prefect.__version__}\n" and done.stderr == ""
+    assert version("rh-prefect") == rh_prefect.__version__
+
+
+def test_an_ssh_url_naming_no_saved_cluster_says_exactly_that(cli, prefect_server):
+    result = cli("ls", "ssh://rh-nowhere-cluster/data")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "rh-prefect: error: No cluster named 'rh-nowhere-cluster' is saved (and it is not a host name that "
+        "resolves). Save one with rh.cluster(name='rh-nowhere-cluster', host=..., user=...).save(), or give the "
+        "host as ssh://user@host:port/path."
+    )

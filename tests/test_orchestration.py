@@ -35,6 +35,7 @@ from rh_prefect.runtime import dispatch, tasks, worker
 from rh_prefect.errors import NotFound, SystemUnavailable, TransferError, UnknownSystem
 from rh_prefect.systems import LocalSystem, S3Credentials, get_system
 
+from helpers import prefect_client, wait_for, write_tree
 from infra import MotoS3Server
 from netns import NetnsLab, NetnsSSHServer, NetnsUnavailable, TcpRelay
 
@@ -42,23 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_PREFECT = str(Path(sys.executable).parent / "prefect")
 
 
-def _client():
-    from prefect.client.orchestration import get_client
-
-    return get_client(sync_client=True)
-
-
-def _wait_for(predicate, timeout: float = 15.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
 def _anonymous_docs() -> set[str]:
-    with _client() as c:
+    with prefect_client() as c:
         docs = c.request("POST", "/block_documents/filter",
                          json={"block_documents": {"is_anonymous": {"eq_": True}}, "include_secrets": False}).json()
     return {d["id"] for d in docs}
@@ -95,15 +81,13 @@ class _FlakyLocal(LocalSystem):
 
 def _make_tree(root: Path, n: int = 5, size: int = 20_000) -> dict[str, bytes]:
     files = {f"{chr(ord('a') + i)}.bin": os.urandom(size) for i in range(n)}
-    root.mkdir(parents=True)
-    for key, data in files.items():
-        (root / key).write_bytes(data)
+    write_tree(root, files)
     return files
 
 
 def _task_run(state) -> Any:
     task_run_id = state.state_details.task_run_id
-    with _client() as c:
+    with prefect_client() as c:
         return c.read_task_run(task_run_id)
 
 
@@ -111,7 +95,7 @@ def _task_run(state) -> Any:
 def test_transient_failure_retries_and_resumes_without_recopying(tmp_path):
     files = _make_tree(tmp_path / "src")
     faults = {"c.bin": [ConnectionResetError(104, "Connection reset by peer")]}
-    before = dict(transfer.COUNTERS)
+    before = transfer.moved_here()
 
     state = tasks.run(tasks.copy_tree_task, LocalSystem(), str(tmp_path / "src"), _FlakyLocal(faults),
                       str(tmp_path / "dst"), return_state=True)
@@ -120,9 +104,8 @@ def test_transient_failure_retries_and_resumes_without_recopying(tmp_path):
     assert {p.name: p.read_bytes() for p in (tmp_path / "dst").iterdir()} == files
     # Attempt 1 committed 4 files and lost c.bin; attempt 2 skipped the 4 and copied only c.bin.
     assert (report.files_copied, report.files_skipped) == (1, 4)
-    assert transfer.COUNTERS["files_copied"] - before["files_copied"] == 5
-    assert transfer.COUNTERS["bytes_copied"] - before["bytes_copied"] == 5 * 20_000
-    run = _wait_for(lambda: (r := _task_run(state)).run_count == 2 and r, timeout=10)
+    assert transfer.moved_here() - before == transfer.Moved(bytes_copied=5 * 20_000, files_copied=5)
+    run = wait_for(lambda: (r := _task_run(state)).run_count == 2 and r, timeout=10)
     assert run and run.run_count == 2 and run.state.is_completed()
 
 
@@ -219,11 +202,11 @@ def test_copy_inside_a_flow_shows_task_runs(tmp_path):
     flow_run_id = pipeline()
 
     def task_names():
-        with _client() as c:
+        with prefect_client() as c:
             runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
         return sorted(r.name.rsplit("-", 1)[0] for r in runs if r.state and r.state.is_completed())
 
-    assert _wait_for(lambda: "rh-copy-tree" in task_names()), task_names()
+    assert wait_for(lambda: "rh-copy-tree" in task_names()), task_names()
     assert (tmp_path / "dst" / "a.txt").read_bytes() == b"a" * 1000
 
 
@@ -272,7 +255,7 @@ def test_prefect_yaml_registers_the_deployments_on_rh_pool(prefect_server, tmp_p
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    with _client() as c:
+    with prefect_client() as c:
         found = {f"{c.read_flow(d.flow_id).name}/{d.name}": d for d in c.read_deployments()}
     expected = {
         "rh-copy-folder/rh-transfer": ("default", "rh_prefect.flows.transfer:copy_folder", "rh-folder"),
@@ -330,11 +313,11 @@ def test_via_worker_without_a_worker_says_how_to_start_one(unserved_cluster_fold
 
 
 def test_via_auto_without_a_worker_copies_here_with_a_warning(unserved_cluster_folder, tmp_path, caplog):
-    before = transfer.COUNTERS["bytes_copied"]
+    before = transfer.moved_here()
     with caplog.at_level(logging.WARNING, logger="rh_prefect.runtime.dispatch"):
         new = unserved_cluster_folder.to("file", str(tmp_path / "dst"))
     assert new.get("b/c.bin") == b"2" * 5000
-    assert transfer.COUNTERS["bytes_copied"] - before == 8000  # the bytes came through this process
+    assert (transfer.moved_here() - before).bytes_copied == 8000  # the bytes came through this process
     assert any("copy runs through this process" in r.getMessage() and "start_worker()" in r.getMessage()
                for r in caplog.records), caplog.text
 
@@ -348,7 +331,7 @@ def _scheduled_run() -> Any:
     def awaited() -> None:
         pass
 
-    with _client() as c:
+    with prefect_client() as c:
         return c.create_flow_run(awaited, state=Scheduled()).id
 
 
@@ -357,7 +340,7 @@ def _finish_later(run_id: Any, delay: float) -> threading.Thread:
 
     def finish() -> None:
         time.sleep(delay)
-        with _client() as c:
+        with prefect_client() as c:
             c.set_flow_run_state(run_id, Running(), force=True)
             c.set_flow_run_state(run_id, Completed(), force=True)
 
@@ -372,7 +355,7 @@ def test_waiting_for_a_dispatched_run_wakes_on_its_state_events(prefect_server):
     finisher = _finish_later(run_id, 1.5)
     began = time.monotonic()
     with settings.override(state_check_seconds=300.0):
-        run = dispatch._wait(run_id, "rh-nobody", "rh-pool", "a test folder", pickup_timeout=600)
+        run = dispatch.wait(run_id, "rh-nobody", "rh-pool", "a test folder", pickup_timeout=600)
     waited = time.monotonic() - began
     finisher.join()
     assert run.id == run_id and run.state.is_completed()
@@ -389,7 +372,7 @@ def test_waiting_polls_when_there_is_no_event_stream(prefect_server, monkeypatch
     run_id = _scheduled_run()
     finisher = _finish_later(run_id, 1.0)
     with caplog.at_level(logging.DEBUG, logger="rh_prefect.runtime.dispatch"):
-        run = dispatch._wait(run_id, "rh-nobody", "rh-pool", "a test folder", pickup_timeout=600)
+        run = dispatch.wait(run_id, "rh-nobody", "rh-pool", "a test folder", pickup_timeout=600)
     finisher.join()
     assert run.state.is_completed()
     assert "no flow run events (websockets are not let through); polling its state instead" in caplog.text
@@ -400,11 +383,11 @@ def test_a_run_no_worker_picks_up_is_cancelled_and_says_how_to_retry(prefect_ser
     worker.ensure_queue(queue, "rh-pool")
     run_id = _scheduled_run()
     with pytest.raises(dispatch.NotPickedUp) as caught:
-        dispatch._wait(run_id, queue, "rh-pool", "folder rh-test/x", pickup_timeout=1.0)
+        dispatch.wait(run_id, queue, "rh-pool", "folder rh-test/x", pickup_timeout=1.0)
     message = str(caught.value)
     assert f"The copy of folder rh-test/x waited 1 s on work queue {queue!r} and its worker went offline" in message
     assert f"prefect worker start --pool rh-pool --work-queue {queue}" in message
-    with _client() as c:
+    with prefect_client() as c:
         assert c.read_flow_run(run_id).state.is_cancelled()
 
 
@@ -428,7 +411,7 @@ def test_concurrent_local_worker_starts_agree_on_one_worker(tmp_path):
         for info in infos[:1]:
             Path(info.log_path).unlink(missing_ok=True)
     assert stopped is True and not worker.is_online(queue)
-    assert _wait_for(lambda: _process_gone(infos[0].pid), timeout=10)
+    assert wait_for(lambda: _process_gone(infos[0].pid), timeout=10)
 
 
 @pytest.mark.servers  # uses the Prefect API without a server fixture
@@ -540,7 +523,7 @@ def test_start_worker_runs_inside_the_cluster_and_is_idempotent(colo):
 def _flow_run_logs(flow_run_id) -> str:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    with _client() as c:
+    with prefect_client() as c:
         return "\n".join(r.message for r in c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))))
 
 
@@ -551,7 +534,7 @@ def _assert_ran_on_worker(new: Any, colo: Colo) -> None:
     assert (run.labels or {}).get("prefect.worker.name") == colo.worker.name
     assert run.state.is_completed()
     # The worker knew it runs on the cluster holding the data: it read the files from its own disk.
-    assert _wait_for(lambda: "(read from local disk)" in _flow_run_logs(run.id)), _flow_run_logs(run.id)
+    assert wait_for(lambda: "(read from local disk)" in _flow_run_logs(run.id)), _flow_run_logs(run.id)
 
 
 def test_folder_copy_from_cluster_to_s3_runs_on_the_cluster_worker(colo):
@@ -560,16 +543,16 @@ def test_folder_copy_from_cluster_to_s3_runs_on_the_cluster_worker(colo):
     files = {"weights.bin": os.urandom(1_500_000), "config/model.json": b'{"layers": 12}', "vocab.txt": b"a\nb\n"}
     src = rh.folder(path=f"rh-test/colo-{uuid.uuid4().hex[:8]}", system=colo.cluster).put(files)
     anonymous = _anonymous_docs()
-    before = dict(transfer.COUNTERS)
+    before = transfer.moved_here()
 
     new = src.to(colo.s3, f"/{colo.bucket}/ckpt", via="worker")
 
-    assert dict(transfer.COUNTERS) == before  # zero bytes through this (calling) process
+    assert transfer.moved_here() - before == transfer.Moved()  # zero bytes through this (calling) process
     _assert_ran_on_worker(new, colo)
     assert (new.system, new.path) == ("s3", f"/{colo.bucket}/ckpt")
     stored = {p.split("/ckpt/", 1)[1]: colo.s3_fs.cat_file(p) for p in colo.s3_fs.find(f"{colo.bucket}/ckpt")}
     assert stored == files
-    with _client() as c:
+    with prefect_client() as c:
         task_runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[new.flow_run.id])))
     assert any(t.name.startswith("rh-copy-tree") for t in task_runs)
     assert _anonymous_docs() == anonymous  # the run's block snapshots were cleaned up
@@ -587,14 +570,14 @@ def test_blob_and_table_copies_from_cluster_to_s3_run_on_the_cluster_worker(colo
     blob = rh.blob(payload, path=f"rh-test/colo-{run}/ckpt.pt", system=colo.cluster)
     rows = pa.table({"id": list(range(1000)), "text": [f"row {i}" for i in range(1000)]})
     table = rh.table(data=rows, path=f"rh-test/colo-{run}/table", system=colo.cluster)
-    before = dict(transfer.COUNTERS)
+    before = transfer.moved_here()
 
     with ThreadPoolExecutor(2) as pool:  # via="auto": a worker is online for the cluster's queue, so there
         new_blob = pool.submit(blob.to, colo.s3, f"/{colo.bucket}/models/bert.pt")
         new_table = pool.submit(table.to, colo.s3, f"/{colo.bucket}/tables/t")
         new_blob, new_table = new_blob.result(), new_table.result()
 
-    assert dict(transfer.COUNTERS) == before  # zero bytes through this (calling) process
+    assert transfer.moved_here() - before == transfer.Moved()  # zero bytes through this (calling) process
     for new in (new_blob, new_table):
         _assert_ran_on_worker(new, colo)
     assert new_blob.flow_run.id != new_table.flow_run.id
@@ -639,15 +622,15 @@ def test_a_worker_installed_from_the_wheel_alone_runs_colocated_copies(colo, tmp
             assert info.pid in colo.lab.pids()  # the worker runs inside the cluster's network namespace
         files = {"model.bin": os.urandom(300_000), "meta/info.json": b'{"from": "wheel"}'}
         src = rh.folder(path=f"rh-test/wheel-{uuid.uuid4().hex[:8]}", system=cluster).put(files)
-        before = dict(transfer.COUNTERS)
+        before = transfer.moved_here()
         new = src.to(colo.s3, f"/{colo.bucket}/from-wheel", via="worker")
-        assert dict(transfer.COUNTERS) == before  # no byte went through this process
+        assert transfer.moved_here() - before == transfer.Moved()  # no byte went through this process
         run = new.flow_run
         assert (run.work_queue_name, (run.labels or {}).get("prefect.worker.name")) == (queue, f"rh-{queue}")
         assert run.state.is_completed()
         for key, data in files.items():
             assert colo.s3_fs.cat_file(f"{colo.bucket}/from-wheel/{key}") == data
-        with _client() as c:
+        with prefect_client() as c:
             deployment = c.read_deployment(run.deployment_id)
         assert deployment.entrypoint == "rh_prefect.flows.transfer:copy_folder"
         src.rm()
@@ -674,10 +657,10 @@ def test_stopped_worker_is_offline_and_auto_falls_back(colo, tmp_path, caplog):
 
     with pytest.raises(SystemUnavailable, match="start_worker"):
         src.to(colo.s3, f"/{colo.bucket}/stopped", via="worker")
-    before = transfer.COUNTERS["bytes_copied"]
+    before = transfer.moved_here()
     with caplog.at_level(logging.WARNING, logger="rh_prefect.runtime.dispatch"):
         new = src.to(colo.s3, f"/{colo.bucket}/stopped")
-    assert transfer.COUNTERS["bytes_copied"] - before == 4096
+    assert (transfer.moved_here() - before).bytes_copied == 4096
     assert new.flow_run is None
     assert colo.s3_fs.cat_file(f"{colo.bucket}/stopped/x.bin") == b"x" * 4096
     assert "runs through this process" in caplog.text

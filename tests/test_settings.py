@@ -82,3 +82,11 @@ def test_an_invalid_value_is_refused_and_changes_nothing(values):
         with settings.override(**values):
             pytest.fail("the block must not run")
     assert settings.current() is before
+
+
+def test_readme_lists_every_setting_with_its_default():
+    """README's Settings table is `python -m rh_prefect.settings`: a new or changed setting must show there."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert settings.markdown_table() in readme, "regenerate README's Settings table: python -m rh_prefect.settings"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import rh_prefect as rh
-from rh_prefect import transfer
+from rh_prefect import settings, transfer
 from rh_prefect.systems import get_system
 
 from helpers import sha256s, stored_sha256s, write_tree
@@ -142,7 +142,7 @@ def test_a_copy_removes_temporary_files_left_by_killed_writes(places, ssh_server
     old = [on_disk / ".a.bin.rh-tmp-0123456789ab", on_disk / "sub" / ".c.bin.rh-tmp-0123456789ab",
            on_disk / ".rh-tmp-stage-0123456789ab" / "x.bin"]
     fresh = on_disk / "sub" / ".b.bin.rh-tmp-ba9876543210"
-    long_ago = time.time() - transfer.STALE_TEMP_SECONDS - 600
+    long_ago = time.time() - settings.current().stale_temp_seconds - 600
     for p in old + [fresh]:
         p.write_bytes(b"partial")
     for p in old:
@@ -172,8 +172,9 @@ def test_gcs_streamed_upload_of_other_than_announced_size_leaves_nothing(places,
 
     with pytest.raises(rh.IntegrityError, match="did the source change while it was copied"):
         with transfer.open_write(gs, path, size=announced) as f:
-            for i in range(0, BIG_SIZE, transfer.CHUNK_SIZE):
-                f.write(big_bytes[i : i + transfer.CHUNK_SIZE])
+            chunk = settings.current().chunk_size
+            for i in range(0, BIG_SIZE, chunk):
+                f.write(big_bytes[i : i + chunk])
 
     gs.fs.invalidate_cache()
     assert not gs.fs.exists(path)

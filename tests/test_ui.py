@@ -182,7 +182,8 @@ def test_create_folder_in_ui_then_use_it_from_python(browser, prefect_server, s3
     page.wait_for_url("**/blocks/catalog/rh-folder/create")
     browser.labelled_input("Block Name").fill(name)
     browser.any_of("Path").locator("textarea").fill(f"/{s3_bucket}/from-ui")
-    browser.labelled_input("System").fill("s3")
+    # The system is a choice list, not free text.
+    assert browser.choose("System", "s3") == ["file", "s3", "gs", "github", "ssh"]
     browser.any_of("Cluster").get_by_role("button", name="null", exact=True).click()
     browser.any_of("Credentials").get_by_role("button", name="null", exact=True).click()
     shot(browser, "folder-form-filled")
@@ -205,6 +206,26 @@ def test_create_folder_in_ui_then_use_it_from_python(browser, prefect_server, s3
 
     off_loop(use_it_from_python)
     assert_nothing_left_loopback(browser, prefect_server)
+
+
+def test_cluster_form_shows_ssh_settings_before_worker_settings(browser, prefect_server):
+    page = browser.page
+    browser.goto("/blocks/catalog/rh-cluster/create")
+    browser.labelled_input("Block Name").wait_for()
+    labels = browser.field_labels()
+    shot(browser, "cluster-form")
+    ssh = ["Host", "Port", "User", "SSH private key", "known_hosts file", "Pinned host key", "Verify host key",
+           "Default root"]
+    workers = ["Work queue", "Work pool", "prefect executable", "Python", "Working directory", "Prefect API URL"]
+
+    def where(title: str) -> int:
+        found = [i for i, text in enumerate(labels) if text.startswith(title)]
+        assert found, f"no field {title!r} in {labels}"
+        return found[0]
+
+    assert [where(t) for t in ssh] == sorted(where(t) for t in ssh)
+    assert max(where(t) for t in ssh) < min(where(t) for t in workers), labels
+    assert page.get_by_text("Where resources without a path are stored.").count() >= 1
 
 
 def test_secret_fields_are_masked_in_the_ui(browser, prefect_server):

@@ -139,6 +139,24 @@ class Browser:
         label = page.locator(".schema-form-property__label", has_text=re.compile(rf"^\s*{re.escape(name)}\b"))
         return page.locator(".schema-form-property", has=label).first
 
+    def choose(self, label: str, option: str) -> list[str]:
+        """Pick ``option`` in the choice list (an enum field) labelled ``label``; returns the options it offered."""
+        page = self.page
+        labels = page.locator("label.p-label__label", has_text=re.compile(r"^\s*" + re.escape(label)))
+        control = page.locator(".p-label", has=labels).locator("button.p-select-button__control").first
+        control.focus()
+        page.keyboard.press("ArrowDown")
+        page.get_by_role("option").first.wait_for()
+        offered = [o.inner_text().strip() for o in page.get_by_role("option").all()]
+        page.get_by_role("option", name=option, exact=True).click()
+        return offered
+
+    def field_labels(self) -> list[str]:
+        """The titles of the form's fields, top to bottom: a plain field's label, or an optional (union) field's
+        section header."""
+        titles = self.page.locator("label.p-label__label, .schema-form-property-any-of h3").all_inner_texts()
+        return [t.strip() for t in titles if t.strip() != "(Optional)"]
+
     def pick_block(self, prop: Any, block_name: str) -> None:
         """Choose a saved block in a block picker (the select opens from the keyboard, as a user can)."""
         prop.locator("button.p-select-button__control").first.focus()

@@ -28,7 +28,7 @@ from typing import IO, Any, Iterator, Optional, Union
 
 from pydantic import Field, PrivateAttr
 
-from rh_prefect import blob_store, names, serializers, transfer
+from rh_prefect import blob_store, names, serializers, settings, transfer
 from rh_prefect.runtime import registry, tasks
 from rh_prefect.errors import IntegrityError, InvalidArgument, InvalidPath, NotFound
 from rh_prefect.resources.base import StoredResource, SystemArg, place
@@ -37,7 +37,6 @@ from rh_prefect.serializers import SerializationError
 from rh_prefect.resources.cluster import Cluster
 from rh_prefect.systems import System, check_path, check_relative_key, get_system
 
-CHUNK_SIZE = transfer.CHUNK_SIZE
 #: the serializer used to read a blob that records none (described by path only); Runhouse's default
 READ_DEFAULT = "pickle"
 
@@ -428,7 +427,7 @@ def _upload_task(local_path: str, system: System, fs_path: str, previous: Option
     tasks.reset_on_retry(system)
     with open(local_path, "rb") as src, \
             blob_store.write(system, fs_path, size=os.fstat(src.fileno()).st_size, keep=(previous,)) as writer:
-        while chunk := src.read(CHUNK_SIZE):
+        while chunk := src.read(settings.current().chunk_size):
             writer.write(chunk)
     return writer.version, writer.size, writer.sha256
 

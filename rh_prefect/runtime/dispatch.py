@@ -59,7 +59,7 @@ def run(deployment: str, parameters: dict[str, Any], *, queue: str, pool: str, l
         timeout=0, tags=tags, flow_run_name=flow_run_name[:200] if flow_run_name else None,
     )
     try:
-        return _wait(created.id, queue, pool, label, pickup_timeout or settings.current().pickup_timeout)
+        return wait(created.id, queue, pool, label, pickup_timeout or settings.current().pickup_timeout)
     except BaseException:
         _cancel(created.id)
         raise
@@ -191,11 +191,16 @@ def running_on(queue: str) -> bool:
 # -- waiting for the flow run ---------------------------------------------------------------------------------
 
 
-def _wait(flow_run_id: UUID, queue: str, pool: str, label: str, pickup_timeout: float) -> Any:
-    """Wait for the flow run to reach a final state; return it, or raise what it failed with."""
+def wait(flow_run_id: UUID, queue: str, pool: str, label: str, pickup_timeout: Optional[float] = None) -> Any:
+    """Wait for the flow run to reach a final state; return it, or raise what it failed with (see :func:`run`).
+
+    Woken by the run's state events (Prefect's event stream); its state is also read every
+    ``settings.state_check_seconds``. A run still scheduled after ``pickup_timeout`` (``settings.pickup_timeout``)
+    whose queue has no worker online is cancelled: :class:`NotPickedUp`."""
     from prefect.utilities.asyncutils import run_coro_as_sync
 
-    run = run_coro_as_sync(_await_final(flow_run_id, queue, pool, label, pickup_timeout))
+    timeout = pickup_timeout or settings.current().pickup_timeout
+    run = run_coro_as_sync(_await_final(flow_run_id, queue, pool, label, timeout))
     if not run.state.is_completed():
         raise _remote_error(run, queue, label)
     return run
@@ -318,4 +323,4 @@ def _remote_error(run: Any, queue: str, label: str) -> Exception:
 
 
 __all__ = ["NotPickedUp", "block_refs", "ensure_deployment", "register_deployments", "run", "run_logger",
-           "running_on"]
+           "running_on", "wait"]

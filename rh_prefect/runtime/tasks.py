@@ -97,6 +97,24 @@ RETRY_POLICY: dict[str, Any] = dict(
 )
 
 
+class _QuietOutsideFlows(logging.Filter):
+    """Outside a flow, a call such as ``folder.to("s3", ...)`` is a plain function call to its user: Prefect's
+    task-run lines for it ("Finished in state Completed()") are noise, and when it fails the exception reaches the
+    caller, so Prefect's ERROR lines about it (a user's own mistake, say a schema mismatch, logged before it is
+    raised) are said twice. Those lines of rh-prefect's own task runs outside a flow are dropped, unless
+    ``settings.task_logs``. Inside a flow every line stays: the run's logs in the UI are the record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(getattr(record, "task_name", "")).startswith("rh-") or getattr(record, "flow_run_id", None):
+            return True
+        from rh_prefect import settings
+
+        return settings.current().task_logs
+
+
+logging.getLogger("prefect.task_runs").addFilter(_QuietOutsideFlows())
+
+
 def rh_task(name: str) -> Callable[[Callable[..., T]], Task[..., T]]:
     """Decorator: a Prefect task with the package's retry policy."""
     return lambda fn: task(name=name, **RETRY_POLICY)(fn)

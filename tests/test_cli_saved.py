@@ -1,5 +1,6 @@
-"""``rh-prefect rm`` of a saved Table deletes it the way Table.rm() does: pointer first, then its files, then the
-name. A reader therefore sees the whole table or no table, never a half-deleted one."""
+"""The CLI on saved names: ``rh-prefect rm`` of a saved Table deletes it the way Table.rm() does (pointer first, then
+its files, then the name: a reader sees the whole table or no table, never a half-deleted one), and ``cat`` of a
+saved Blob prints the version its entry records."""
 
 from __future__ import annotations
 
@@ -66,3 +67,18 @@ def test_an_interrupted_rm_leaves_no_table_and_a_second_rm_finishes(cli, tmp_pat
 
     assert (result.exit_code, result.stdout) == (0, f"removed {t.url} and forgot {name}\n"), result.stderr
     assert _stored_files(t) == [] and not rh.exists(name)
+
+
+def test_cat_of_a_saved_blob_prints_the_version_its_entry_records(cli, tmp_path, unique_name):
+    """The file at a saved blob's path is for other tools; `cat NAME` streams the recorded version, even when
+    someone rewrote that file."""
+    import rh_prefect as rh
+
+    name = unique_name("cat-blob")
+    path = tmp_path / "b.bin"
+    rh.blob(data=b"recorded bytes", name=name, path=str(path), serializer="bytes").save()
+    path.write_bytes(b"someone else's bytes")
+    result = cli("cat", name)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout_bytes == b"recorded bytes"
+    rh.delete(name)
