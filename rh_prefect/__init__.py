@@ -25,9 +25,10 @@ _EXPORTS: dict[str, str] = {
         for name in (
             "AlreadyExists", "CredentialsError", "HostKeyMismatch", "IntegrityError", "InvalidName", "InvalidPath",
             "NotFound", "ReadOnlySystem", "RhError", "SystemUnavailable", "TransferError", "UnknownSystem",
-            "SchemaMismatch", "InvalidArgument", "MissingDependency",
+            "SchemaMismatch", "InvalidArgument", "MissingDependency", "ReadOnlyVersion",
         )
     },
+    "Version": "rh_prefect.versions",
     **{name: "rh_prefect.runtime.registry" for name in ("delete", "exists", "list_names", "load")},
     **{name: "rh_prefect.resources.folder" for name in ("Folder", "folder")},
     **{
@@ -66,6 +67,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from rh_prefect.errors import *  # noqa: F403
+    from rh_prefect.versions import Version  # noqa: F401
     from rh_prefect.runtime.registry import delete, exists, list_names, load  # noqa: F401
     from rh_prefect.resources.blob import Blob, blob, file  # noqa: F401
     from rh_prefect.resources.folder import Folder, folder  # noqa: F401

@@ -71,3 +71,8 @@ class InvalidArgument(RhError, ValueError, TypeError):
 
 class MissingDependency(RhError, ImportError):
     """An optional package is needed for this operation; the message gives the ``pip install`` command."""
+
+
+class ReadOnlyVersion(RhError, PermissionError):
+    """A write, rollback, save or delete was attempted through a Table or Blob loaded at a fixed version
+    (``version=...``): such a resource only reads that version."""

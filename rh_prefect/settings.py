@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     stream_record_after: float = Field(
         default=1.0, ge=0, description="A stream's Prefect task run starts once the stream ran this long.",
     )
+    table_versions_kept: int = Field(
+        default=5, ge=1,
+        description="Versions of a Table kept (the current one included); older ones and files only they use are dropped.",
+    )
     blob_versions_kept: int = Field(
         default=5, ge=1, description="Versions of a Blob kept (the current one included); older ones are dropped.",
     )

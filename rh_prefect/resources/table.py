@@ -38,12 +38,13 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from rh_prefect import settings
 from rh_prefect.runtime import registry, tasks
-from rh_prefect.errors import InvalidArgument, NotFound, RhError
+from rh_prefect.errors import InvalidArgument, NotFound, ReadOnlyVersion, RhError
 from rh_prefect.resources.base import StoredResource, SystemArg, place
 from rh_prefect.resources.cluster import Cluster
 from rh_prefect.systems import System
 from rh_prefect.tables.base import KINDS, Adapter, adapter, adapter_for_data
 from rh_prefect.tables.formats import check_format
+from rh_prefect.versions import Version, check_version_id
 
 logger = logging.getLogger("rh_prefect.table")
 
@@ -118,7 +119,12 @@ class Table(StoredResource):
         default=None, title="Schema", description="Columns and types, from the parquet metadata of the last write."
     )
     row_count: Optional[int] = Field(
-        default=None, title="Rows", description="Number of rows at the last write (len(table) reads the live count)."
+        default=None, title="Rows", description="Number of rows of the version this block describes."
+    )
+    version: Optional[str] = Field(
+        default=None, title="Version",
+        description="The stored version this block describes and reads (its manifest is kept in '_rh_versions/' "
+        "under the path). Empty: the table's current version.",
     )
     metadata: dict[str, Any] = Field(
         default_factory=dict, title="Metadata", description="Free-form information about the table (JSON)."
@@ -130,6 +136,8 @@ class Table(StoredResource):
     _data: Any = PrivateAttr(default=None)
     #: the version this object last committed (None: it wrote nothing)
     _written: Optional[str] = PrivateAttr(default=None)
+    #: loaded at a fixed version (rh.table(..., version=V)): reads only that version, writes nothing
+    _pinned: bool = PrivateAttr(default=False)
 
     @model_validator(mode="after")
     def _check_kind(self) -> "Table":
@@ -191,7 +199,7 @@ class Table(StoredResource):
         return f"table {self.name!r} ({self.url})" if self.name else f"table {self.url}"
 
     def _snapshot(self) -> dataset.Snapshot:
-        return dataset.Snapshot.open(self.sys, self.fs_path, self.url)
+        return dataset.Snapshot.open(self.sys, self.fs_path, self.url, self.version)
 
     def _manifest(self) -> dataset.Manifest:
         return self._snapshot().manifest
@@ -200,9 +208,19 @@ class Table(StoredResource):
         self.table_schema = dataset.schema_text(manifest.schema)
         self.row_count = manifest.num_rows
         self.partition_cols = list(manifest.partition_cols) or None
+        self.version = manifest.version
+
+    def _refuse_if_pinned(self, action: str) -> None:
+        if self._pinned:
+            raise ReadOnlyVersion(
+                f"{self._label()} was loaded at version {self.version}, so it only reads that version and cannot "
+                f"{action}. Load it without version= (rh.table(name=...)) to write to it, or make this version "
+                f"current with .rollback({self.version!r}) on the table loaded without version=. Nothing was changed."
+            )
 
     def save(self, name: Optional[str] = None, overwrite: Optional[bool] = None) -> "Table":  # type: ignore[override]
         """Register the table by name and return it (see :meth:`rh_prefect.runtime.registry.Resource.save`)."""
+        self._refuse_if_pinned("be saved (that would re-point the name without a rollback)")
         super().save(name, overwrite)
         self._settle()
         return self
@@ -237,6 +255,7 @@ class Table(StoredResource):
             >>> t = rh.table(data=df, path="/tmp/t")
             >>> t.write(more_rows, mode="append")
         """
+        self._refuse_if_pinned("be written")
         if mode not in ("overwrite", "append"):
             raise InvalidArgument(f"mode must be 'overwrite' or 'append', not {mode!r}.")
         if data is None:
@@ -266,7 +285,8 @@ class Table(StoredResource):
         UI shows what was written."""
         from prefect.artifacts import create_table_artifact
 
-        first = tasks.run(_read_task, self.sys, self.fs_path, self.url, None, None, self.ARTIFACT_ROWS)
+        first = tasks.run(_read_task, self.sys, self.fs_path, self.url, None, None, self.ARTIFACT_ROWS,
+                          self.version)
         rows = [{k: _artifact_cell(v) for k, v in row.items()} for row in first.to_pylist()]
         what = self.name or self.url
         create_table_artifact(
@@ -292,7 +312,8 @@ class Table(StoredResource):
         if ad.lazy:
             snap = self._snapshot()
             return ad.from_snapshot(snap, snap.columns(columns), expr)
-        table = tasks.run(_read_task, self.sys, self.fs_path, self.url, _opt_list(columns), expr, None)
+        table = tasks.run(_read_task, self.sys, self.fs_path, self.url, _opt_list(columns), expr, None,
+                          self.version)
         return ad.from_arrow(table)
 
     @property
@@ -304,7 +325,7 @@ class Table(StoredResource):
         """The first ``n`` rows, in memory, as the kind's object (dask: pandas); reads only the first row groups."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise InvalidArgument(f"head(n): n must be a non-negative int, got {n!r}.")
-        table = tasks.run(_read_task, self.sys, self.fs_path, self.url, _opt_list(columns), None, n)
+        table = tasks.run(_read_task, self.sys, self.fs_path, self.url, _opt_list(columns), None, n, self.version)
         return self.adapter.head_from_arrow(table)
 
     def stream(
@@ -338,7 +359,7 @@ class Table(StoredResource):
         fmt = batch_format or self.stream_format or self.adapter.default_format
         spec = stream.StreamSpec.make(batch_size, columns, filters, drop_last, shuffle_seed, shuffle_buffer_size,
                                       prefetch_batches, fmt, start_row)
-        return TableStream(self.sys, self.fs_path, self.url, spec)
+        return TableStream(self.sys, self.fs_path, self.url, spec, self.version)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
         """Rows as dicts, in table order."""
@@ -365,6 +386,54 @@ class Table(StoredResource):
     def exists_in_system(self) -> bool:
         """True if a table is stored at this table's path."""
         return dataset.read_manifest(self.sys, self.fs_path) is not None
+
+    # -- versions -------------------------------------------------------------------------------------------
+    def versions(self) -> list[Version]:
+        """The kept versions of the table, oldest first, read from storage: each with its id, creation time,
+        rows, data bytes and checksum (sha256 of its manifest); ``current`` marks the one the table's pointer
+        names. Each write (overwrite or append) adds one; the newest ``settings.table_versions_kept`` (default 5,
+        ``RH_PREFECT_TABLE_VERSIONS_KEPT``) are kept, and always the current one.
+
+        Example:
+            >>> [v.id for v in rh.table(name="/ds/bert_preproc").versions()]
+            ['v-20261204T112144123456Z-1a2b3c4d', 'v-20261204T113001000001Z-5e6f7a8b']
+            >>> old = rh.table(name="/ds/bert_preproc", version="v-20261204T112144123456Z-1a2b3c4d")
+        """
+        with self.sys.guard(self._label()):
+            return dataset.list_versions(self.sys, self.fs_path)
+
+    def rollback(self, version: str) -> "Table":
+        """Make the kept version ``version`` the table's current version again, in one atomic step (the table's
+        pointer is rewritten with that version's manifest; nothing is copied or dropped), and return the table,
+        which then reads that version. A saved table's registry entry follows, so loads by name read it too.
+
+        Raises :class:`~rh_prefect.errors.NotFound` (listing the kept versions) when the version is not kept, and
+        changes nothing then.
+
+        Example:
+            >>> t = rh.table(name="/ds/bert_preproc")
+            >>> t.rollback(t.versions()[-2].id)
+        """
+        self._refuse_if_pinned("be rolled back")
+        check_version_id(version, self._label())
+        self.sys.check_writable(self.path or "")
+        manifest = tasks.run(_rollback_task, self.sys, self.fs_path, version, self._label())
+        self._written = manifest.version
+        self._record(manifest)
+        if self._block_document_id is not None:
+            self.save()
+        return self
+
+    def _pin(self, version: str) -> "Table":
+        """Fix this table at the kept version ``version`` (read-only); NotFound naming the kept ones otherwise."""
+        check_version_id(version, self._label())
+        with self.sys.guard(self._label()):
+            manifest = dataset.read_version(self.sys, self.fs_path, version)
+            if manifest is None:
+                raise dataset.missing_version(self.sys, self.fs_path, version, self._label())
+        self._record(manifest)
+        self._pinned = True
+        return self
 
     # -- moving and deleting -------------------------------------------------------------------------------
     def to(self, system: SystemArg, path: Optional[str] = None, via: str = "auto") -> "Table":
@@ -402,13 +471,15 @@ class Table(StoredResource):
     def _relocated_extra(self, new: "Table") -> None:
         new.metadata = dict(self.metadata)
         new._data = None
+        new._pinned = False  # a copy is a table of its own, whose current version is the one copied
 
     def has_unwritten_data(self) -> bool:
         return self._data is not None
 
     def rm(self) -> None:
-        """Delete the table's data (pointer first, so readers never see a half-deleted table). The registry
-        entry stays; remove it with ``rh.delete(name)``."""
+        """Delete the table's data, every version (pointer first, so readers never see a half-deleted table).
+        The registry entry stays; remove it with ``rh.delete(name)``."""
+        self._refuse_if_pinned("delete the table")
         self.sys.check_writable(self.path or "")
         dataset.remove_table(self.sys, self.fs_path)
 
@@ -470,8 +541,12 @@ class TableStream:
     replay the stream from its first row).
     """
 
-    def __init__(self, system: System, root: str, url: str, spec: stream.StreamSpec) -> None:
+    def __init__(self, system: System, root: str, url: str, spec: stream.StreamSpec,
+                 version: Optional[str] = None) -> None:
         self._system, self._root, self._url, self.spec = system, root, url, spec
+        #: the version this stream reads (None until it starts, for a table that records no version)
+        self.version = version
+        self._fixed = version is not None
         self.rows_delivered = 0
         self._iter: Optional[Iterator[Any]] = None
         self._reader: Optional[stream.background] = None
@@ -522,7 +597,8 @@ class TableStream:
     def _read(self) -> Iterator[Any]:
         restarts = 0
         while True:
-            snap = dataset.Snapshot.open(self._system, self._root, self._url)
+            snap = dataset.Snapshot.open(self._system, self._root, self._url, self.version if self._fixed else None)
+            self.version = snap.manifest.version
             snap.columns(self.spec.columns)  # fail on a bad column name before starting anything
             spec = self.spec.starting_at(self.spec.start_row + self.rows_delivered)
             chunks = self._reader = stream.background(lambda: stream.chunks(snap, spec, _retry_policy()),
@@ -535,7 +611,13 @@ class TableStream:
                     del chunk, batch  # hold no row group while the next one is prepared
                 return
             except FileNotFoundError as exc:
-                # A listed file vanished: the table was overwritten after this stream read its pointer.
+                if self._fixed:  # a kept version never changes: it was dropped by retention, or deleted
+                    raise NotFound(
+                        f"Version {self.version} of table {self._url} was dropped (retention keeps the newest "
+                        f"{settings.current().table_versions_kept}) or deleted while being streamed, after "
+                        f"{self.rows_delivered} rows. Load the table again by name to read its current version."
+                    ) from exc
+                # A listed file vanished: the current version was replaced and dropped after the pointer was read.
                 now = dataset.read_manifest(self._system, self._root)
                 if now is None or now.version == snap.manifest.version:
                     raise NotFound(f"A file of table {self._url} is missing ({exc}); the table is damaged or was "
@@ -654,20 +736,35 @@ def _write_task(job: _WriteJob) -> dataset.Manifest:
     return manifest
 
 
+@tasks.rh_task("rh-table-rollback")
+def _rollback_task(system: System, root: str, version: str, label: str) -> dataset.Manifest:
+    """Make a kept version current again (see :func:`rh_prefect.tables.dataset.rollback`)."""
+    tasks.reset_on_retry(system)
+    with system.guard(label):
+        return dataset.rollback(system, root, version, label)
+
+
 @tasks.rh_task("rh-table-read")
 def _read_task(system: System, root: str, url: str, columns: Optional[list[str]], filter: Any,
-               limit: Optional[int]) -> pa.Table:
-    """Read a whole version (or its first ``limit`` rows) as one Arrow table, in table order."""
+               limit: Optional[int], version: Optional[str] = None) -> pa.Table:
+    """Read a whole version (or its first ``limit`` rows) as one Arrow table, in table order: version
+    ``version``, or the current one when it is None."""
     ctx = TaskRunContext.get()
     if ctx is not None and ctx.task_run.run_count > 1:
         system.reset()
     for attempt in range(5):
-        snap = dataset.Snapshot.open(system, root, url)
+        snap = dataset.Snapshot.open(system, root, url, version)
         try:
             if limit is None:
                 return snap.read(columns=columns, filter=filter)
             return _head(snap, limit, columns)
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            if version is not None:  # a kept version never changes: it was dropped meanwhile
+                raise NotFound(
+                    f"Version {version} of table {url} was dropped (retention keeps the newest "
+                    f"{settings.current().table_versions_kept}) or deleted while being read. Load the table again "
+                    "by name to read its current version."
+                ) from exc
             # Overwritten between reading the pointer and reading the files: read the new version whole.
             now = dataset.read_manifest(system, root)
             if now is None or now.version == snap.manifest.version or attempt == 4:
@@ -754,6 +851,7 @@ def table(
     *,
     cluster: Optional[Cluster] = None,
     credentials: Any = None,
+    version: Optional[str] = None,
 ) -> Table:
     """Create (write) a table from data, or load a saved one by name.
 
@@ -763,6 +861,8 @@ def table(
     * ``rh.table(name="@/my_table")`` loads the saved table (NotFound if there is none).
     * ``rh.table(path=..., system=...)`` refers to a table already stored there.
     * ``dryrun=True`` never reads or writes data: with data, ``table.write()`` writes it later.
+    * ``version="v-..."`` (with a name or a path): exactly that kept version (see :meth:`Table.versions`), also
+      after newer writes; such a table is read-only. NotFound, listing the kept versions, when it is not kept.
 
     Example:
         >>> t = rh.table(data=df, name="@/my_pandas_table", path="/preproc-data/pandas", system="s3",
@@ -771,6 +871,11 @@ def table(
     """
     if stream_format is not None:
         stream_format = check_format(stream_format)
+    if version is not None:
+        if data is not None:
+            raise InvalidArgument("rh.table(data=..., version=...) cannot be combined: a write makes a new version. "
+                                  "Pass version= only to read a kept version; nothing was written.")
+        check_version_id(version, f"table {name or path}")
     if data is None and name is not None and path is None and system is None and cluster is None \
             and credentials is None:
         t = Table._load_named(name)
@@ -778,7 +883,7 @@ def table(
             t.stream_format = stream_format
         if metadata is not None:
             t.metadata = dict(metadata)
-        return t
+        return t._pin(version) if version is not None else t
     if isinstance(system, Cluster):
         cluster, system = system, "ssh"
     sys, where = place(name, system, os.fspath(path) if path is not None else None, cluster=cluster,
@@ -798,6 +903,8 @@ def table(
     t._set_name(name)
     if manifest is not None:
         t._record(manifest)
+    if version is not None:
+        return t._pin(version)
     if data is not None:
         sys.check_writable(where)
         if dryrun:

@@ -1,20 +1,21 @@
-"""Parquet table storage: immutable version directories, committed by one small pointer file.
+"""Parquet table storage: immutable versions, each a manifest, one of them current by one small pointer file.
 
 Layout of a table stored at ``<root>`` (on any System: local disk, a cluster over SFTP, S3, GCS)::
 
-    <root>/_rh_table.json                               the pointer (manifest) of the current version
+    <root>/_rh_table.json                               the pointer: the manifest of the current version
+    <root>/_rh_versions/<version>.json                  the manifest of every kept version (the current one too)
     <root>/v-<UTC time>-<id>/part-<i>.parquet           parquet files (zstd; ~64-128k-row groups)
     <root>/v-<UTC time>-<id>/<col>=<value>/part-<i>.parquet     the same with hive partitions
 
-The manifest lists every file of the current version with its row count, row-group sizes and byte size, plus
-the Arrow schema, partition columns, kind and metadata. Readers read the manifest first and then only the files
-it lists; listing directories is never needed, and ``len()``/``schema`` need no data file at all.
+A manifest lists every file of its version with its row count, row-group sizes and byte size, plus the Arrow
+schema, partition columns, kind, metadata and when the version was made. Readers read a manifest first and then
+only the files it lists; listing directories is never needed, and ``len()``/``schema`` need no data file at all.
+A version id is the name of the directory its new files were written to (``v-...``, see :mod:`rh_prefect.versions`).
 
-**Overwrite** writes a fresh version directory, then replaces the pointer in one atomic write
-(:func:`rh_prefect.transfer.write_bytes`: an object upload on buckets, temp file + rename elsewhere), then
-deletes the version directories the replaced pointer referenced. A reader sees the old complete version or the
-new complete version, never a mix, and no files of an earlier write are ever visible (they are not listed) or
-left behind (they are deleted once unreferenced). Nothing deletes the table folder first.
+**Overwrite** writes a fresh version directory, then its manifest under ``_rh_versions/``, then replaces the
+pointer with the same manifest in one atomic write (:func:`rh_prefect.transfer.write_bytes`: an object upload on
+buckets, temp file + rename elsewhere): that write is the commit. A reader sees the old complete version or the
+new complete version, never a mix. Nothing deletes the table folder first.
 
 **Append** (``mode="append"``) writes only the new rows, into a fresh version directory, and commits a manifest
 listing the old files followed by the new ones: old files are neither copied nor touched, and a reader sees
@@ -22,25 +23,32 @@ either the old rows or old + new rows, in order. The new rows must have the tabl
 check names every differing column and nothing is written otherwise). An append verifies, just before its
 commit, that no other writer committed since it started, and otherwise fails without committing (retry it).
 
-**Readers during an overwrite**: the replaced version's files are deleted right after the commit. A read
-(``fetch``, ``head``) that finds a listed file gone re-reads the pointer and reads the new version whole; a
-stream that has already delivered rows of the old version stops with a clear :class:`NotFound` instead of
-mixing versions (one that has not delivered anything yet restarts on the new version).
+**Versions are kept** (:func:`retain`, after each commit): the newest ``settings.table_versions_kept`` manifests
+(by the time they were made) and always the current one; older manifests are deleted first, then the version
+directories that no kept manifest lists a file of (an append's manifest lists files of older directories, so
+reference counting is by manifest). A kept version never changes, so a reader holding it (``Snapshot``, a Table
+loaded at ``version=``) reads the same rows however many writers are at work; :func:`rollback` makes a kept
+version current again by writing its manifest to the pointer. A reader whose version is dropped meanwhile gets a
+clear :class:`NotFound` (a stream: after the rows it delivered), never rows of another version. A read of the
+current version (no version given) that finds a listed file gone re-reads the pointer and reads the new
+version whole.
 
 **Concurrent writers**: the last pointer written wins and is always complete. A version written by a writer
-that lost such a race, or by a writer that crashed, is referenced by no pointer; the next write sweeps such
-version directories once they are older than :data:`ORPHAN_AGE` (7 hours, longer than the write task's
-timeout). A writer checks that its version directory still exists right before committing, so even a write
-slower than that never commits a pointer to swept files.
+that lost such a race is kept like any other; one written by a writer that crashed before its manifest was
+stored is referenced by no manifest, and a later write sweeps such version directories once they are older than
+:data:`ORPHAN_AGE` (7 hours, longer than the write task's timeout). A writer checks that its version directory
+still exists right before committing, so even a write slower than that never commits a pointer to swept files.
+Tables written before versions were kept have a pointer and no ``_rh_versions/``: the pointer's version is
+listed as their only version, and the next commit stores its manifest like any other.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import posixpath
-import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
@@ -55,10 +63,13 @@ from rh_prefect import settings, transfer
 from rh_prefect.errors import InvalidArgument, NotFound, RhError, SchemaMismatch
 from rh_prefect.systems.base import System
 from rh_prefect.tables.formats import ArrowSource
+from rh_prefect.versions import Version, check_version_id, id_time, is_version_id, listing, new_version_id
 
 logger = logging.getLogger("rh_prefect.tables")
 
 POINTER = "_rh_table.json"
+#: the directory (under the table's root) holding the manifest of every kept version, ``<version>.json``
+VERSIONS_DIR = "_rh_versions"
 FORMAT = "rh-table"
 FORMAT_VERSION = 1
 # Row groups hold at most settings.table_max_group_rows rows and about settings.table_group_bytes of memory, so
@@ -66,7 +77,6 @@ FORMAT_VERSION = 1
 # let lazy kinds (dask, ray) read in parallel, one partition per file.
 #: unreferenced version directories older than this are swept; longer than the write task's timeout (6 h)
 ORPHAN_AGE = timedelta(hours=7)
-_VERSION_TIME = "%Y%m%dT%H%M%S%f"
 
 
 # --------------------------------------------------------------------------------------------- manifest
@@ -104,6 +114,30 @@ class Manifest:
     def versions(self) -> set[str]:
         """Version directories this manifest references (more than one after appends)."""
         return {f.version for f in self.files} | {self.version}
+
+    @property
+    def size(self) -> int:
+        """Bytes of the data files this version lists."""
+        return sum(f.bytes for f in self.files)
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of the manifest as stored (its JSON): the same for a version wherever it was copied."""
+        return hashlib.sha256(self.to_json()).hexdigest()
+
+    @property
+    def created_at(self) -> datetime:
+        """When the version was made (UTC): its ``created`` field, else the time in its id."""
+        try:
+            when = datetime.fromisoformat(self.created)
+            return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+        except (TypeError, ValueError):
+            return id_time(self.version) or datetime.fromtimestamp(0, timezone.utc)
+
+    def describe(self, current: bool) -> Version:
+        """This version as ``Table.versions()`` lists it."""
+        return Version(id=self.version, created=self.created_at, rows=self.num_rows, size=self.size,
+                       checksum=self.checksum, current=current)
 
     def to_json(self) -> bytes:
         doc = {
@@ -150,6 +184,11 @@ def pointer_path(root: str) -> str:
     return posixpath.join(root, POINTER)
 
 
+def version_manifest_path(root: str, version: str) -> str:
+    """Where the manifest of version ``version`` is kept (``version`` must be a version id: never a path)."""
+    return posixpath.join(root, VERSIONS_DIR, f"{check_version_id(version, 'a table')}.json")
+
+
 def read_manifest(system: System, root: str) -> Optional[Manifest]:
     """The current manifest of the table at ``root`` (fs path), or None when no table is stored there."""
     path = pointer_path(root)
@@ -186,14 +225,11 @@ class _ReadHandler(pafs.FSSpecHandler):
 
 
 def new_version_name() -> str:
-    return f"v-{datetime.now(timezone.utc).strftime(_VERSION_TIME)}Z-{uuid.uuid4().hex[:8]}"
+    return new_version_id()
 
 
 def _version_time(name: str) -> Optional[datetime]:
-    try:
-        return datetime.strptime(name[2:22], _VERSION_TIME).replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
+    return id_time(name)
 
 
 def schema_differences(expected: pa.Schema, got: pa.Schema) -> list[str]:
@@ -331,7 +367,8 @@ def write_version(
         partition_cols=tuple(partition_cols),
         kind=kind,
         metadata=dict(metadata or {}),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # to the microsecond: retention orders versions by it (see retain)
+        created=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
     )
     if base is not None:
         new = replace(new, files=base.files + new.files, metadata=dict(metadata if metadata is not None else base.metadata))
@@ -359,7 +396,9 @@ def _file_order(entry: FileEntry) -> tuple:
 
 
 def commit(system: System, root: str, manifest: Manifest, *, expect_version: Optional[str] = None) -> None:
-    """Make ``manifest`` the table's current version, then delete versions nothing references any more.
+    """Make ``manifest`` the table's current version: store it under ``_rh_versions/``, then write it to the
+    pointer (the commit), then drop what retention no longer keeps (:func:`retain`). A copy commits the source's
+    manifest unchanged, so the destination's current version has the source's id, rows and checksum.
 
     With ``expect_version`` (appends) the commit happens only if the pointer still names that version.
     """
@@ -379,28 +418,150 @@ def commit(system: System, root: str, manifest: Manifest, *, expect_version: Opt
                 f"The new version of the table at {system.url(system.user_path(root))} disappeared before its "
                 "commit (a write that ran longer than 7 hours is cleaned up as abandoned); write it again."
             )
+    raw = manifest.to_json()
+    if current is not None and current.version != manifest.version:
+        _adopt(system, root, current)
+    transfer.write_bytes(system, version_manifest_path(root, manifest.version), raw)
+    transfer.write_bytes(system, pointer_path(root), raw)
+    retain(system, root, protect=(manifest.version,))
+
+
+def _adopt(system: System, root: str, current: Manifest) -> None:
+    """Store the manifest of a current version that has none under ``_rh_versions/`` (a table written before
+    versions were kept), so that it stays a version once it is no longer current."""
+    path = version_manifest_path(root, current.version)
+    try:
+        if system.fs.exists(path):
+            return
+        transfer.write_bytes(system, path, current.to_json())
+    except OSError as exc:  # the commit matters more; the old version is then simply not kept
+        logger.warning("could not keep the previous version %s of %s: %s", current.version, root, exc)
+
+
+def stored_versions(system: System, root: str) -> dict[str, Manifest]:
+    """``{version id: manifest}`` of the versions kept under ``_rh_versions/`` (a fresh listing); a manifest
+    that cannot be read is left out with a warning (it may be being dropped by another writer)."""
+    vdir = posixpath.join(root, VERSIONS_DIR)
+    try:
+        system.fs.invalidate_cache(vdir)
+        with system.guard(system.url(system.user_path(root))):
+            entries = system.fs.ls(vdir, detail=False)
+    except FileNotFoundError:
+        return {}
+    found: dict[str, Manifest] = {}
+    for entry in entries:
+        name = posixpath.basename(entry.rstrip("/"))
+        if not name.endswith(".json") or not is_version_id(name[:-5]):
+            continue  # temporary files of a manifest being written, or anything else
+        try:
+            raw = system.fs.cat_file(posixpath.join(vdir, name))
+        except FileNotFoundError:
+            continue  # dropped by a concurrent writer's retention
+        found[name[:-5]] = Manifest.from_json(raw, system.url(system.user_path(posixpath.join(vdir, name))))
+    return found
+
+
+def read_version(system: System, root: str, version: str) -> Optional[Manifest]:
+    """The manifest of version ``version`` of the table at ``root``, or None when it is not kept."""
+    path = version_manifest_path(root, version)
+    try:
+        with system.guard(system.url(system.user_path(root))):
+            raw = system.fs.cat_file(path)
+    except FileNotFoundError:
+        current = read_manifest(system, root)  # a table written before versions were kept: only the pointer
+        return current if current is not None and current.version == version else None
+    return Manifest.from_json(raw, system.url(system.user_path(path)))
+
+
+def list_versions(system: System, root: str) -> list[Version]:
+    """Every kept version of the table at ``root``, oldest first; ``current`` marks the pointer's."""
+    current = read_manifest(system, root)
+    found = stored_versions(system, root)
+    if current is not None:
+        found.setdefault(current.version, current)
+    now = current.version if current is not None else None
+    return [m.describe(m.version == now) for m in sorted(found.values(), key=_age)]
+
+
+def _age(manifest: Manifest) -> tuple[datetime, str]:
+    return manifest.created_at, manifest.version
+
+
+def missing_version(system: System, root: str, version: str, label: str) -> NotFound:
+    """The NotFound for a version that is not kept: it names the version and the ones that are."""
+    try:
+        kept = [v.id for v in list_versions(system, root)]
+    except (OSError, RhError):
+        kept = []
+    return NotFound(
+        f"{label} has no version {version}: it was never written here or retention dropped it (a table keeps its "
+        f"newest {settings.current().table_versions_kept} versions, setting table_versions_kept). Kept versions, "
+        f"newest first: {listing(kept)}. List them with table.versions(). Nothing was changed."
+    )
+
+
+def rollback(system: System, root: str, version: str, label: str) -> Manifest:
+    """Make kept version ``version`` current again: its manifest becomes the pointer, in one atomic write.
+    Nothing is dropped. NotFound (naming the kept versions) when it is not kept or its files are gone."""
+    manifest = read_version(system, root, check_version_id(version, label))
+    if manifest is None:
+        raise missing_version(system, root, version, label)
+    for directory in sorted(manifest.versions):
+        listed = [f for f in manifest.files if f.version == directory]
+        if listed and not system.fs.exists(posixpath.join(root, listed[0].path)):
+            raise NotFound(f"{label}: the files of version {version} are gone (dropped by retention while it was "
+                           "being rolled back to, or deleted outside rh_prefect); nothing was changed.")
     transfer.write_bytes(system, pointer_path(root), manifest.to_json())
-    retired = (current.versions - manifest.versions) if current is not None else set()
-    sweep(system, root, manifest, retired)
+    return manifest
 
 
-def sweep(system: System, root: str, keep: Manifest, retired: set[str]) -> None:
-    """Delete ``retired`` versions and orphaned version directories older than :data:`ORPHAN_AGE`."""
-    doomed = set(retired) - keep.versions
+def retain(system: System, root: str, protect: Sequence[str] = ()) -> list[str]:
+    """Drop the versions beyond the newest ``settings.table_versions_kept`` (never the current one, nor those in
+    ``protect``), then the version directories no kept manifest references, and orphaned version directories
+    (referenced by no manifest) older than :data:`ORPHAN_AGE`. Best effort: a failure is logged, since the commit
+    it follows is complete. Returns the ids of the versions dropped."""
+    try:
+        current = read_manifest(system, root)
+        stored = stored_versions(system, root)
+    except (OSError, RhError) as exc:
+        logger.warning("could not list the versions of table %s to drop old ones: %s", root, exc)
+        return []
+    kept_n = settings.current().table_versions_kept
+    ordered = sorted(stored.values(), key=_age)
+    keep = {m.version for m in ordered[-kept_n:]} | set(protect)
+    if current is not None:
+        keep.add(current.version)
+    dropped = [m for m in ordered if m.version not in keep]
+    for m in dropped:  # the manifest first: once it is gone the version is no longer listed or readable by id
+        try:
+            system.fs.rm_file(version_manifest_path(root, m.version))
+        except FileNotFoundError:
+            pass  # dropped by a concurrent writer's retention already
+        except OSError as exc:
+            logger.warning("could not drop version %s of table %s: %s", m.version, root, exc)
+            keep.add(m.version)  # still listed: its files stay
+    dropped = [m for m in dropped if m.version not in keep]
+    referenced: set[str] = set()
+    for m in [*stored.values(), *([current] if current is not None else [])]:
+        if m.version in keep:
+            referenced |= m.versions
+    doomed = set().union(*(m.versions for m in dropped)) - referenced
     try:
         system.fs.invalidate_cache(root)
         entries = system.fs.ls(root, detail=False)
     except FileNotFoundError:
         entries = []
     cutoff = datetime.now(timezone.utc) - ORPHAN_AGE
+    listed = referenced | set().union(*(m.versions for m in stored.values()))
     for entry in entries:
         name = posixpath.basename(entry.rstrip("/"))
-        if name.startswith("v-") and name not in keep.versions:
+        if name.startswith("v-") and name not in listed:
             born = _version_time(name)
             if born is not None and born < cutoff:
                 doomed.add(name)
     for name in sorted(doomed):
         remove_version(system, root, name)
+    return [m.version for m in dropped]
 
 
 def remove_version(system: System, root: str, version: str) -> None:
@@ -452,11 +613,21 @@ class Snapshot:
         self._fragments: dict[int, ds.ParquetFileFragment] = {}
 
     @classmethod
-    def open(cls, system: System, root: str, url: Optional[str] = None) -> "Snapshot":
+    def open(cls, system: System, root: str, url: Optional[str] = None, version: Optional[str] = None) -> "Snapshot":
+        """The version ``version`` of the table at ``root`` (None: the current one); NotFound when there is none."""
+        where = url or system.url(system.user_path(root))
+        if version is not None:
+            manifest = read_version(system, root, version)
+            if manifest is None:
+                if read_manifest(system, root) is None and not stored_versions(system, root):
+                    raise NotFound(f"No table is stored at {where}; write one with rh.table(data=..., path=...) "
+                                   "or check the path.")
+                raise missing_version(system, root, version, f"The table at {where}")
+            return cls(system, root, manifest)
         manifest = read_manifest(system, root)
         if manifest is None:
             raise NotFound(
-                f"No table is stored at {url or system.url(system.user_path(root))}; write one with "
+                f"No table is stored at {where}; write one with "
                 "rh.table(data=..., path=...) or check the path."
             )
         return cls(system, root, manifest)
@@ -545,6 +716,7 @@ class Snapshot:
 
 
 __all__ = [
-    "FileEntry", "Manifest", "POINTER", "Snapshot", "arrow_fs", "commit", "read_manifest", "remove_table",
-    "remove_version", "schema_differences", "schema_text", "sweep", "to_expression", "write_version",
+    "FileEntry", "Manifest", "POINTER", "Snapshot", "VERSIONS_DIR", "arrow_fs", "commit", "list_versions",
+    "missing_version", "read_manifest", "read_version", "remove_table", "remove_version", "retain", "rollback",
+    "schema_differences", "schema_text", "stored_versions", "to_expression", "write_version",
 ]
