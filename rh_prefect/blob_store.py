@@ -4,10 +4,12 @@ Layout of a blob whose path is ``P`` (on any System: local disk, a cluster over 
 
     <dir of P>/<name of P>                                    the published copy: a plain file, latest version
     <dir of P>/.<name of P>.rh-versions/v-<UTC time>Z-<id>    one immutable object per write
+    <dir of P>/.<name of P>.rh-versions/v-<UTC time>Z-<id>.json   what it is: size, sha256, serializer, created
 
 **Write** (:func:`write`): the bytes stream into a new version object, committed atomically by the copy engine's
 writer (temporary name + rename on file/ssh, one whole-object upload on s3/gs) while their size and sha256 are
-computed; then ``P`` is *published*: replaced, atomically, by a copy of that object made on the store itself
+computed; then its description (size, sha256, serializer, time) is stored beside it, so that any kept version can
+be read verified, listed and rolled back to without the registry; then ``P`` is *published*: replaced, atomically, by a copy of that object made on the store itself
 (S3 CopyObject, a GCS rewrite, ``cp`` on the SSH host, a local copy); then versions beyond the newest
 ``settings.blob_versions_kept`` are dropped. Nothing else is ever written, and nothing is read back.
 
@@ -25,6 +27,10 @@ version, the latest one published. With concurrent writers it may hold another w
 the one the registry names (the last registration wins, the last publication wins, and the two races are
 independent); it is never a torn file.
 
+**Versions and rollback**: :func:`list_versions` lists the kept versions from storage; :func:`rollback` publishes
+``P`` from a kept version and returns its description, for the caller to record (the registry entry is the
+commit). A Blob's current version is the one its record names.
+
 **Retention**: after each write the newest ``blob_versions_kept`` versions (by version id, which sorts by UTC
 time) are kept, plus the one just written and the one the writer's previous record named. A reader holding a
 record of a dropped version gets a NotFound that says so. With more concurrent writers of one blob than
@@ -41,44 +47,44 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import posixpath
-import re
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import IO, Any, Iterable, Iterator, Optional
 
 from rh_prefect import settings, transfer
-from rh_prefect.errors import IntegrityError, InvalidArgument, NotFound
+from rh_prefect.errors import IntegrityError, InvalidArgument, NotFound, RhError
 from rh_prefect.systems.base import VERSIONS_SUFFIX, System
+from rh_prefect import versions as _versions
+from rh_prefect.versions import Version
 
 logger = logging.getLogger("rh_prefect.blob")
 
 #: remote versions up to this size are verified in memory before they are handed on; larger ones in a temp file
 SPOOL_IN_MEMORY = 64 * 2**20
-_VERSION_TIME = "%Y%m%dT%H%M%S%f"
-_VERSION_ID = re.compile(r"v-\d{8}T\d{12}Z-[0-9a-f]{8}")
-
+#: a version's description beside it: ``<version id>`` + this
+INFO_SUFFIX = ".json"
+_INFO_FORMAT = "rh-blob-version"
 
 # --------------------------------------------------------------------------------------------- names
-def new_version_id() -> str:
-    """A fresh version id, ``v-<UTC time to the microsecond>Z-<8 hex>``: ids sort by the time they were made
-    (the same shape as a Table's version directories)."""
-    return f"v-{datetime.now(timezone.utc).strftime(_VERSION_TIME)}Z-{uuid.uuid4().hex[:8]}"
-
-
-def is_version_id(name: str) -> bool:
-    """True when ``name`` is a version id as :func:`new_version_id` makes them."""
-    return bool(_VERSION_ID.fullmatch(name))
+#: the version ids Table and Blob share (:mod:`rh_prefect.versions`)
+new_version_id = _versions.new_version_id
+is_version_id = _versions.is_version_id
 
 
 def versions_dir(fs_path: str) -> str:
     """The hidden directory that holds the versions of the blob at ``fs_path``."""
     head, tail = posixpath.split(fs_path.rstrip("/"))
     return posixpath.join(head, f".{tail}{VERSIONS_SUFFIX}")
+
+
+def info_path(fs_path: str, version: str) -> str:
+    """Where the description (size, sha256, serializer, created) of version ``version`` is kept."""
+    return version_path(fs_path, version) + INFO_SUFFIX
 
 
 def version_path(fs_path: str, version: str) -> str:
@@ -141,14 +147,15 @@ class VersionWriter(HashingWriter):
 
 @contextmanager
 def write(system: System, fs_path: str, *, size: Optional[int] = None,
-          keep: Iterable[Optional[str]] = ()) -> Iterator[VersionWriter]:
+          keep: Iterable[Optional[str]] = (), serializer: Optional[str] = None) -> Iterator[VersionWriter]:
     """Write a new version of the blob at ``fs_path`` (see the module docstring): the bytes written to the
     yielded writer become an immutable version object when the block exits cleanly, then ``fs_path`` is
     published as a copy of it and older versions beyond the kept number are dropped (never those in ``keep``,
     e.g. the version the caller's record names now). If the block raises, nothing is committed: no version
     object, ``fs_path`` unchanged. ``size``: the byte count, when known (lets a store pick its upload strategy).
 
-    The caller records ``(writer.version, writer.size, writer.sha256)``.
+    The caller records ``(writer.version, writer.size, writer.sha256)``; the same is stored beside the version
+    (with ``serializer``), so the version can be read verified and rolled back to later.
     """
     version = new_version_id()
     target = version_path(fs_path, version)
@@ -159,8 +166,33 @@ def write(system: System, fs_path: str, *, size: Optional[int] = None,
     except BaseException:
         _forget_empty_dir(system, versions_dir(fs_path))
         raise
+    _write_info(system, fs_path, version, writer.size, writer.sha256, serializer)
     publish(system, fs_path, version, writer.size)
     sweep(system, fs_path, keep=(version, *keep))
+
+
+def _write_info(system: System, fs_path: str, version: str, size: int, sha256: Optional[str],
+                serializer: Optional[str], created: Optional[str] = None) -> None:
+    doc = {"format": _INFO_FORMAT, "version": version, "size": size, "sha256": sha256, "serializer": serializer,
+           "created": created or datetime.now(timezone.utc).isoformat(timespec="microseconds")}
+    transfer.write_bytes(system, info_path(fs_path, version), json.dumps(doc, indent=1).encode("utf-8"))
+
+
+def read_info(system: System, fs_path: str, version: str) -> Optional[dict[str, Any]]:
+    """The description stored beside version ``version`` (size, sha256, serializer, created), or None when there
+    is none (a version written before descriptions were stored, or one being dropped)."""
+    try:
+        raw = system.fs.cat_file(info_path(fs_path, version))
+    except FileNotFoundError:
+        return None
+    try:
+        doc = json.loads(raw)
+        if doc.get("format") != _INFO_FORMAT or doc.get("version") != version:
+            raise ValueError(doc.get("format"))
+        return doc
+    except (ValueError, AttributeError) as exc:
+        raise RhError(f"The description of blob version {version} at {system.url(system.user_path(fs_path))} "
+                      f"cannot be read ({exc}); upgrade rh-prefect, or write the blob again.") from None
 
 
 def _forget_empty_dir(system: System, vdir: str) -> None:
@@ -183,21 +215,81 @@ def versions(system: System, fs_path: str) -> list[str]:
     return sorted(_listing(system, fs_path)[0])
 
 
+def list_versions(system: System, fs_path: str, current: Optional[str]) -> list[Version]:
+    """Every kept version of the blob at ``fs_path``, oldest first, described from storage; ``current``: the
+    version the caller's record names."""
+    found = _listing(system, fs_path)[0]
+    out = []
+    for vid in sorted(found):
+        info = read_info(system, fs_path, vid) or {}
+        try:
+            created = datetime.fromisoformat(info["created"])
+        except (KeyError, TypeError, ValueError):
+            created = _versions.id_time(vid) or datetime.fromtimestamp(0, timezone.utc)
+        size = info.get("size", found[vid].get("size"))
+        out.append(Version(id=vid, created=created, rows=None, size=int(size or 0), checksum=info.get("sha256"),
+                           current=vid == current))
+    return out
+
+
+def missing_version(system: System, fs_path: str, version: str, label: str) -> NotFound:
+    """The NotFound for a version that is not stored: it names it and the versions that are."""
+    try:
+        kept = versions(system, fs_path)
+    except OSError:
+        kept = []
+    return NotFound(
+        f"{label} has no version {version}: it was never written here or retention dropped it (a blob keeps its "
+        f"newest {settings.current().blob_versions_kept} versions, setting blob_versions_kept). Kept versions, "
+        f"newest first: {_versions.listing(kept)}. List them with blob.versions(). Nothing was changed."
+    )
+
+
+def describe(system: System, fs_path: str, version: str, label: str) -> tuple[int, Optional[str], Optional[str]]:
+    """``(size, sha256, serializer)`` of the stored version ``version``: from its description, or for a version
+    stored without one, its size (sha256 and serializer None). NotFound naming the kept versions otherwise."""
+    path = version_path(fs_path, version)
+    try:
+        size = int(system.fs.size(path))
+    except FileNotFoundError:
+        raise missing_version(system, fs_path, version, label) from None
+    info = read_info(system, fs_path, version) or {}
+    return size, info.get("sha256"), info.get("serializer")
+
+
+def rollback(system: System, fs_path: str, version: str, label: str) -> tuple[int, str, Optional[str]]:
+    """Publish ``fs_path`` from the kept version ``version`` and return its ``(size, sha256, serializer)``, for
+    the caller to record (that record is the commit). A version stored without a description is read once to
+    compute its sha256. NotFound (naming the kept versions) when it is not stored; nothing changes then."""
+    size, sha256, serializer = describe(system, fs_path, version, label)
+    if sha256 is None:
+        with open_read(system, fs_path, version, label) as f:
+            size, sha256 = digest(f)
+    publish(system, fs_path, version, size)
+    return size, sha256, serializer
+
+
 def _listing(system: System, fs_path: str) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """``({version id: info}, [info of temporary files left in the versions directory])``."""
+    """``({version id: info}, [info of temporary files and descriptions without a version, in the versions
+    directory])``."""
     vdir = versions_dir(fs_path)
     found: dict[str, dict[str, Any]] = {}
     temps: list[dict[str, Any]] = []
+    infos: dict[str, dict[str, Any]] = {}
     try:
         for page in system.iter_files(vdir):  # object stores: a paged listing of the prefix, not the cached one
             for path, info in page.items():
                 name = posixpath.basename(path.rstrip("/"))
                 if is_version_id(name):
                     found[name] = dict(info, path=path)
+                elif name.endswith(INFO_SUFFIX) and is_version_id(name[:-len(INFO_SUFFIX)]):
+                    infos[name[:-len(INFO_SUFFIX)]] = dict(info, path=path)
                 elif ".rh-tmp-" in name:
                     temps.append(dict(info, path=path))
     except FileNotFoundError:
         pass
+    # A description whose version is gone (dropped, or a write that died between the two) goes like a temp file.
+    temps += [info for vid, info in infos.items() if vid not in found]
     return found, temps
 
 
@@ -217,7 +309,9 @@ def sweep(system: System, fs_path: str, keep: Iterable[Optional[str]] = ()) -> l
     cutoff = time.time() - config.stale_temp_seconds
     stale = [t["path"] for t in temps if (system.mtime(t) or cutoff) < cutoff]
     dropped = []
-    for path in [found[v]["path"] for v in drop] + stale:
+    # the version object first, then its description: a description never outlives its version for long
+    doomed = [p for v in drop for p in (found[v]["path"], found[v]["path"] + INFO_SUFFIX)]
+    for path in doomed + stale:
         try:
             system.fs.rm_file(path)
         except FileNotFoundError:
@@ -230,11 +324,12 @@ def sweep(system: System, fs_path: str, keep: Iterable[Optional[str]] = ()) -> l
 
 
 def copy(src: System, src_fs_path: str, dst: System, dst_fs_path: str, version: str, label: str,
-         size: Optional[int] = None) -> None:
+         size: Optional[int] = None, sha256: Optional[str] = None, serializer: Optional[str] = None) -> None:
     """Copy version ``version`` of the blob at ``src_fs_path`` on ``src`` to the same version of the blob at
     ``dst_fs_path`` on ``dst`` (server-side within one store, otherwise streamed in chunks), then publish the
     destination's file and drop its old versions: the copy carries the version it copied. ``size``: the size
-    the caller's record names, checked against the source before and the destination after the copy."""
+    the caller's record names, checked against the source before and the destination after the copy; ``sha256``
+    and ``serializer``: the record's, stored beside the copy when the source has no description."""
     source = version_path(src_fs_path, version)
     try:
         with src.guard(label):
@@ -255,6 +350,9 @@ def copy(src: System, src_fs_path: str, dst: System, dst_fs_path: str, version: 
             f"{label} was copied to {dst.url(dst.user_path(dst_fs_path))}, but the copy has {copied} bytes where "
             f"the source has {actual}; copy it again."
         )
+    info = read_info(src, src_fs_path, version) or {}
+    _write_info(dst, dst_fs_path, version, actual, info.get("sha256", sha256), info.get("serializer", serializer),
+                info.get("created"))
     publish(dst, dst_fs_path, version, actual)
     sweep(dst, dst_fs_path, keep=(version,))
 
@@ -356,6 +454,7 @@ def verified(system: System, fs_path: str, version: Optional[str], size: Optiona
 
 
 __all__ = [
-    "HashingWriter", "VersionWriter", "check", "copy", "digest", "exists", "is_version_id", "new_version_id",
-    "open_read", "publish", "remove", "sweep", "verified", "version_path", "versions", "versions_dir", "write",
+    "HashingWriter", "VersionWriter", "check", "copy", "describe", "digest", "exists", "info_path", "is_version_id",
+    "list_versions", "missing_version", "new_version_id", "open_read", "publish", "read_info", "remove", "rollback",
+    "sweep", "verified", "version_path", "versions", "versions_dir", "write",
 ]

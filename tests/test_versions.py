@@ -147,3 +147,103 @@ def test_bad_table_versions_are_refused_and_change_nothing(tmp_path, unique_name
     loaded = rh.table(name=name)
     assert loaded.version == current and ids(loaded.fetch()) == list(range(10, 16))
     rh.delete(name)
+
+
+# ------------------------------------------------------------------------------------------------ blobs
+@pytest.mark.parametrize("sysname", ["file", "s3"])
+def test_a_blob_keeps_its_newest_versions_and_each_reads_back_exactly(sysname, places, unique_name):
+    system, base = places[sysname]
+    name = unique_name("vb")
+    kept = 3
+    payloads = [f"payload {i}".encode() * (i + 1) for i in range(kept + 2)]
+    with settings.override(blob_versions_kept=kept):
+        b = rh.blob(data=payloads[0], name=name, path=f"{base}/b.bin", system=system).save()
+        written = [b.version]
+        for p in payloads[1:]:  # N + 2 writes in all
+            b.write(p)
+            written.append(b.version)
+    listed = b.versions()
+    assert [v.id for v in listed] == written[-kept:]
+    assert [v.current for v in listed] == [False] * (kept - 1) + [True]
+    assert [(v.size, v.checksum, v.rows) for v in listed] == [
+        (len(p), hashlib.sha256(p).hexdigest(), None) for p in payloads[-kept:]]
+    for v, p in zip(listed, payloads[-kept:]):
+        old = rh.blob(name=name, version=v.id)
+        assert old.version == v.id and old.sha256 == v.checksum and old.fetch() == p
+        with old.open() as f:
+            assert f.read() == p
+        assert old.verify().size == len(p)
+    for dropped in written[:-kept]:
+        with pytest.raises(NotFound, match=f"has no version {dropped}.*Kept versions, newest first: {written[-1]}"):
+            rh.blob(name=name, version=dropped)
+    rh.delete(name)
+
+
+def test_an_old_blob_version_reads_the_same_after_newer_writes(tmp_path, unique_name):
+    name = unique_name("vb")
+    b = rh.blob(data={"step": 1}, name=name, path=tmp_path / "ckpt.pkl").save()
+    v1 = b.version
+    pinned = rh.blob(name=name, version=v1)
+    held = rh.blob(name=name)
+    for step in (2, 3):
+        rh.blob(name=name).write({"step": step})
+    assert pinned.fetch() == {"step": 1} and held.fetch() == {"step": 1} and held.version == v1
+    assert pinned.download(tmp_path / "down.pkl") and (tmp_path / "down.pkl").read_bytes() == \
+        (tmp_path / ".ckpt.pkl.rh-versions" / v1).read_bytes()
+    assert rh.blob(name=name).fetch() == {"step": 3}
+    rh.delete(name)
+
+
+def test_blob_rollback_makes_an_old_version_current(tmp_path, unique_name):
+    name = unique_name("vb")
+    path = tmp_path / "b.json"
+    b = rh.blob(data={"a": 1}, name=name, path=path, serializer="json").save()
+    v1 = b.version
+    b.write(b"raw bytes now", serializer="bytes")  # another serializer: a rollback brings the old one back
+    v2 = b.version
+    b.rollback(v1)
+    assert b.version == v1 and b.serializer == "json" and b.fetch() == {"a": 1}
+    loaded = rh.blob(name=name)
+    assert loaded.version == v1 and loaded.fetch() == {"a": 1}
+    assert path.read_bytes() == b'{"a": 1}'  # the plain file for other tools is that version again
+    assert [(v.id, v.current) for v in loaded.versions()] == [(v1, True), (v2, False)]
+    rh.delete(name)
+
+
+def test_a_blob_copy_carries_its_version(places, unique_name):
+    src = rh.blob(data=b"first", path=f"{places['file'][1]}/src.bin")
+    v1 = src.version
+    src.write(b"second")
+    copy = rh.blob(path=src.path, version=v1).to(places["s3"][0], path=f"{places['s3'][1]}/copy.bin")
+    assert copy.version == v1 and copy.fetch() == b"first"
+    assert [(v.id, v.checksum, v.current) for v in copy.versions()] == [
+        (v1, hashlib.sha256(b"first").hexdigest(), True)]
+    again = rh.blob(path=copy.path, system="s3", version=v1)
+    assert again.fetch() == b"first" and again.sha256 == hashlib.sha256(b"first").hexdigest()
+
+
+def test_bad_blob_versions_are_refused_and_change_nothing(tmp_path, unique_name):
+    name = unique_name("vb")
+    with settings.override(blob_versions_kept=1):  # a write also keeps the version its blob named before
+        b = rh.blob(data=b"one", name=name, path=tmp_path / "b.bin").save()
+        dropped = b.version
+        b.write(b"two")
+        b.write(b"three")
+    current = b.version
+    before = stored_files(b)
+    unknown = "v-20200101T000000000000Z-0badc0de"
+    with pytest.raises(NotFound, match=f"has no version {unknown}.*Kept versions, newest first: {current}"):
+        rh.blob(name=name, version=unknown)
+    with pytest.raises(NotFound, match=f"has no version {dropped}.*blob_versions_kept.*blob.versions()"):
+        b.rollback(dropped)
+    with pytest.raises(InvalidArgument, match="'../b.bin' is not a version id"):
+        b.rollback("../b.bin")
+    pinned = rh.blob(name=name, version=current)
+    for act in (lambda: pinned.write(b"x"), lambda: pinned.rollback(current), pinned.rm, pinned.save,
+                lambda: pinned.open("wb").__enter__(), lambda: pinned.upload(tmp_path / "b.bin")):
+        with pytest.raises(ReadOnlyVersion, match=f"loaded at version {current}.*without version="):
+            act()
+    assert stored_files(b) == before
+    loaded = rh.blob(name=name)
+    assert loaded.version == current and loaded.fetch() == b"three"
+    rh.delete(name)

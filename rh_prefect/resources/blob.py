@@ -30,12 +30,13 @@ from pydantic import Field, PrivateAttr
 
 from rh_prefect import blob_store, names, serializers, settings, transfer
 from rh_prefect.runtime import registry, tasks
-from rh_prefect.errors import IntegrityError, InvalidArgument, InvalidPath, NotFound
+from rh_prefect.errors import IntegrityError, InvalidArgument, InvalidPath, NotFound, ReadOnlyVersion
 from rh_prefect.resources.base import StoredResource, SystemArg, place
 from rh_prefect.resources.folder import Folder
 from rh_prefect.serializers import SerializationError
 from rh_prefect.resources.cluster import Cluster
 from rh_prefect.systems import System, check_path, check_relative_key, get_system
+from rh_prefect.versions import Version, check_version_id
 
 #: the serializer used to read a blob that records none (described by path only); Runhouse's default
 READ_DEFAULT = "pickle"
@@ -83,6 +84,8 @@ class Blob(StoredResource):
     # Data handed over but not (yet) written: an in-memory blob, or rh.blob(data, ..., dryrun=True).
     _data: Any = PrivateAttr(default=None)
     _has_data: bool = PrivateAttr(default=False)
+    #: loaded at a fixed version (rh.blob(..., version=V)): reads only that version, writes nothing
+    _pinned: bool = PrivateAttr(default=False)
 
     # -- what and where -----------------------------------------------------------------------------------
     def has_unwritten_data(self) -> bool:
@@ -109,8 +112,17 @@ class Blob(StoredResource):
     def _drop(self) -> None:
         self._data, self._has_data = None, False
 
+    def _refuse_if_pinned(self, action: str) -> None:
+        if self._pinned:
+            raise ReadOnlyVersion(
+                f"{self._label()} was loaded at version {self.version}, so it only reads that version and cannot "
+                f"{action}. Load it without version= (rh.blob(name=...)) to write to it, or make this version "
+                f"current with .rollback({self.version!r}) on the blob loaded without version=. Nothing was changed."
+            )
+
     def _prepare_write(self, mkdir: bool = False) -> None:
         """Checks that must pass before any byte is written: writable system, existing bucket, not a directory."""
+        self._refuse_if_pinned("be written")
         self.sys.check_writable(self.path or "")
         self.sys.ensure_container(self.fs_path, create=mkdir)
         if self.sys.fs.isdir(self.fs_path):
@@ -123,7 +135,7 @@ class Blob(StoredResource):
         """Remember what was written; a blob already saved by name is re-saved: that save is the commit that
         makes loads by name read the new version."""
         self.size, self.sha256, self.serializer, self.version = size, sha256, serializer, version
-        if self._block_document_id is not None:
+        if self._block_document_id is not None and not self._pinned:  # a pinned blob only reads: no commit
             self.save()
 
     # -- writing ------------------------------------------------------------------------------------------
@@ -140,6 +152,7 @@ class Blob(StoredResource):
         Example:
             >>> b = rh.blob(name="my-blob", path="/tmp/my-blob.pkl").write({"a": 1})
         """
+        self._refuse_if_pinned("be written")
         if data is _NO_DATA:
             if not self._has_data:
                 raise InvalidArgument("write() needs the data to store, e.g. blob.write(obj).")
@@ -170,7 +183,7 @@ class Blob(StoredResource):
         name = serializer or self.serializer or "bytes"
         serializers.get(name)
         self._prepare_write()
-        version, size, digest = tasks.run(_upload_task, src, self.sys, self.fs_path, self.version)
+        version, size, digest = tasks.run(_upload_task, src, self.sys, self.fs_path, self.version, name)
         self._drop()
         self._record(size, digest, name, version)
         return self
@@ -208,13 +221,53 @@ class Blob(StoredResource):
             self._record(size, digest, self.serializer or READ_DEFAULT, self.version)
         return self
 
-    def versions(self) -> list[str]:
-        """The ids of the versions stored for this blob, oldest first (``settings.blob_versions_kept`` are kept
-        after each write; ``blob.version`` is the one this object reads). Empty for a blob described by path
-        whose file was written by another program."""
+    def versions(self) -> list[Version]:
+        """The kept versions of this blob, oldest first, read from storage: each with its id, creation time, size
+        and sha256 (``rows`` is None); ``current`` marks the one this blob reads (``blob.version``: for a blob
+        loaded by name, the one its registry entry names). The newest ``settings.blob_versions_kept`` (default 5,
+        ``RH_PREFECT_BLOB_VERSIONS_KEPT``) are kept after each write. Empty for a blob described by path whose
+        file was written by another program.
+
+        Example:
+            >>> [v.id for v in rh.blob(name="bert-ft-ckpt").versions()]
+            ['v-20261204T112144123456Z-1a2b3c4d', 'v-20261204T113001000001Z-5e6f7a8b']
+        """
         self._require_stored("list its versions")
         with self.sys.guard(self._label()):
-            return blob_store.versions(self.sys, self.fs_path)
+            return blob_store.list_versions(self.sys, self.fs_path, self.version)
+
+    def rollback(self, version: str) -> "Blob":
+        """Make the kept version ``version`` this blob's current version and return the blob: the file at its
+        path is published again from that version, then the block records it (version, size, sha256,
+        serializer) - for a saved blob, re-saving the registry entry is the one atomic commit, after which loads
+        by name read that version. Raises :class:`~rh_prefect.errors.NotFound` (listing the kept versions) when
+        the version is not kept, and changes nothing then.
+
+        Example:
+            >>> b = rh.blob(name="bert-ft-ckpt")
+            >>> b.rollback(b.versions()[-2].id).fetch()
+        """
+        self._refuse_if_pinned("be rolled back")
+        self._require_stored("be rolled back")
+        check_version_id(version, self._label())
+        self.sys.check_writable(self.path or "")
+        size, digest, serializer = tasks.run(_rollback_task, self.sys, self.fs_path, version, self._label())
+        self._drop()
+        self._record(size, digest, serializer or self.serializer or READ_DEFAULT, version)
+        return self
+
+    def _pin(self, version: str) -> "Blob":
+        """Fix this blob at the kept version ``version`` (read-only); NotFound naming the kept ones otherwise."""
+        check_version_id(version, self._label())
+        self._require_stored("be read at a version")
+        with self.sys.guard(self._label()):
+            size, digest, serializer = blob_store.describe(self.sys, self.fs_path, version, self._label())
+        if version != self.version or self.sha256 is None:  # the record of another version: from its description
+            self.size, self.sha256 = size, digest
+            self.serializer = serializer or self.serializer
+            self.version = version
+        self._pinned = True
+        return self
 
     @contextmanager
     def open(self, mode: str = "rb") -> Iterator[IO[bytes]]:
@@ -229,6 +282,8 @@ class Blob(StoredResource):
             ...     header = f.read(16)
         """
         self._require_stored(f"be opened with mode {mode!r}")
+        if mode != "rb":
+            self._refuse_if_pinned(f"be opened with mode {mode!r}")
         if mode == "rb":
             with blob_store.open_read(self.sys, self.fs_path, self.version, self._label()) as f:
                 yield f
@@ -236,7 +291,8 @@ class Blob(StoredResource):
         if mode != "wb":
             raise InvalidPath(f"Blob.open() supports mode 'rb' or 'wb', not {mode!r}.")
         self._prepare_write()
-        with blob_store.write(self.sys, self.fs_path, keep=(self.version,)) as writer:
+        with blob_store.write(self.sys, self.fs_path, keep=(self.version,),
+                              serializer=self.serializer or "bytes") as writer:
             yield writer  # type: ignore[misc]
         self._drop()
         self._record(writer.size, writer.sha256, self.serializer or "bytes", writer.version)
@@ -270,6 +326,7 @@ class Blob(StoredResource):
         if self._in_memory():
             self._drop()
             return
+        self._refuse_if_pinned("delete the blob")
         self.sys.check_writable(self.path or "")
         blob_store.remove(self.sys, self.fs_path)
 
@@ -305,7 +362,8 @@ class Blob(StoredResource):
         dst_sys.ensure_container(dst_fs)
         dst_sys.makedirs(posixpath.dirname(dst_fs))
         if self.version is not None:
-            tasks.run(_copy_task, self.sys, src_fs, dst_sys, dst_fs, self.version, self.size, self._label())
+            tasks.run(_copy_task, self.sys, src_fs, dst_sys, dst_fs, self.version, self.size, self._label(),
+                      self.sha256, self.serializer)
             return new
         # No version recorded (described by path, or saved before versions): the file itself is what is copied.
         try:
@@ -355,6 +413,7 @@ class Blob(StoredResource):
         Example:
             >>> rh.blob(data=[1, 2, 3]).save("my-list")   # written to ./my-list, then registered
         """
+        self._refuse_if_pinned("be saved (that would re-point the name without a rollback)")
         if not self._in_memory():  # the bytes are stored already: registering is the commit
             return super().save(name, overwrite)
         target = name or self.name
@@ -408,7 +467,7 @@ def _write_task(system: System, fs_path: str, payload: _Payload, serializer: str
                 previous: Optional[str] = None) -> tuple[str, int, str]:
     """Store ``payload`` as a new version; ``previous``: the version the blob's record names now (kept)."""
     tasks.reset_on_retry(system)
-    with blob_store.write(system, fs_path, keep=(previous,)) as writer:
+    with blob_store.write(system, fs_path, keep=(previous,), serializer=serializer) as writer:
         _dump(payload, serializer, writer, label)
     return writer.version, writer.size, writer.sha256
 
@@ -422,11 +481,12 @@ def _dump_task(system: System, fs_path: str, payload: _Payload, serializer: str,
 
 
 @tasks.rh_task("rh-blob-upload")
-def _upload_task(local_path: str, system: System, fs_path: str, previous: Optional[str] = None
-                 ) -> tuple[str, int, str]:
+def _upload_task(local_path: str, system: System, fs_path: str, previous: Optional[str] = None,
+                 serializer: Optional[str] = None) -> tuple[str, int, str]:
     tasks.reset_on_retry(system)
     with open(local_path, "rb") as src, \
-            blob_store.write(system, fs_path, size=os.fstat(src.fileno()).st_size, keep=(previous,)) as writer:
+            blob_store.write(system, fs_path, size=os.fstat(src.fileno()).st_size, keep=(previous,),
+                             serializer=serializer) as writer:
         while chunk := src.read(settings.current().chunk_size):
             writer.write(chunk)
     return writer.version, writer.size, writer.sha256
@@ -471,9 +531,17 @@ def _download_task(system: System, fs_path: str, version: Optional[str], local: 
 
 @tasks.rh_task("rh-blob-copy")
 def _copy_task(src: System, src_fs_path: str, dst: System, dst_fs_path: str, version: str, size: Optional[int],
-               label: str) -> None:
+               label: str, sha256: Optional[str] = None, serializer: Optional[str] = None) -> None:
     tasks.reset_on_retry(src, dst)
-    blob_store.copy(src, src_fs_path, dst, dst_fs_path, version, label, size)
+    blob_store.copy(src, src_fs_path, dst, dst_fs_path, version, label, size, sha256, serializer)
+
+
+@tasks.rh_task("rh-blob-rollback")
+def _rollback_task(system: System, fs_path: str, version: str, label: str) -> tuple[int, str, Optional[str]]:
+    """Publish the blob's file from a kept version; returns its (size, sha256, serializer) to record."""
+    tasks.reset_on_retry(system)
+    with system.guard(label):
+        return blob_store.rollback(system, fs_path, version, label)
 
 
 # -- the factory --------------------------------------------------------------------------------------------
@@ -490,6 +558,7 @@ def blob(
     mkdir: bool = False,
     credentials: Any = None,
     cluster: Optional[Cluster] = None,
+    version: Optional[str] = None,
 ) -> Blob:
     """Get a Blob: load a saved one by ``name``, describe one at ``path`` on ``system``, or store ``data``.
 
@@ -502,6 +571,9 @@ def blob(
     ``serializer`` is one of :func:`rh_prefect.serializers.names` (default: ``bytes`` for bytes-like data,
     ``text`` for str, ``pickle`` otherwise). ``dryrun=True`` writes nothing yet (``.write()`` does it later).
     ``mkdir=True`` creates a missing bucket. To store ``None`` itself, use ``rh.blob(...).write(None)``.
+    ``version="v-..."`` (with a name or a path): exactly that kept version (see :meth:`Blob.versions`), verified
+    against the sha256 stored with it, also after newer writes; such a blob is read-only. NotFound, listing the
+    kept versions, when it is not kept.
 
     Example:
         >>> import rh_prefect as rh
@@ -511,6 +583,11 @@ def blob(
     """
     if serializer is not None:
         serializers.get(serializer)  # fail on a typo before anything is written
+    if version is not None:
+        if data is not None:
+            raise InvalidArgument("rh.blob(data=..., version=...) cannot be combined: a write makes a new version. "
+                                  "Pass version= only to read a kept version; nothing was written.")
+        check_version_id(version, f"blob {name or path}")
     if isinstance(system, Cluster):
         cluster, system = system, "ssh"
     located = path is not None or system is not None or credentials is not None or cluster is not None
@@ -521,6 +598,8 @@ def blob(
                 "(rh.blob(path=..., system=...))."
             )
         loaded = Blob._load_named(name)
+        if version is not None:
+            loaded._pin(version)
         if serializer is not None:
             loaded.serializer = serializer
         return loaded
@@ -533,6 +612,11 @@ def blob(
     b = Blob(path=where, serializer=serializer, **sys.block_fields())
     b._sys = sys
     b._set_name(name)
+    if version is not None:
+        b._pin(version)
+        if serializer is not None:
+            b.serializer = serializer
+        return b
     if data is not None:
         if dryrun:
             b._hold(data)
