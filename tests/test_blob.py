@@ -76,6 +76,15 @@ def in_versions_dir(b: rh.Blob) -> list[str]:
     return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(vdir, detail=False))
 
 
+def with_descriptions(versions: list[str]) -> list[str]:
+    """What a versions directory holds for these versions: each version object and its description beside it."""
+    return sorted([*versions, *(v + blob_store.INFO_SUFFIX for v in versions)])
+
+
+def version_ids(b: rh.Blob) -> list[str]:
+    return [v.id for v in b.versions()]
+
+
 class Exploding:
     """Pickling this raises: a serializer that fails after it has already written some bytes."""
 
@@ -247,7 +256,8 @@ def test_versions_beyond_the_kept_number_are_dropped(sysname, places, unique_nam
             written.append(b.version)
             assert stored(b) == b"write %d" % i  # published: the latest version, a plain file
     assert len(set(written)) == kept + 2 and written == sorted(written)  # ids sort by time
-    assert b.versions() == written[-kept:] == in_versions_dir(b)  # nothing else in there: no temporary files
+    assert version_ids(b) == written[-kept:]
+    assert in_versions_dir(b) == with_descriptions(written[-kept:])  # nothing else in there: no temporary files
     assert listing(b) == [".b.bin.rh-versions", "b.bin"]
     loaded = rh.blob(name=name)
     assert loaded.version == written[-1] and loaded.fetch() == b"write %d" % (kept + 1)
@@ -291,7 +301,8 @@ def test_a_write_removes_temporary_files_that_dead_writes_left_among_the_version
     live.write_bytes(b"partial")
     os.utime(stale, (1_000_000_000, 1_000_000_000))
     b.write(b"two")
-    assert sorted(os.listdir(vdir)) == sorted([live.name, *b.versions()]) and len(b.versions()) == 2
+    assert sorted(os.listdir(vdir)) == sorted([live.name, *with_descriptions(version_ids(b))])
+    assert len(b.versions()) == 2
     assert rh.folder(path=str(tmp_path)).ls(full_paths=False) == ["b.bin"]
 
 
@@ -314,14 +325,14 @@ def test_failing_serializer_leaves_old_blob_intact(sysname, places, unique_name)
     assert stored(b) == old_raw and b.sha256 == sha(old_raw)  # the block still describes the old bytes
     assert rh.blob(name=name).fetch() == old
     # no temporary or partial file next to it, nor among its versions
-    assert listing(b) == [".ckpt.pkl.rh-versions", "ckpt.pkl"] and in_versions_dir(b) == [b.version]
+    assert listing(b) == [".ckpt.pkl.rh-versions", "ckpt.pkl"] and in_versions_dir(b) == with_descriptions([b.version])
 
     fresh = rh.blob(system=system, path=f"{base}/torn/fresh.pkl", dryrun=True, data=bomb)
     with pytest.raises(SerializationError):
         fresh.write()
     assert not fresh.exists_in_system()
     assert listing(b) == [".ckpt.pkl.rh-versions", "ckpt.pkl"]  # a failed first write leaves no trace at all
-    assert in_versions_dir(b) == [b.version]
+    assert in_versions_dir(b) == with_descriptions([b.version])
     if sysname == "s3":  # the aborted multipart uploads are gone too, not just invisible
         bucket = b.fs_path.split("/", 1)[0]
         assert b.sys.fs.list_multipart_uploads(bucket) == []
@@ -363,7 +374,7 @@ def test_to_between_systems_preserves_bytes_and_checksum(src_name, dst_name, pla
     assert dst.system == dst_name and dst.path.endswith("copies/ckpt.pkl")
     # the copy carries the version it copied, and its file is published for other tools
     assert (dst.version, dst.size, dst.sha256, dst.serializer) == (src.version, src.size, src.sha256, "pickle")
-    assert dst.versions() == [src.version] and dst.sys.fs.cat_file(version_file(dst)) == raw
+    assert version_ids(dst) == [src.version] and dst.sys.fs.cat_file(version_file(dst)) == raw
     assert stored(dst) == raw
 
     dst_name_saved = unique_name("blob-dst")

@@ -198,7 +198,8 @@ def run_concurrent_writers(place: dict, tmp_path: Path, unique_name) -> None:
     published = final_blob.sys.fs.cat_file(final_blob.fs_path)  # the plain file other tools read
     assert check_blob(published) in last
     kept = settings.current().blob_versions_kept
-    assert final_blob.version in final_blob.versions() and len(final_blob.versions()) <= kept + 1
+    final_ids = [v.id for v in final_blob.versions()]
+    assert final_blob.version in final_ids and len(final_ids) <= kept + 1
     final_table = rh.table(name=table_name)
     assert check_table(final_table.fetch()) in last
     assert final_table.row_count == table_rows(*check_table(final_table.fetch()))
@@ -273,7 +274,7 @@ def test_a_crashed_writer_leaves_the_registered_version_readable(tmp_path, uniqu
     assert subprocess.run([sys.executable, "-c", crash], env=dict(os.environ), timeout=120).returncode == 3
     assert path.read_bytes() == b"crashed writer"  # committed and published, never registered
     loaded = rh.blob(name=name)
-    assert check_blob(loaded.fetch()) == (0, 0) and loaded.version in loaded.versions()
+    assert check_blob(loaded.fetch()) == (0, 0) and loaded.version in [v.id for v in loaded.versions()]
     assert len(loaded.versions()) == 2
     rh.delete(name)
 
@@ -295,7 +296,9 @@ def test_saved_writes_leave_the_file_and_its_versions_only(tmp_path, unique_name
     mem = unique_name("nomarker-mem")
     rh.blob(data=b"five", serializer="bytes").save(mem)
     assert sorted(os.listdir(tmp_path)) == [".b.bin.rh-versions", "b.bin", "cwd", "src.bin"]
-    assert sorted(os.listdir(tmp_path / ".b.bin.rh-versions")) == b.versions() and len(b.versions()) == 4
+    ids = [v.id for v in b.versions()]  # each version with its description (size, sha256, serializer) beside it
+    assert sorted(os.listdir(tmp_path / ".b.bin.rh-versions")) == sorted(ids + [i + ".json" for i in ids])
+    assert len(ids) == 4
     assert sorted(os.listdir(tmp_path / "cwd")) == [f".{mem}.rh-versions", mem]
     assert rh.blob(name=name).fetch() == b"four" and rh.blob(name=mem).fetch() == b"five"
     assert path.read_bytes() == b"four"
@@ -322,7 +325,7 @@ def test_a_failed_commit_leaves_the_blob_as_it_was(tmp_path, unique_name, monkey
         with b.open("wb") as f:
             f.write(b"three")
     assert sorted(os.listdir(tmp_path)) == [".b.bin.rh-versions", "b.bin"]
-    assert os.listdir(tmp_path / ".b.bin.rh-versions") == [first]
+    assert sorted(os.listdir(tmp_path / ".b.bin.rh-versions")) == [first, first + ".json"]
     monkeypatch.undo()
     assert (tmp_path / "b.bin").read_bytes() == b"one"
     assert rh.blob(name=name).fetch() == b"one" and b.version == first

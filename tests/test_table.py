@@ -25,7 +25,7 @@ import pytest
 from prefect.blocks.core import Block
 
 import rh_prefect as rh
-from rh_prefect import names
+from rh_prefect import names, settings
 from rh_prefect.errors import InvalidArgument, MissingDependency, NotFound, SchemaMismatch
 from rh_prefect.resources.table import (
     DaskTable, HuggingFaceTable, PandasTable, PolarsTable, RayTable, Table,
@@ -449,16 +449,21 @@ def test_append_adds_rows_and_rejects_other_schemas(sysname, places, unique_name
     assert pointer(t) == before and len(version_dirs(t)) == 2 and len(t) == 150
 
 
-def test_overwrite_leaves_only_the_new_version(tmp_path, small_groups):
+def test_overwrite_keeps_the_old_version_until_retention_drops_it(tmp_path, small_groups):
     t = rh.table(data=frame(1000), path=tmp_path / "t")
     assert len(pointer(t)["files"]) == 4
     old = version_dirs(t)
-    t.write(frame(120, start=5000))
+    with settings.override(table_versions_kept=2):
+        t.write(frame(120, start=5000))
+        assert version_dirs(t) == sorted(old + [t.version])  # the old version is kept, readable by id
+        t.write(frame(30, start=9000))
     new = version_dirs(t)
-    assert len(new) == 1 and new != old
+    assert len(new) == 2 and old[0] not in new  # the oldest is dropped: its manifest and its files
+    kept_manifests = [f"{tds.VERSIONS_DIR}/{v}.json" for v in new]
+    listed = [f["path"] for v in new for f in json.loads((tmp_path / "t" / tds.VERSIONS_DIR / f"{v}.json").read_text())["files"]]
     on_disk = sorted(str(p.relative_to(tmp_path / "t")) for p in (tmp_path / "t").rglob("*") if p.is_file())
-    assert on_disk == sorted([tds.POINTER] + [f["path"] for f in pointer(t)["files"]])
-    assert [r["id"] for r in t] == list(range(5000, 5120))
+    assert on_disk == sorted([tds.POINTER, *kept_manifests, *listed])
+    assert [r["id"] for r in t] == list(range(9000, 9030))
 
 
 @pytest.mark.parametrize("sysname", SYSTEMS)
@@ -466,7 +471,7 @@ def test_concurrent_reader_sees_a_complete_version(sysname, places, small_groups
     system, base = places[sysname]
     versions = {v: pd.DataFrame({"id": np.arange(n), "version": v}) for v, n in ((1, 300), (2, 450))}
     t = rh.table(data=versions[1], path=f"{base}/conc", system=system)
-    reader = rh.table(path=f"{base}/conc", system=system)
+    reader = rh.table(path=f"{base}/conc", system=system, dryrun=True)  # records no version: reads the current one
     seen, problems = [], []
     done = threading.Event()
 
@@ -493,7 +498,7 @@ def test_concurrent_reader_sees_a_complete_version(sysname, places, small_groups
         assert len(set(df["version"])) == 1, "a read mixed two versions"
         v = int(df["version"].iloc[0])
         assert df["id"].tolist() == list(range(len(versions[v])))
-    assert len(version_dirs(t)) == 1  # nothing left behind
+    assert len(version_dirs(t)) == settings.current().table_versions_kept  # the newest versions, nothing else
 
     # A stream that is overtaken by an overwrite either finishes its version or stops with a clear error.
     s = reader.stream(batch_size=50, batch_format="pyarrow", prefetch_batches=0)
@@ -580,9 +585,11 @@ def test_to_copies_the_current_version_between_systems(places, small_groups):
         pd.testing.assert_frame_equal(t.fetch(), frame(500))
         files = sorted(f["path"] for f in pointer(t)["files"])
         assert files == sorted(f["path"] for f in pointer(src)["files"])
-    src.write(frame(10))  # overwrite, then copy again: the destination's old version is retired
+    first = s3.version
+    assert first == src.version
+    src.write(frame(10))  # overwrite, then copy again: the destination gets the new version, and keeps the old
     s3 = src.to(places["s3"][0], path=f"{places['s3'][1]}/copy")
-    assert len(s3) == 10 and len(version_dirs(s3)) == 1
+    assert len(s3) == 10 and [(v.id, v.current) for v in s3.versions()] == [(first, False), (src.version, True)]
 
 
 def test_rm_and_exists(places):
