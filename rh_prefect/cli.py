@@ -374,7 +374,6 @@ def server_up(port: int = typer.Option(local_server.DEFAULT_PORT, help="Port on 
     """
     def go() -> Any:
         info = local_server.up(port=port)
-        os.environ["PREFECT_API_URL"] = info.api_url  # before use_profile imports prefect
         return info, local_server.use_profile(info)
 
     info_, before = _run(go, connect=False)
