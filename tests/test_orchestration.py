@@ -26,7 +26,9 @@ from typing import Any, Iterator, Optional
 
 import asyncssh
 import pytest
+from botocore.exceptions import ClientError
 from fsspec.implementations.local import LocalFileSystem
+from gcsfs.retry import HttpError
 
 import rh_prefect as rh
 from rh_prefect import dispatch, tasks, transfer, worker
@@ -140,8 +142,11 @@ def test_user_error_is_not_retried(tmp_path):
     [
         (ConnectionResetError(104, "Connection reset by peer"), True),
         (TimeoutError("read timed out"), True),
-        (OSError("503 Service Unavailable"), True),
-        (RuntimeError("SlowDown: please reduce your request rate"), True),
+        # judged by type and status code, never by the words of a message
+        (ClientError({"Error": {"Code": "ServiceUnavailable"}, "ResponseMetadata": {"HTTPStatusCode": 503}},
+                     "GetObject"), True),
+        (ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject"), True),
+        (RuntimeError("SlowDown: please reduce your request rate"), False),
         (SystemUnavailable("host down"), True),
         (asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "open failed"), True),  # sshd out of sessions
         (FileNotFoundError(2, "No such file"), False),
@@ -149,7 +154,8 @@ def test_user_error_is_not_retried(tmp_path):
         # /tmp/pytest-of-root/pytest-503/... and this was retried as a "503")
         (OSError(36, "File name too long", "/tmp/pytest-503/d0/.n.rh-tmp-5004ab"), False),
         (RuntimeError("upload of /data/run-500.bin failed: checksum mismatch"), False),
-        (RuntimeError("HTTP 502 Bad Gateway"), True),
+        (HttpError({"code": 502, "message": "Bad Gateway"}), True),
+        (RuntimeError("HTTP 502 Bad Gateway"), False),
         (PermissionError(13, "Permission denied"), False),
         (NotFound("no folder"), False),
         (rh.InvalidName("bad name"), False),
