@@ -252,7 +252,7 @@ def test_unreachable_endpoint_fails_at_once_naming_it(system, kind, silent_port,
                 call(folder)
             times[what] = time.monotonic() - started
             message = str(info.value)
-            assert f"127.0.0.1:{port}" in message and "cannot be reached" in message, message
+            assert f"127.0.0.1:{port}" in message and "could not be reached" in message, message
             assert ("connection refused" if kind == "refused" else "no answer within 2 s") in message
             assert _WHAT_TO_CHECK[system] in message
             assert info.value.transient is False
@@ -270,11 +270,11 @@ def test_cli_prints_one_error_line_for_an_unreachable_endpoint(tmp_path):
                           timeout=120, cwd=tmp_path)
     assert done.returncode == 1
     assert done.stdout == ""
-    assert done.stderr.splitlines() == [
-        f"rh-prefect: error: GCS endpoint http://127.0.0.1:{port} cannot be reached (connection refused: nothing "
+    assert done.stderr.splitlines() == [(
+        f"rh-prefect: error: GCS endpoint http://127.0.0.1:{port} could not be reached (connection refused: nothing "
         "listens on that port). Check the endpoint (endpoint_url of the GCSCredentials block, or "
         "STORAGE_EMULATOR_HOST) and that the server is up."
-    ]
+    )]
 
 
 # --------------------------------------------------------------------------- transient or not, by type
@@ -289,8 +289,14 @@ def _s3_error(code: str, status: int):
 
 def _s3_cases():
     import aiohttp
-    from botocore.exceptions import (ConnectTimeoutError, EndpointConnectionError, NoCredentialsError,
-                                     ParamValidationError, ReadTimeoutError, SSLError)
+    from botocore.exceptions import (
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ParamValidationError,
+        ReadTimeoutError,
+        SSLError,
+    )
 
     return [
         (_s3_error("SlowDown", 503), True),
@@ -426,6 +432,7 @@ def test_retry_policy_follows_the_cause():
     our own errors and translated ones decide first."""
     import asyncssh
     from botocore.exceptions import ClientError
+
     from rh_prefect import tasks
 
     assert tasks.is_transient(_caused(RuntimeError("stream broke"), asyncssh.ConnectionLost("lost"))) is True

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import threading
 from typing import Any
-
 from urllib.parse import urlsplit
 
 from aiobotocore.httpsession import AIOHTTPSession

@@ -386,7 +386,7 @@ def first_contact_error(endpoint: str, exc: BaseException, check: str) -> Option
     """
     if endpoint in _ANSWERED:
         return None
-    return SystemUnavailable(f"{endpoint} cannot be reached ({_connect_failure(exc)}). {check}", transient=False)
+    return SystemUnavailable(f"{endpoint} could not be reached ({_connect_failure(exc)}). {check}", transient=False)
 
 
 def probe(url: str, what: str, check: str) -> None:
