@@ -31,7 +31,7 @@ from fsspec.implementations.local import LocalFileSystem
 from gcsfs.retry import HttpError
 
 import rh_prefect as rh
-from rh_prefect import dispatch, tasks, transfer, worker
+from rh_prefect import dispatch, settings, tasks, transfer, worker
 from rh_prefect.errors import NotFound, SystemUnavailable, TransferError, UnknownSystem
 from rh_prefect.systems import LocalSystem, S3Credentials, get_system
 
@@ -135,6 +135,18 @@ def test_user_error_is_not_retried(tmp_path):
 
     assert len(faults["c.bin"]) == 4  # exactly one attempt
     assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["a.bin", "b.bin", "d.bin", "e.bin"]
+
+
+def test_retries_follow_the_settings_in_force(tmp_path):
+    """The retry count is the ``retries`` setting when the copy runs, not when the package was imported."""
+    _make_tree(tmp_path / "src")
+    faults = {"c.bin": [ConnectionResetError(104, "Connection reset by peer") for _ in range(5)]}
+
+    with settings.override(retries=1), pytest.raises(TransferError, match=r"c\.bin: ConnectionResetError"):
+        tasks.run(tasks.copy_tree_task, LocalSystem(), str(tmp_path / "src"), _FlakyLocal(faults),
+                  str(tmp_path / "dst"))
+
+    assert len(faults["c.bin"]) == 3  # two attempts: the first one and one retry
 
 
 @pytest.mark.parametrize(
