@@ -377,8 +377,9 @@ class S3System(ObjectStoreSystem):
         # The CA bundle is loaded once per process for all clients, and not at all for a plain-HTTP endpoint:
         # see _s3tls.
         plain = str(opts.get("endpoint_url") or "").lower().startswith("http://")
-        # An endpoint that does not answer fails within connect_timeout (botocore's default is 60 s); one that
-        # never answered is not retried (see _s3tls).
+        # An endpoint that does not answer fails within connect_timeout (s3fs's default is 5 s, then botocore
+        # retries); one that never answered is not retried (see _s3tls). aiohttp rounds deadlines of 5 s and more up
+        # to a whole second of its clock, so a silent endpoint fails after 10-11 s with the default of 10.
         opts.setdefault(
             "config_kwargs",
             {"max_pool_connections": 32, "request_checksum_calculation": "when_required",
