@@ -363,15 +363,15 @@ def check_relative_key(key: str) -> str:
 
 
 # -- endpoints that cannot be reached ----------------------------------------------------------------------
-#: endpoints (``scheme://host:port`` or ``host:port``) that answered at least once in this process
+#: endpoints that answered at least once in this process, as their systems name them in messages (e.g.
+#: ``"S3 endpoint http://10.0.0.5:9000"``, ``"cluster 'rh-cpu' (me@10.0.0.5:22)"``)
 _ANSWERED: set[str] = set()
 
 
 def answered(endpoint: str) -> None:
     """Record that ``endpoint`` answered: from now on, failing to connect to it is an outage that a retry may
     outlast, not a wrong address (see :func:`first_contact_error`)."""
-    if endpoint not in _ANSWERED:
-        _ANSWERED.add(endpoint)
+    _ANSWERED.add(endpoint)
 
 
 def first_contact_error(endpoint: str, exc: BaseException, check: str) -> Optional[SystemUnavailable]:
