@@ -12,6 +12,7 @@ active Prefect profile) if set, else the embedded local server, started on first
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 import sys
@@ -83,6 +84,9 @@ def _run(fn: Callable[[], T], target: Optional[str] = None, connect: bool = True
     """
     from rh_prefect.errors import RhError
 
+    # gcsfs logs each request it gives up on at ERROR, with its traceback, before raising: the error is reported
+    # below, once, as one line
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     try:
         if connect:
             _connect()
