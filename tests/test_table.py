@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import os
 import sys
 import threading
 
@@ -278,7 +279,9 @@ def test_a_script_that_ends_with_a_stream_exits_cleanly(tmp_path):
         f"t = rh.table(data=pa.table({{'id': list(range(50))}}), path={str(tmp_path / 't')!r})\n"
         "print(sum(r['id'] for r in t))\n"
     )
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    # Task-run lines of calls outside a flow are quiet by default; show them to see the stream's record.
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RH_PREFECT_TASK_LOGS": "1"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(sum(range(50)))
     assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
