@@ -32,10 +32,11 @@ independent); it is never a torn file.
 commit). A Blob's current version is the one its record names.
 
 **Retention**: after each write the newest ``blob_versions_kept`` versions (by version id, which sorts by UTC
-time) are kept, plus the one just written and the one the writer's previous record named. A reader holding a
-record of a dropped version gets a NotFound that says so. With more concurrent writers of one blob than
-``blob_versions_kept``, a registration that arrives late may name a version that was dropped already: keep more
-versions than there are concurrent writers.
+time) are kept, plus the one just written, the one the writer's previous record named, and every version younger
+than ``versions_min_age`` (10 minutes): with many concurrent writers, a registration that arrives late, or a
+reader that has just loaded the entry, may name a version that is no longer among the newest N, and it must still
+be there (Delta Lake keeps unreferenced files by age for the same reason). A reader holding a record of a version
+that was dropped later gets a NotFound that says so.
 
 Hidden names: the versions directory (see :data:`~rh_prefect.systems.base.VERSIONS_SUFFIX`) is one of the names
 :meth:`~rh_prefect.systems.base.System.is_temp_name` reports, so folder listings and folder copies leave it out.
@@ -53,7 +54,7 @@ import posixpath
 import tempfile
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import IO, Any, Iterable, Iterator, Optional
 
 from rh_prefect import settings, transfer
@@ -74,6 +75,11 @@ _INFO_FORMAT = "rh-blob-version"
 #: the version ids Table and Blob share (:mod:`rh_prefect.versions`)
 new_version_id = _versions.new_version_id
 is_version_id = _versions.is_version_id
+
+
+def _version_id(when: datetime) -> str:
+    """The smallest version id made at ``when`` (ids sort by their UTC time)."""
+    return f"v-{when.strftime('%Y%m%dT%H%M%S%f')}Z"
 
 
 def versions_dir(fs_path: str) -> str:
@@ -295,7 +301,8 @@ def _listing(system: System, fs_path: str) -> tuple[dict[str, dict[str, Any]], l
 
 def sweep(system: System, fs_path: str, keep: Iterable[Optional[str]] = ()) -> list[str]:
     """Drop the versions of the blob at ``fs_path`` beyond the newest ``settings.blob_versions_kept``, except
-    those in ``keep``; also temporary files of writes that died, once older than ``settings.stale_temp_seconds``.
+    those in ``keep`` and those younger than ``settings.versions_min_age`` (a registration or a reader may still
+    be on its way to them); also temporary files of writes that died, once older than ``settings.stale_temp_seconds``.
     Best effort (a failure is logged: the write it follows is complete). Returns the ids dropped."""
     config = settings.current()
     try:
@@ -305,7 +312,8 @@ def sweep(system: System, fs_path: str, keep: Iterable[Optional[str]] = ()) -> l
         return []
     keep = {k for k in keep if k}
     ordered = sorted(found, reverse=True)
-    drop = [v for v in ordered[config.blob_versions_kept:] if v not in keep]
+    young = _version_id(datetime.now(timezone.utc) - timedelta(seconds=config.versions_min_age))
+    drop = [v for v in ordered[config.blob_versions_kept:] if v not in keep and v < young]
     cutoff = time.time() - config.stale_temp_seconds
     stale = [t["path"] for t in temps if (system.mtime(t) or cutoff) < cutoff]
     dropped = []

@@ -12,6 +12,7 @@ active Prefect profile) if set, else the embedded local server, started on first
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 import sys
@@ -83,6 +84,9 @@ def _run(fn: Callable[[], T], target: Optional[str] = None, connect: bool = True
     """
     from rh_prefect.errors import RhError
 
+    # gcsfs logs each request it gives up on at ERROR, with its traceback, before raising: the error is reported
+    # below, once, as one line
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     try:
         if connect:
             _connect()
@@ -374,7 +378,6 @@ def server_up(port: int = typer.Option(local_server.DEFAULT_PORT, help="Port on 
     """
     def go() -> Any:
         info = local_server.up(port=port)
-        os.environ["PREFECT_API_URL"] = info.api_url  # before use_profile imports prefect
         return info, local_server.use_profile(info)
 
     info_, before = _run(go, connect=False)

@@ -37,7 +37,17 @@ class ReadOnlySystem(RhError, PermissionError):
 
 
 class SystemUnavailable(RhError, ConnectionError):
-    """A host or endpoint did not answer (cluster down, server unreachable)."""
+    """A host or endpoint did not answer (cluster down, server unreachable).
+
+    ``transient`` says whether trying again soon may help. True (the default): a connection to an endpoint that
+    answered before was lost, and the retry policy retries. False: the endpoint has not answered once in this
+    process (a wrong address or port, a host that is down), so it fails at once instead of making the user wait
+    through retries.
+    """
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class CredentialsError(RhError, PermissionError):

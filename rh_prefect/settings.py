@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     stream_record_after: float = Field(
         default=1.0, ge=0, description="A stream's Prefect task run starts once the stream ran this long.",
     )
+    versions_min_age: float = Field(
+        default=600.0, ge=0,
+        description="Versions younger than this (seconds) are never dropped, whatever their number: a concurrent "
+        "writer's late registration or a reader that just loaded an entry may still name them.",
+    )
     table_versions_kept: int = Field(
         default=5, ge=1,
         description="Versions of a Table kept (the current one included); older ones and files only they use are dropped.",

@@ -248,7 +248,7 @@ def test_versions_beyond_the_kept_number_are_dropped(sysname, places, unique_nam
     system, base = places[sysname]
     kept = 3
     name = unique_name("blob-kept")
-    with settings.override(blob_versions_kept=kept):
+    with settings.override(blob_versions_kept=kept, versions_min_age=0):
         b = rh.blob(data=b"write 0", name=name, system=system, path=f"{base}/kept/b.bin").save()
         written = [b.version]
         for i in range(1, kept + 2):
@@ -273,7 +273,7 @@ def test_an_older_loaded_blob_reads_its_own_version_until_it_is_dropped(sysname,
     name = unique_name("blob-pinned")
     rh.blob(data={"v": 1}, name=name, system=system, path=f"{base}/pinned.pkl").save()
     old = rh.blob(name=name)
-    with settings.override(blob_versions_kept=kept):
+    with settings.override(blob_versions_kept=kept, versions_min_age=0):
         rh.blob(name=name).write({"v": 2})
         assert old.fetch() == {"v": 1} and rh.blob(name=name).fetch() == {"v": 2}
         with old.open() as f:

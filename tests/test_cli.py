@@ -239,10 +239,11 @@ def test_server_up_status_down(cli, tmp_path, monkeypatch, prefect_server):
         result = cli("server", "up", "--port", str(port))
         assert result.exit_code == 0, result.stderr
         lines = result.stdout.splitlines()
-        assert lines[1] == f"export PREFECT_API_URL=http://127.0.0.1:{port}/api"
+        assert lines[1].startswith("Prefect profile 'rh-prefect' is now active (it was ")
         assert http_status(f"http://127.0.0.1:{port}/api/health") == 200
         pid = local_server.status().pid
-        assert lines[0] == f"Prefect server running (pid {pid}): UI http://127.0.0.1:{port}"
+        assert lines[0] == (f"Prefect server running (pid {pid}): UI http://127.0.0.1:{port}, "
+                            f"API http://127.0.0.1:{port}/api")
         assert cli("server", "up", "--port", str(port)).stdout.splitlines()[0] == lines[0]  # the same one
         assert cli("server", "status").stdout == (
             f"running (pid {pid}) at http://127.0.0.1:{port}/api, UI http://127.0.0.1:{port}\n")

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
 
 import rh_prefect as rh
-from rh_prefect import names
+from rh_prefect import names, settings
 from infra import free_port
+
+RH_PREFECT = str(Path(sys.executable).parent / "rh-prefect")
 
 SECRET = "sEcReT-7f3a9c-do-not-leak"
 KEY_ID = "AKIDRHTESTLEAKCHECK"
@@ -164,3 +173,274 @@ def test_no_ssh_key_in_errors_or_logs(ssh_server, caplog, tmp_path):
     texts += [repr(c), str(c), json.dumps(c.model_dump(mode="json")), _all_log_text(caplog)]
     blob = "\n".join(texts)
     assert secret_line not in blob and "PRIVATE KEY" not in blob
+
+
+# --------------------------------------------------------------------------- endpoints that cannot be reached
+
+
+@pytest.fixture
+def silent_port():
+    """A port on which a connection is never answered: a listening socket whose one-slot queue is already full, so
+    the kernel drops further connection attempts (SYNs) without a word, as a firewall or a dead route does."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    filler = socket.create_connection(server.getsockname(), timeout=5)
+    try:
+        yield server.getsockname()[1]
+    finally:
+        filler.close()
+        server.close()
+
+
+def _dead_folder(system: str, port: int, monkeypatch) -> rh.Folder:
+    """A folder on ``system`` whose endpoint is 127.0.0.1:``port``."""
+    endpoint = f"http://127.0.0.1:{port}"
+    if system == "s3":
+        creds = rh.S3Credentials(aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET, endpoint_url=endpoint)
+        return rh.folder(path="/rh-dead-bucket/data", system="s3", credentials=creds)
+    if system == "gs":
+        monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+        return rh.folder(path="/rh-dead-bucket/data", system="gs")
+    pinned = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    # an absolute path: a relative one is resolved against the login's home directory, which connects at once
+    return rh.folder(path="/srv/rh-dead/data", system=rh.cluster(host="127.0.0.1", port=port, user="nobody",
+                                                                 host_key=pinned))
+
+
+_WHAT_TO_CHECK = {
+    "s3": "Check the endpoint (endpoint_url of the S3Credentials block, or AWS_ENDPOINT_URL_S3",
+    "gs": "Check the endpoint (endpoint_url of the GCSCredentials block, or STORAGE_EMULATOR_HOST)",
+    "ssh": "Is the host up and the port right? Try `cluster.up_if_not()`.",
+}
+
+
+@pytest.fixture
+def retry_decisions():
+    """The retry policy's decisions logged during the test, e.g. ``["rh-copy-tree failed with X: not retrying"]``
+    (a handler of its own logger: the package's loggers may not propagate to pytest's)."""
+    logger = logging.getLogger("rh_prefect.runtime.tasks")
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    yield lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+@pytest.mark.servers  # runs tasks against the Prefect API
+@pytest.mark.timeout(120)  # a backstop: each call below must fail within connect_timeout, not hang
+@pytest.mark.parametrize("kind", ["refused", "silent"])
+@pytest.mark.parametrize("system", ["s3", "gs", "ssh"])
+def test_unreachable_endpoint_fails_at_once_naming_it(system, kind, silent_port, monkeypatch, retry_decisions,
+                                                     tmp_path):
+    """Nothing listens on the port (refused), or nothing answers there (silent): listing, writing and reading (a
+    copy task) each fail with SystemUnavailable naming the endpoint and what to check, within the connect_timeout
+    setting (2 s here), and the copy task is not retried: an endpoint that never answered is not transient."""
+    port = free_port() if kind == "refused" else silent_port
+    with settings.override(connect_timeout=2):
+        calls = {"ls": lambda f: f.ls(), "put": lambda f: f.put({"a.txt": b"a"}),
+                 "read in a task": lambda f: f.to("file", str(tmp_path / "copy"))}
+        times = {}
+        for what, call in calls.items():
+            folder = _dead_folder(system, port, monkeypatch)  # a fresh one each time: no connection reused
+            started = time.monotonic()
+            with pytest.raises(rh.SystemUnavailable) as info:
+                call(folder)
+            times[what] = time.monotonic() - started
+            message = str(info.value)
+            assert f"127.0.0.1:{port}" in message and "could not be reached" in message, message
+            assert ("connection refused" if kind == "refused" else "no answer within 2 s") in message
+            assert _WHAT_TO_CHECK[system] in message
+            assert info.value.transient is False
+    assert retry_decisions == ["rh-copy-tree failed with SystemUnavailable: not retrying"]
+    print(f"\n{system} {kind}: " + ", ".join(f"{what} {seconds:.2f} s" for what, seconds in times.items()))
+
+
+def test_cli_prints_one_error_line_for_an_unreachable_endpoint(tmp_path):
+    """``rh-prefect ls gs://...`` against a GCS endpoint where nothing listens: one error line naming it, no
+    traceback (gcsfs logs one per request it gives up on), exit code 1."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    env["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    done = subprocess.run([RH_PREFECT, "ls", "gs://rh-dead-bucket/data"], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [(
+        f"rh-prefect: error: GCS endpoint http://127.0.0.1:{port} could not be reached (connection refused: nothing "
+        "listens on that port). Check the endpoint (endpoint_url of the GCSCredentials block, or "
+        "STORAGE_EMULATOR_HOST) and that the server is up."
+    )]
+
+
+# --------------------------------------------------------------------------- transient or not, by type
+
+
+def _s3_error(code: str, status: int):
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                       "PutObject")
+
+
+def _s3_cases():
+    import aiohttp
+    from botocore.exceptions import (
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ParamValidationError,
+        ReadTimeoutError,
+        SSLError,
+    )
+
+    return [
+        (_s3_error("SlowDown", 503), True),
+        (_s3_error("InternalError", 500), True),
+        (_s3_error("RequestTimeout", 400), True),  # S3 answers a stalled upload body with a 400 of this code
+        (_s3_error("ThrottlingException", 400), True),
+        (_s3_error("SomethingNew", 502), True),  # unknown code: the status says
+        (_s3_error("AccessDenied", 403), False),
+        (_s3_error("NoSuchBucket", 404), False),
+        (_s3_error("InvalidArgument", 400), False),
+        (EndpointConnectionError(endpoint_url="http://s3"), True),
+        (ConnectTimeoutError(endpoint_url="http://s3"), True),
+        (ReadTimeoutError(endpoint_url="http://s3"), True),
+        (SSLError(endpoint_url="https://s3", error="certificate verify failed"), False),
+        (NoCredentialsError(), False),
+        (ParamValidationError(report="Bucket must be a string"), False),
+        (aiohttp.ClientPayloadError("body cut short"), True),
+        (aiohttp.ServerDisconnectedError(), True),
+    ]
+
+
+def _gs_cases():
+    import aiohttp
+    import google.auth.exceptions
+    import requests.exceptions
+    from gcsfs.retry import ChecksumError, HttpError, NonRetryableError
+
+    return [
+        (HttpError({"code": 503, "message": "backend error"}), True),
+        (HttpError({"code": 429, "message": "rate limit"}), True),
+        (HttpError({"code": "500", "message": "internal"}), True),  # gcsfs keeps the status as the answer had it
+        (HttpError({"code": 404, "message": "No such object"}), False),
+        (HttpError({"code": 403, "message": "forbidden"}), False),
+        (ChecksumError("md5 mismatch"), True),
+        (NonRetryableError("gave up"), False),
+        (requests.exceptions.ProxyError(), True),  # gcsfs's answer to a 502
+        (google.auth.exceptions.TransportError("token server unreachable"), True),
+        (google.auth.exceptions.RefreshError("invalid_grant"), False),
+        (google.auth.exceptions.DefaultCredentialsError("no credentials"), False),
+        (aiohttp.ClientResponseError(None, (), status=502), True),  # type: ignore[arg-type]
+        (aiohttp.ClientResponseError(None, (), status=404), False),  # type: ignore[arg-type]
+        (aiohttp.ServerDisconnectedError(), True),
+        (aiohttp.ClientPayloadError("body cut short"), True),
+        (aiohttp.InvalidURL("gs://"), False),
+    ]
+
+
+def _ssh_cases():
+    import asyncssh
+
+    return [
+        (asyncssh.ConnectionLost("Connection lost"), True),
+        (asyncssh.DisconnectError(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many"), True),
+        (asyncssh.DisconnectError(asyncssh.DISC_PROTOCOL_ERROR, "bad packet"), False),
+        (asyncssh.PermissionDenied("refused"), False),
+        (asyncssh.HostKeyNotVerifiable("unknown key"), False),
+        (asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "open failed"), True),  # sshd out of sessions
+        (asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, "short"), True),
+        (asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "no"), False),
+        (asyncssh.SFTPNoConnection("Connection not open"), True),
+        (asyncssh.SFTPConnectionLost("Connection lost"), True),
+        (asyncssh.SFTPFailure("failure"), False),
+        (asyncssh.SFTPNoSpaceOnFilesystem("full"), False),
+        (asyncssh.ProcessError(None, "rm -rf x", None, 1, None, 1, "", "rm: denied"), False),
+        # the channel closed without an exit status: the connection dropped under the command
+        (asyncssh.ProcessError(None, "tar x", None, None, None, None, "", ""), True),
+    ]
+
+
+def _local_cases():
+    return [
+        (OSError(errno.ENOSPC, "No space left on device", "/data/x"), False),
+        # a path's digits never count: a CI run's tmp dir was /tmp/pytest-of-root/pytest-503/...
+        (OSError(errno.ENAMETOOLONG, "File name too long", "/tmp/pytest-503/d0/.n.rh-tmp-5004ab"), False),
+        (OSError(errno.ESTALE, "Stale file handle", "/nfs/x"), True),
+        (OSError(errno.EAGAIN, "Resource temporarily unavailable", "/data/x"), True),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/x"), False),
+        (PermissionError(errno.EACCES, "Permission denied", "/data/x"), False),
+    ]
+
+
+def _generic_cases():
+    return [
+        (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), True),
+        (TimeoutError("read timed out"), True),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), True),
+        (rh.SystemUnavailable("lost the connection"), True),
+        (rh.SystemUnavailable("never answered", transient=False), False),
+        (rh.NotFound("no folder"), False),
+        (rh.InvalidName("bad name"), False),
+        (rh.TransferError("x", {"a": ConnectionResetError(), "b": PermissionError()}), False),
+        (rh.TransferError("x", {"a": ConnectionResetError(), "b": TimeoutError()}), True),
+        (rh.TransferError("x", {}), False),
+        (ValueError("bad"), False),
+        (KeyError("k"), False),
+        # words and numbers in a message decide nothing
+        (RuntimeError("HTTP 503 Service Unavailable: SlowDown, connection reset, timed out"), False),
+        (OSError("upload of /data/run-500.bin failed: eof"), False),
+    ]
+
+
+def _caused(exc: BaseException, cause: BaseException) -> BaseException:
+    exc.__cause__ = cause
+    return exc
+
+
+@pytest.mark.parametrize("system, cases", [("s3", _s3_cases), ("gs", _gs_cases), ("ssh", _ssh_cases),
+                                           ("file", _local_cases)])
+def test_each_system_judges_its_own_errors_by_type(system, cases):
+    """A table per system, no server: the system class claims its client's exceptions (True/False), the retry
+    policy agrees, and no system claims another's."""
+    from rh_prefect.runtime import tasks
+    from rh_prefect.systems.base import system_class, system_classes
+
+    klass = system_class(system)
+    for exc, transient in cases():
+        assert klass.is_transient(exc) is transient, (system, exc)
+        assert tasks.is_transient(exc) is transient, (system, exc)
+        others = {other.name: other.is_transient(exc) for other in system_classes()
+                  if not issubclass(klass, other) and not issubclass(other, klass)}
+        assert {name: v for name, v in others.items() if v is not None and v is not transient} == {}, (exc, others)
+
+
+@pytest.mark.parametrize("exc, transient", _generic_cases())
+def test_retry_policy_generic_rules(exc, transient):
+    from rh_prefect.runtime import tasks
+
+    assert tasks.is_transient(exc) is transient
+
+
+def test_retry_policy_follows_the_cause():
+    """A wrapper without a verdict of its own (a library's or the engine's) is judged by what it was raised from;
+    our own errors and translated ones decide first."""
+    import asyncssh
+    from botocore.exceptions import ClientError
+
+    from rh_prefect.runtime import tasks
+
+    assert tasks.is_transient(_caused(RuntimeError("stream broke"), asyncssh.ConnectionLost("lost"))) is True
+    assert tasks.is_transient(_caused(RuntimeError("stream broke"), asyncssh.PermissionDenied("no"))) is False
+    # s3fs turns SlowDown into OSError(EBUSY, ..., path): the ClientError it was raised from says
+    slow = _caused(OSError(errno.EBUSY, "Please reduce your request rate.", "bkt/key"), _s3_error("SlowDown", 503))
+    assert tasks.is_transient(slow) is True
+    assert isinstance(slow.__cause__, ClientError)
+    never = _caused(rh.SystemUnavailable("never answered", transient=False), ConnectionRefusedError())
+    assert tasks.is_transient(never) is False

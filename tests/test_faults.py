@@ -20,6 +20,7 @@ moto's request log (one upload per file), GCS object generations, inodes on disk
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -40,7 +41,7 @@ from typing import Any, Callable, Iterator, Optional
 import pytest
 
 import rh_prefect as rh
-from rh_prefect import transfer
+from rh_prefect import settings, transfer
 from rh_prefect.errors import TransferError
 from rh_prefect.systems import S3Credentials, get_system
 
@@ -83,6 +84,13 @@ def sha256_of(chunks: Iterator[bytes]) -> str:
     for chunk in chunks:
         digest.update(chunk)
     return digest.hexdigest()
+
+
+@pytest.fixture
+def tuned():
+    """``tuned(name=value, ...)``: these settings (rh_prefect.settings) for the rest of the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda **values: stack.enter_context(settings.override(**values))
 
 
 # ============================================================================================ the watcher
@@ -267,17 +275,14 @@ def test_s3_network_cut_mid_copy(s3_server, s3_env, s3_bucket, monkeypatch, tmp_
           f"{dst.last_copy.summary()}")
 
 
-def test_s3_path_going_silent_mid_copy(s3_server, s3_env, s3_bucket, monkeypatch, tmp_path):
+def test_s3_path_going_silent_mid_copy(s3_server, s3_env, s3_bucket, monkeypatch, tmp_path, tuned):
     """The S3 connections' path goes silent mid-copy (no reset: every byte held). Uploads blocked on it would wait
     forever (the client times out reading an answer, not sending a body); each request has a deadline, so they
     fail as timeouts, the retry opens new connections (which get through) and the copy completes while the
     stalled ones are still held."""
     import s3fs
 
-    import rh_prefect.systems.base as base
-
-    monkeypatch.setattr(base, "REQUEST_DEADLINE_SECONDS", 5.0)  # 120 s by default
-    monkeypatch.setattr(base, "REQUEST_MIN_RATE", 4 * 2**20)
+    tuned(request_deadline=5.0, request_min_rate=4 * 2**20)  # 120 s and 64 KiB/s by default
     expected = make_tree(tmp_path / "src", small=300, big=4, big_size=20 * 2**20)  # multipart uploads too
     root = f"{s3_bucket}/silent"
     direct = s3fs.S3FileSystem(key=s3_server.access_key, secret=s3_server.secret_key,
@@ -389,7 +394,7 @@ def test_gcs_server_killed_and_restarted_mid_copy(gcs_fs_server, monkeypatch, tm
           f"last attempt: {dst.last_copy.summary()}")
 
 
-def test_gcs_path_going_silent_mid_streamed_upload(gcs_fs_server, monkeypatch, tmp_path):
+def test_gcs_path_going_silent_mid_streamed_upload(gcs_fs_server, monkeypatch, tmp_path, tuned):
     """A large file goes up to GCS as one streamed request, and its path goes silent mid-body (no reset: every
     byte held). The request would wait forever (aiohttp times out reading an answer, not sending a body into a
     stalled window); the upload sees the connection take no bytes within its deadline and fails as a timeout,
@@ -397,10 +402,7 @@ def test_gcs_path_going_silent_mid_streamed_upload(gcs_fs_server, monkeypatch, t
     complete object is ever visible."""
     import gcsfs
 
-    import rh_prefect.systems.base as base
-
-    monkeypatch.setattr(base, "REQUEST_DEADLINE_SECONDS", 3.0)  # 120 s by default
-    monkeypatch.setattr(base, "REQUEST_MIN_RATE", 64 * 2**20)
+    tuned(request_deadline=3.0, request_min_rate=64 * 2**20)  # 120 s and 64 KiB/s by default
     data = os.urandom(96 * 2**20)
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "big.bin").write_bytes(data)
@@ -516,14 +518,11 @@ def test_ssh_connections_killed_mid_copy(ssh_server, rh_cluster, tmp_path, direc
         shutil.rmtree(on_cluster, ignore_errors=True)
 
 
-def test_ssh_path_going_silent_mid_copy(ssh_server, tmp_path, monkeypatch):
+def test_ssh_path_going_silent_mid_copy(ssh_server, tmp_path, tuned):
     """The SSH connection's path goes silent (no reset, no FIN: a dropped route): every byte on the open connections
     is held, forever as far as the copy can tell. Keepalives declare the connection dead, the copy's retry
     reconnects (new connections get through) and completes, long before the stalled path would come back."""
-    import rh_prefect.systems.ssh as ssh_mod
-
-    monkeypatch.setattr(ssh_mod, "KEEPALIVE_INTERVAL", 1)
-    monkeypatch.setattr(ssh_mod, "KEEPALIVE_COUNT_MAX", 2)
+    tuned(ssh_keepalive_interval=1, ssh_keepalive_count_max=2)  # 15 s and 4 by default
     rel = f"rh-test/faults-{uuid.uuid4().hex[:10]}"
     on_cluster = ssh_server.home / rel
     expected = make_tree(tmp_path / "src", small=300, big=10, big_size=8 * 2**20)

@@ -85,7 +85,7 @@ _WORKER = textwrap.dedent('''
 
     def shared_save():
         b = rh.blob(f"written by {me}", path=f"{root}/{me}/shared.txt")
-        b.save(f"load-{run}-shared")
+        b.save(f"load-{run}-shared", overwrite=True)  # every process replaces the one name, on purpose
         return f"load-{run}-shared"
 
     # Rotated per process: at any moment the processes run different kinds of operation.

@@ -26,11 +26,12 @@ from typing import Any, Iterator, Optional
 
 import asyncssh
 import pytest
+from botocore.exceptions import ClientError
 from fsspec.implementations.local import LocalFileSystem
+from gcsfs.retry import HttpError
 
 import rh_prefect as rh
-from rh_prefect import transfer
-from rh_prefect import settings
+from rh_prefect import settings, transfer
 from rh_prefect.runtime import dispatch, tasks, worker
 from rh_prefect.errors import NotFound, SystemUnavailable, TransferError, UnknownSystem
 from rh_prefect.systems import LocalSystem, S3Credentials, get_system
@@ -122,13 +123,29 @@ def test_user_error_is_not_retried(tmp_path):
     assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["a.bin", "b.bin", "d.bin", "e.bin"]
 
 
+@pytest.mark.servers  # runs tasks against the Prefect API
+def test_retries_follow_the_settings_in_force(tmp_path):
+    """The retry count is the ``retries`` setting when the copy runs, not when the package was imported."""
+    _make_tree(tmp_path / "src")
+    faults = {"c.bin": [ConnectionResetError(104, "Connection reset by peer") for _ in range(5)]}
+
+    with settings.override(retries=1), pytest.raises(TransferError, match=r"c\.bin: ConnectionResetError"):
+        tasks.run(tasks.copy_tree_task, LocalSystem(), str(tmp_path / "src"), _FlakyLocal(faults),
+                  str(tmp_path / "dst"))
+
+    assert len(faults["c.bin"]) == 3  # two attempts: the first one and one retry
+
+
 @pytest.mark.parametrize(
     "exc, transient",
     [
         (ConnectionResetError(104, "Connection reset by peer"), True),
         (TimeoutError("read timed out"), True),
-        (OSError("503 Service Unavailable"), True),
-        (RuntimeError("SlowDown: please reduce your request rate"), True),
+        # judged by type and status code, never by the words of a message
+        (ClientError({"Error": {"Code": "ServiceUnavailable"}, "ResponseMetadata": {"HTTPStatusCode": 503}},
+                     "GetObject"), True),
+        (ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject"), True),
+        (RuntimeError("SlowDown: please reduce your request rate"), False),
         (SystemUnavailable("host down"), True),
         (asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "open failed"), True),  # sshd out of sessions
         (FileNotFoundError(2, "No such file"), False),
@@ -136,7 +153,8 @@ def test_user_error_is_not_retried(tmp_path):
         # /tmp/pytest-of-root/pytest-503/... and this was retried as a "503")
         (OSError(36, "File name too long", "/tmp/pytest-503/d0/.n.rh-tmp-5004ab"), False),
         (RuntimeError("upload of /data/run-500.bin failed: checksum mismatch"), False),
-        (RuntimeError("HTTP 502 Bad Gateway"), True),
+        (HttpError({"code": 502, "message": "Bad Gateway"}), True),
+        (RuntimeError("HTTP 502 Bad Gateway"), False),
         (PermissionError(13, "Permission denied"), False),
         (NotFound("no folder"), False),
         (rh.InvalidName("bad name"), False),

@@ -71,10 +71,18 @@ def test_save_overwrite_false_refuses_and_keeps_the_old_entry(tmp_path, unique_n
     with pytest.raises(rh.AlreadyExists, match="pass overwrite=True to replace it"):
         rh.folder(path=tmp_path / "second").save(name, overwrite=False)
     assert rh.folder(name=name).path == str(tmp_path / "first")
-    # overwrite=True (the default) replaces it, and there is still one entry
-    rh.folder(path=tmp_path / "second").save(name)
+    # by default too: a name saved by someone else is replaced only with overwrite=True
+    with pytest.raises(rh.AlreadyExists, match="pass overwrite=True to replace it"):
+        rh.folder(path=tmp_path / "second").save(name)
+    assert rh.folder(name=name).path == str(tmp_path / "first")
+    rh.folder(path=tmp_path / "second").save(name, overwrite=True)
     assert rh.folder(name=name).path == str(tmp_path / "second")
     assert [n for n, _ in rh.list_names() if n == f"@/{name}"] == [f"@/{name}"]
+    # the resource loaded by that name is updated in place without asking
+    loaded = rh.folder(name=name)
+    loaded.path = str(tmp_path / "third")
+    loaded.save()
+    assert rh.folder(name=name).path == str(tmp_path / "third")
 
 
 def test_folder_and_cluster_cannot_share_a_name(tmp_path, unique_name, ssh_server):

@@ -45,7 +45,7 @@ def test_a_table_keeps_its_newest_versions_and_each_reads_back_exactly(sysname, 
     system, base = places[sysname]
     name = unique_name("vt")
     kept = 3
-    with settings.override(table_versions_kept=kept):
+    with settings.override(table_versions_kept=kept, versions_min_age=0):
         t = rh.table(data=data(10), name=name, path=f"{base}/t", system=system).save()
         written = [t.version]
         for i in range(1, kept + 2):  # N + 2 writes in all: the last one an append
@@ -124,7 +124,7 @@ def test_a_table_copy_carries_its_version(dst, places, unique_name):
 
 def test_bad_table_versions_are_refused_and_change_nothing(tmp_path, unique_name):
     name = unique_name("vt")
-    with settings.override(table_versions_kept=1):
+    with settings.override(table_versions_kept=1, versions_min_age=0):
         t = rh.table(data=data(5), name=name, path=tmp_path / "t").save()
         dropped = t.version
         t.write(data(6, start=10))
@@ -156,7 +156,7 @@ def test_a_blob_keeps_its_newest_versions_and_each_reads_back_exactly(sysname, p
     name = unique_name("vb")
     kept = 3
     payloads = [f"payload {i}".encode() * (i + 1) for i in range(kept + 2)]
-    with settings.override(blob_versions_kept=kept):
+    with settings.override(blob_versions_kept=kept, versions_min_age=0):
         b = rh.blob(data=payloads[0], name=name, path=f"{base}/b.bin", system=system).save()
         written = [b.version]
         for p in payloads[1:]:  # N + 2 writes in all
@@ -224,7 +224,7 @@ def test_a_blob_copy_carries_its_version(places, unique_name):
 
 def test_bad_blob_versions_are_refused_and_change_nothing(tmp_path, unique_name):
     name = unique_name("vb")
-    with settings.override(blob_versions_kept=1):  # a write also keeps the version its blob named before
+    with settings.override(blob_versions_kept=1, versions_min_age=0):  # a write also keeps the version its blob named before
         b = rh.blob(data=b"one", name=name, path=tmp_path / "b.bin").save()
         dropped = b.version
         b.write(b"two")

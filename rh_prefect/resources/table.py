@@ -791,11 +791,9 @@ def _head(snap: dataset.Snapshot, n: int, columns: Optional[list[str]]) -> pa.Ta
 def _retry_policy() -> stream.RetryPolicy:
     """The package's retry policy (same attempts, backoff, jitter and transient-error test as its Prefect tasks)
     for reads inside a stream, where a Prefect-level retry would replay the stream from its first row."""
-    policy = tasks.RETRY_POLICY
-    delays = policy["retry_delay_seconds"]
-    delays = list(delays(policy["retries"]) if callable(delays) else delays or [])
-    jitter = float(policy.get("retry_jitter_factor") or 0)
-    return stream.RetryPolicy(tuple(d * (1 + random.uniform(0, jitter)) for d in delays), tasks.is_transient)
+    jitter = float(tasks.RETRY_POLICY.get("retry_jitter_factor") or 0)
+    return stream.RetryPolicy(tuple(d * (1 + random.uniform(0, jitter)) for d in tasks.retry_delays()),
+                              tasks.is_transient)
 
 
 _STREAM_POLICY = {**tasks.RETRY_POLICY, "retries": 0, "retry_condition_fn": None, "timeout_seconds": None}

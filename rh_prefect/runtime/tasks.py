@@ -2,9 +2,11 @@
 
 Every copy and stream that touches the network runs as a Prefect task: inside a flow it shows up as a task
 run in the UI; from plain Python it runs the same way (and retries the same way) without warning noise.
-Only transient errors are retried (connection resets, timeouts, throttling, 5xx); user errors such as a bad
-name, a missing file or a refused credential fail at once. A retried copy resumes: the engine skips files
-already committed at the destination.
+Only transient errors are retried (connection resets, timeouts, throttling, 5xx), judged by type by
+:func:`is_transient`, which asks the storage systems; user errors such as a bad name, a missing file or a refused
+credential fail at once, and so does an endpoint that never answered (a wrong address or a host that is down:
+see :func:`rh_prefect.systems.base.first_contact_error`). A retried copy resumes: the engine skips files already
+committed at the destination. Attempts and time limits are the settings' ``retries`` and ``task_timeout``.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ from __future__ import annotations
 import copy
 import errno
 import logging
-import re
 import threading
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
@@ -22,57 +23,62 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
 from prefect.tasks import exponential_backoff
 
-from rh_prefect import transfer
-
+from rh_prefect import settings, transfer
 from rh_prefect.runtime import _prefect_exit
 from rh_prefect.errors import RhError, SystemUnavailable, TransferError
+from rh_prefect.systems.base import system_classes
 
 logger = logging.getLogger("rh_prefect.runtime.tasks")
 T = TypeVar("T")
 
-_TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
-                     errno.EHOSTUNREACH, errno.ENETUNREACH}
-# "connection not open": asyncssh's SFTPNoConnection, raised by a reader still holding a connection that dropped
-_TRANSIENT_WORDS = ("throttl", "slowdown", "slow down", "timeout", "timed out", "connection reset",
-                    "connection lost", "connection closed", "connection not open", "temporarily unavailable",
-                    "service unavailable", "internal error", "too many requests", "broken pipe", "server disconnected",
-                    "cannot connect", "connection refused", "eof")
-#: HTTP statuses a retry can cure, as whole numbers: a path such as ``/tmp/pytest-503/...`` or a hex id
-#: containing "500" in an error message says nothing about the server
-_TRANSIENT_STATUS = re.compile(r"(?<![\w.-])(?:500|502|503|504|429)(?![\w.-])")
-
 
 def is_transient(exc: BaseException | None) -> bool:
-    """True for errors a retry can cure; False for user errors (bad input, missing data, refused access)."""
+    """True for errors a retry can cure (a lost connection, a timeout, throttling, a 5xx answer); False for user
+    errors (bad input, missing data, refused access) and for an endpoint that never answered.
+
+    Judged by type only, never by message text. The exception and then its causes (``__cause__``, else
+    ``__context__``) are looked at in turn, and the first one that has a verdict decides: first the package's own
+    errors, then each storage system (:meth:`rh_prefect.systems.base.System.is_transient`: S3 by botocore error
+    code and HTTP status, GCS by status code and gcsfs/aiohttp types, SSH by asyncssh types and disconnect codes,
+    local files by errno), then the generic rules for Python's own exception types.
+    """
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, TransferError):
-            return bool(exc.failures) and all(is_transient(e) for e in exc.failures.values())
-        if isinstance(exc, SystemUnavailable):
-            return True
-        if isinstance(exc, RhError):
-            return False
-        if isinstance(exc, (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError, ValueError,
-                            TypeError, KeyError)):
-            return False
-        if isinstance(exc, (ConnectionError, TimeoutError)):
-            return True
-        if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
-            return True
-        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is not None:
-            return False  # a local file operation's error (ENAMETOOLONG, ENOSPC, ...): its errno has said it all
-        status = getattr(getattr(exc, "response", None), "get", lambda *_: None)("ResponseMetadata") or {}
-        code = status.get("HTTPStatusCode") if isinstance(status, dict) else None
-        if isinstance(code, int) and (code >= 500 or code == 429):
-            return True
-        name = type(exc).__name__.lower()
-        text = f"{name} {exc}".lower()
-        if any(w in text for w in _TRANSIENT_WORDS) or _TRANSIENT_STATUS.search(text) or \
-                any(w in name for w in ("disconnect", "connectionlost", "channelopen")):
-            return True
+        verdict = _verdict(exc)
+        if verdict is not None:
+            return verdict
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return False
+
+
+#: errnos of a network path that is down for now (ECONNRESET, ECONNREFUSED, ETIMEDOUT... are ConnectionError and
+#: TimeoutError subclasses already)
+_NETWORK_ERRNOS = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN})
+#: Python's own types that a retry does not cure: the input or the data is wrong, or access was refused
+_USER_ERRORS = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError,
+                ValueError, TypeError, KeyError, LookupError)
+
+
+def _verdict(exc: BaseException) -> Optional[bool]:
+    """True / False when ``exc`` itself says whether a retry can help, None to look at its cause."""
+    if isinstance(exc, TransferError):  # a copy's files failed: retry only if every one of them may succeed
+        return bool(exc.failures) and all(is_transient(e) for e in exc.failures.values())
+    if isinstance(exc, SystemUnavailable):  # False when the endpoint never answered: see SystemUnavailable
+        return exc.transient
+    if isinstance(exc, RhError):
+        return False
+    for system in system_classes():
+        verdict = system.is_transient(exc)
+        if verdict is not None:
+            return verdict
+    if isinstance(exc, _USER_ERRORS):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS:
+        return True
+    return None
 
 
 def _retry_condition(task: Task, task_run: Any, state: Any) -> bool:
@@ -85,13 +91,15 @@ def _retry_condition(task: Task, task_run: Any, state: Any) -> bool:
     return False
 
 
-#: The one retry policy: exponential backoff with jitter, transient errors only, bounded in time.
+#: The one retry policy: exponential backoff with jitter, transient errors only, bounded in time. ``retries`` and
+#: ``timeout_seconds`` are the settings' ``retries`` and ``task_timeout`` as read at import (Prefect builds its
+#: task objects then); :func:`run` applies the values in force at each call.
 RETRY_POLICY: dict[str, Any] = dict(
-    retries=4,
+    retries=settings.current().retries,
     retry_delay_seconds=exponential_backoff(backoff_factor=1),
     retry_jitter_factor=0.5,
     retry_condition_fn=_retry_condition,
-    timeout_seconds=6 * 3600,
+    timeout_seconds=settings.current().task_timeout,
     cache_policy=NO_CACHE,
     log_prints=False,
 )
@@ -107,12 +115,21 @@ class _QuietOutsideFlows(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(getattr(record, "task_name", "")).startswith("rh-") or getattr(record, "flow_run_id", None):
             return True
-        from rh_prefect import settings
-
         return settings.current().task_logs
 
 
 logging.getLogger("prefect.task_runs").addFilter(_QuietOutsideFlows())
+
+
+def retry_delays() -> list[float]:
+    """The pauses (seconds, before jitter) between the attempts of the retry policy, as many as the settings'
+    ``retries``: for retries that run outside Prefect's task engine (a table stream's reads)."""
+    delays = RETRY_POLICY["retry_delay_seconds"]
+    count = settings.current().retries
+    if callable(delays):
+        return list(delays(count))
+    delays = list(delays) if isinstance(delays, (list, tuple)) else [delays] if delays else []
+    return [delays[min(i, len(delays) - 1)] for i in range(count)] if delays else []
 
 
 def rh_task(name: str) -> Callable[[Callable[..., T]], Task[..., T]]:
@@ -124,25 +141,35 @@ def in_prefect_run() -> bool:
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
-_UNTIMED: dict[int, Task[..., Any]] = {}
+_CONFIGURED: dict[tuple, Task[..., Any]] = {}
 
 
-def _untimed(t: Task[..., T]) -> Task[..., T]:
-    """The same task without its timeout, for calls off the main thread: Prefect cannot enforce a timeout in a
-    worker thread, says so in a warning on every call, and that warning stalls each call by ~2 s."""
-    if t.timeout_seconds is None or threading.current_thread() is threading.main_thread():
+def _configured(t: Task[..., T]) -> Task[..., T]:
+    """``t`` with the settings' ``retries`` and ``task_timeout`` in force now (its own were read at import), and
+    without a timeout for calls off the main thread: Prefect cannot enforce a timeout in a worker thread, says so
+    in a warning on every call, and that warning stalls each call by ~2 s."""
+    tuning = settings.current()
+    ours = t.retry_condition_fn is _retry_condition  # made with RETRY_POLICY, not e.g. a never-retried stream task
+    retries = tuning.retries if ours else t.retries
+    timeout = tuning.task_timeout if ours else t.timeout_seconds
+    if threading.current_thread() is not threading.main_thread():
+        timeout = None
+    if t.retries == retries and t.timeout_seconds == timeout:
         return t
-    untimed = _UNTIMED.get(id(t))
-    if untimed is None:
-        untimed = _UNTIMED[id(t)] = copy.copy(t)  # with_options(timeout_seconds=None) would keep the timeout
-        untimed.timeout_seconds = None
-    return untimed
+    key = (id(t), retries, timeout)
+    found = _CONFIGURED.get(key)
+    if found is None:
+        # a copy, not with_options: with_options(timeout_seconds=None) would keep the timeout. Prefect takes the
+        # pause before retry n from retry_delay_seconds[min(n, len - 1)], so a longer list or a shorter one is fine.
+        found = _CONFIGURED[key] = copy.copy(t)
+        found.retries, found.timeout_seconds = retries, timeout
+    return found
 
 
 def run(t: Task[..., T], *args: Any, **kwargs: Any) -> T:
     """Call a task from anywhere: inside a flow it is a tracked task run; outside one it runs the same way
     (retries included) without Prefect's 'no flow run' logging warnings."""
-    t = _untimed(t)
+    t = _configured(t)
     if in_prefect_run():
         return t(*args, **kwargs)
     try:

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import posixpath
+import socket
 import uuid
 from datetime import datetime, timezone
 from abc import ABC, abstractmethod
 from functools import cached_property
 from typing import Any, ClassVar, Iterator, Optional
+from urllib.parse import urlsplit
 
 from fsspec import AbstractFileSystem
 
+from rh_prefect import settings
 from rh_prefect.errors import InvalidPath, ReadOnlySystem, RhError, SystemUnavailable, UnknownSystem
 
 _REGISTRY: dict[str, type["System"]] = {}
@@ -143,13 +147,26 @@ class System(ABC):
             )
 
     # -- errors -------------------------------------------------------------------------------------------
+    @classmethod
+    def is_transient(cls, exc: BaseException) -> Optional[bool]:
+        """Whether a retry can cure ``exc``, judged by its type (and status or error code), never by its text:
+        True or False for the exceptions of this system's client library, None for any other ("not mine").
+        The package's one retry policy (:func:`rh_prefect.runtime.tasks.is_transient`) asks every system class."""
+        return None
+
+    @classmethod
+    def connection_errors(cls) -> tuple[type[BaseException], ...]:
+        """The exception types of this system's client that mean a connection failed, was lost or timed out."""
+        return (ConnectionError, TimeoutError)
+
     def translate(self, exc: BaseException, what: str) -> Optional[Exception]:
         """One of our errors for a backend error (with advice), or None to let the original through.
 
-        The base rule: a connection that fails or times out means the system is unavailable.
+        The base rule: a connection that fails or times out (:meth:`connection_errors`) means the system is
+        unavailable, for now: an endpoint that never answered has already failed with its own error (see
+        :func:`first_contact_error`), so this one answered before and a retry may succeed.
         """
-        name = type(exc).__name__.lower()
-        if isinstance(exc, (ConnectionError, TimeoutError)) or "connect" in name or "timeout" in name:
+        if isinstance(exc, self.connection_errors()):
             return SystemUnavailable(
                 f"{self.describe()} could not be reached for {what!r} ({type(exc).__name__}: {str(exc)[:200]}); "
                 "check that it is up and the endpoint is right, then try again."
@@ -296,6 +313,11 @@ class System(ABC):
         return {"system": self.name}
 
 
+def system_classes() -> list[type[System]]:
+    """Every registered system class, once each (in the order they were defined)."""
+    return list(dict.fromkeys(_REGISTRY.values()))
+
+
 def system_class(name: str) -> type[System]:
     """Look up a system class by name or alias (``"sftp"`` -> the SSH system)."""
     if not isinstance(name, str):
@@ -337,18 +359,78 @@ def check_relative_key(key: str) -> str:
     return clean
 
 
-#: every request that moves data must be answered within this many seconds, plus its bytes at
-#: :data:`REQUEST_MIN_RATE`: a connection whose path went silent (no reset, no FIN) otherwise blocks an upload
-#: forever (storage clients time out reading an answer, not sending a body into a stalled window)
-REQUEST_DEADLINE_SECONDS = 120.0
-#: ... bytes per second: the slowest link a request is expected to work over (64 KiB/s)
-REQUEST_MIN_RATE = 64 * 1024
+# -- endpoints that cannot be reached ----------------------------------------------------------------------
+#: endpoints that answered at least once in this process, as their systems name them in messages (e.g.
+#: ``"S3 endpoint http://10.0.0.5:9000"``, ``"cluster 'rh-cpu' (me@10.0.0.5:22)"``)
+_ANSWERED: set[str] = set()
+
+
+def answered(endpoint: str) -> None:
+    """Record that ``endpoint`` answered: from now on, failing to connect to it is an outage that a retry may
+    outlast, not a wrong address (see :func:`first_contact_error`)."""
+    _ANSWERED.add(endpoint)
+
+
+def first_contact_error(endpoint: str, exc: BaseException, check: str) -> Optional[SystemUnavailable]:
+    """A :class:`SystemUnavailable` that is not transient when ``endpoint`` could not be connected to (``exc``:
+    refused, no route, no answer within the settings' ``connect_timeout``, a name that does not resolve) and has
+    never answered in this process; None when it answered before: then the client's and the task's retries ride
+    out the outage.
+
+    Why the first contact is not retried: a wrong endpoint or a host that is down does not come back within a
+    retry's back-off, and the storage clients' own retries (gcsfs: 6 with back-off, ~35 s per request) plus the
+    task's (4) would make the user wait minutes for the same answer. ``check``: what the user should check.
+    """
+    if endpoint in _ANSWERED:
+        return None
+    return SystemUnavailable(f"{endpoint} could not be reached ({_connect_failure(exc)}). {check}", transient=False)
+
+
+def probe(url: str, what: str, check: str) -> None:
+    """Open (and close) one TCP connection to the host and port of ``url`` unless it answered before in this
+    process: a :func:`first_contact_error` if that fails. For clients whose own requests cannot fail at once
+    without being retried (``what`` names the store in the message, ``check`` says what to check)."""
+    parts = urlsplit(url)
+    endpoint = f"{what} {parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    if endpoint in _ANSWERED:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=settings.current().connect_timeout).close()
+    except OSError as exc:  # refused, no route, no answer (socket.timeout is TimeoutError), no such name
+        raise first_contact_error(endpoint, exc, check) from exc  # type: ignore[misc]  # not answered: never None
+    answered(endpoint)
+
+
+def _connect_failure(exc: BaseException) -> str:
+    """Why a connection could not be made, in words, from the exception's type and errno."""
+    os_error = getattr(exc, "os_error", None)  # aiohttp's ClientConnectorError wraps the socket's error
+    if isinstance(os_error, OSError):
+        exc = os_error
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {settings.current().connect_timeout:g} s, the connect_timeout setting"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: nothing listens on that port"
+    if isinstance(exc, socket.gaierror):
+        return "the host name does not resolve"
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN,
+                                                  errno.EHOSTDOWN):
+        return "no route to the host"
+    return type(exc).__name__
+
+
+def request_limit(nbytes: int) -> float:
+    """Seconds a request moving ``nbytes`` may take: the settings' ``request_deadline`` plus its bytes at
+    ``request_min_rate``. Without a deadline a connection whose path went silent (no reset, no FIN) blocks an upload
+    forever: storage clients time out reading an answer, not sending a body into a stalled window."""
+    tuning = settings.current()
+    return tuning.request_deadline + max(0, nbytes) / tuning.request_min_rate
 
 
 async def within_deadline(coro: Any, nbytes: int, what: str) -> Any:
     """Await ``coro`` (a request moving ``nbytes``); a TimeoutError, which the retry policy treats as transient,
-    when it takes longer than its deadline (see :data:`REQUEST_DEADLINE_SECONDS`)."""
-    limit = REQUEST_DEADLINE_SECONDS + max(0, nbytes) / REQUEST_MIN_RATE
+    when it takes longer than its deadline: :func:`request_limit`."""
+    limit = request_limit(nbytes)
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Optional
@@ -10,6 +11,9 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from rh_prefect.systems.base import System
+
+#: errnos of file operations that a retry may cure
+_TRANSIENT_FILE_ERRNOS = frozenset({errno.EINTR, errno.EAGAIN, errno.EBUSY, errno.ESTALE})
 
 
 class LocalSystem(System):
@@ -43,6 +47,17 @@ class LocalSystem(System):
 
     def default_root(self) -> Optional[str]:
         return os.getcwd()
+
+    @classmethod
+    def is_transient(cls, exc: BaseException) -> Optional[bool]:
+        """A file operation's error (an OSError naming its file) is judged by its errno: an interrupted call, a
+        resource that is busy for now or a stale NFS handle may succeed when tried again; a full disk, a name
+        that is too long or a missing directory will not. A path's digits never count (``/tmp/pytest-503/...``
+        is no HTTP 503)."""
+        # raised from another error: a storage client's translation (s3fs turns SlowDown into EBUSY): its cause says
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is not None and exc.__cause__ is None:
+            return exc.errno in _TRANSIENT_FILE_ERRNOS
+        return None
 
     # A plain rename: fs.mv (shutil.move) first checks whether the target is a directory, and would move the
     # file into one instead of failing; it also costs several times the rename itself for many small files.

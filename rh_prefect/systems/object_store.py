@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 import os
+import sys
 import threading
 from collections import deque
 from datetime import datetime
@@ -14,8 +15,9 @@ from typing import Any, AsyncIterator, ClassVar, Iterator, Optional
 
 from fsspec import AbstractFileSystem
 
+from rh_prefect import settings
 from rh_prefect.errors import CredentialsError, IntegrityError, NotFound
-from rh_prefect.systems.base import System, within_deadline
+from rh_prefect.systems.base import System, probe, request_limit, within_deadline
 from rh_prefect.systems.credentials import GCSCredentials, S3Credentials, redact_in_logs
 
 logger = logging.getLogger("rh_prefect.systems")
@@ -135,13 +137,49 @@ class ObjectStoreSystem(System):
 
     def translate(self, exc: BaseException, what: str) -> Optional[Exception]:
         """Refused or missing credentials, and unreachable endpoints, as our errors with advice."""
-        text = f"{type(exc).__name__}: {exc}"
-        if "credential" in text.lower() or isinstance(exc, PermissionError):
+        if isinstance(exc, PermissionError) or self.refused_access(exc):
             return CredentialsError(
                 f"{self.describe()} refused access to {what!r} ({type(exc).__name__}); check the credentials "
                 f"({self.credentials_type.__name__} block or environment)."
             )
         return super().translate(exc, what)
+
+    @classmethod
+    def refused_access(cls, exc: BaseException) -> bool:
+        """True when ``exc`` (of this store's client) says credentials are missing, wrong or not allowed."""
+        return False
+
+    @classmethod
+    def is_transient(cls, exc: BaseException) -> Optional[bool]:
+        """aiohttp's errors (the HTTP client under both s3fs and gcsfs): a response by its status, a connection
+        that failed or dropped, a body cut short or a timeout are transient; TLS failures and bad URLs are not."""
+        aiohttp = sys.modules.get("aiohttp")  # not imported: none of its exceptions can exist
+        if aiohttp is None or not isinstance(exc, aiohttp.ClientError):
+            return None
+        if isinstance(exc, aiohttp.ClientResponseError):
+            return exc.status in TRANSIENT_STATUS
+        if isinstance(exc, (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch, aiohttp.InvalidURL)):
+            return False
+        return isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError))
+
+    @classmethod
+    def connection_errors(cls) -> tuple[type[BaseException], ...]:
+        import aiohttp
+
+        return (*super().connection_errors(), aiohttp.ClientConnectionError)
+
+
+#: HTTP statuses a retry can cure: request timeout, too many requests, server errors (as s3fs, gcsfs and
+#: botocore's retry handlers count them)
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def _status(code: Any) -> Optional[int]:
+    """An HTTP status given as a number or its digits (gcsfs keeps whichever the answer had), else None."""
+    try:
+        return int(code)
+    except (TypeError, ValueError):
+        return None
 
 
 #: environment variables a botocore session reads its credentials and settings from
@@ -152,6 +190,15 @@ _SESSION_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN
                 "AWS_EC2_METADATA_DISABLED")
 _SESSIONS: dict[str, Any] = {}
 _SESSIONS_LOCK = threading.Lock()
+
+
+def _s3_code_and_status(exc: Any) -> tuple[Optional[str], Optional[int]]:
+    """``(Error.Code, HTTP status)`` of a botocore ClientError (either may be None)."""
+    response = exc.response if isinstance(getattr(exc, "response", None), dict) else {}
+    error = response.get("Error") if isinstance(response.get("Error"), dict) else {}
+    meta = response.get("ResponseMetadata") if isinstance(response.get("ResponseMetadata"), dict) else {}
+    status = meta.get("HTTPStatusCode")
+    return error.get("Code"), status if isinstance(status, int) else None
 
 
 def _aio_session() -> Any:
@@ -231,6 +278,57 @@ class S3System(ObjectStoreSystem):
         endpoint = self._endpoint()
         return f"s3 ({endpoint})" if endpoint else "s3"
 
+    #: S3 error codes a retry can cure (botocore's retry handlers' throttling and transient codes, and a body
+    #: corrupted in transit, which s3fs retries)
+    TRANSIENT_CODES: ClassVar[frozenset[str]] = frozenset({
+        "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException", "SlowDown",
+        "TooManyRequestsException", "RequestLimitExceeded", "BandwidthLimitExceeded", "RequestThrottled",
+        "ProvisionedThroughputExceededException", "LimitExceededException", "PriorRequestNotComplete",
+        "RequestTimeout", "RequestTimeoutException", "InternalError", "ServiceUnavailable",
+        "XAmzContentSHA256Mismatch",
+    })
+    #: S3 error codes of missing, wrong or insufficient credentials
+    ACCESS_CODES: ClassVar[frozenset[str]] = frozenset({
+        "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+        "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "InvalidSecurity",
+    })
+
+    @classmethod
+    def is_transient(cls, exc: BaseException) -> Optional[bool]:
+        """botocore's errors: an error answer by its ``Error.Code`` and HTTP status (as botocore's and s3fs's retry
+        rules do); connection failures, timeouts and cut responses are transient; missing credentials, invalid
+        parameters and TLS failures are not. Then s3fs's retryable types and aiohttp's errors."""
+        boto = sys.modules.get("botocore.exceptions")
+        if boto is not None and isinstance(exc, boto.ClientError):
+            code, status = _s3_code_and_status(exc)
+            return code in cls.TRANSIENT_CODES or status in TRANSIENT_STATUS
+        if boto is not None and isinstance(exc, boto.BotoCoreError):
+            if isinstance(exc, boto.SSLError):
+                return False
+            return isinstance(exc, (boto.ConnectionError, boto.HTTPClientError, boto.IncompleteReadError))
+        s3fs = sys.modules.get("s3fs.core")
+        if s3fs is not None and isinstance(exc, s3fs.S3_RETRYABLE_ERRORS):
+            return True
+        return super().is_transient(exc)
+
+    @classmethod
+    def refused_access(cls, exc: BaseException) -> bool:
+        boto = sys.modules.get("botocore.exceptions")
+        if boto is None:
+            return False
+        if isinstance(exc, (boto.NoCredentialsError, boto.PartialCredentialsError)):
+            return True
+        if isinstance(exc, boto.ClientError):
+            code, status = _s3_code_and_status(exc)
+            return code in cls.ACCESS_CODES or status in (401, 403)
+        return False
+
+    @classmethod
+    def connection_errors(cls) -> tuple[type[BaseException], ...]:
+        import botocore.exceptions
+
+        return (*super().connection_errors(), botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)
+
     def _make_fs(self) -> AbstractFileSystem:
         import s3fs
 
@@ -246,10 +344,13 @@ class S3System(ObjectStoreSystem):
         # The CA bundle is loaded once per process for all clients, and not at all for a plain-HTTP endpoint:
         # see _s3tls.
         plain = str(opts.get("endpoint_url") or "").lower().startswith("http://")
+        # An endpoint that does not answer fails within connect_timeout (s3fs's default is 5 s, then botocore
+        # retries); one that never answered is not retried (see _s3tls). aiohttp rounds deadlines of 5 s and more up
+        # to a whole second of its clock, so a silent endpoint fails after 10-11 s with the default of 10.
         opts.setdefault(
             "config_kwargs",
             {"max_pool_connections": 32, "request_checksum_calculation": "when_required",
-             "response_checksum_validation": "when_required",
+             "response_checksum_validation": "when_required", "connect_timeout": settings.current().connect_timeout,
              "http_session_cls": PlainHTTPSession if plain else SharedTLSHTTPSession},
         )
         if "session" not in opts:
@@ -276,9 +377,11 @@ class S3System(ObjectStoreSystem):
         else:
             await fs._copy_managed(src_fs_path, dst_fs_path, size, block=2**30)
 
-    # Uploads: 8 MiB parts, 4 in flight: ~32 MiB per file in transit instead of s3fs's default 10 x 50 MiB.
+    # Uploads: upload_part parts (8 MiB), upload_parts_in_flight (4) at once: ~32 MiB per file in transit instead
+    # of s3fs's default 10 x 50 MiB.
     def put_options(self, size: Optional[int] = None) -> dict[str, Any]:
-        return {"chunksize": 8 * 2**20, "max_concurrency": 4}
+        tuning = settings.current()
+        return {"chunksize": tuning.upload_part, "max_concurrency": tuning.upload_parts_in_flight}
 
     # Streaming copies to another store: one GET read from start to end. s3fs's file object reads in ranged
     # GETs instead (one per 8 MiB block), and moto does work proportional to the whole object for each: a
@@ -313,15 +416,20 @@ class S3System(ObjectStoreSystem):
     # Streaming uploads of known, large size: parts uploaded concurrently (like put_file), not one at a time as
     # s3fs's file object does; the object still appears only when the upload completes.
     def open_upload(self, fs_path: str, block_size: int, size: Optional[int] = None) -> Any:
-        if size is None or size <= 2 * UPLOAD_PART:
+        tuning = settings.current()
+        if size is None or size <= 2 * tuning.upload_part:
             return super().open_upload(fs_path, block_size, size)
-        part = max(UPLOAD_PART, -(-size // 9000))  # S3 allows 10,000 parts
-        return _S3ParallelUpload(self.fs, fs_path, part, UPLOAD_PARTS_IN_FLIGHT)
+        part = max(tuning.upload_part, -(-size // 9000))  # S3 allows 10,000 parts
+        return _S3ParallelUpload(self.fs, fs_path, part, tuning.upload_parts_in_flight)
 
     # Downloads: one streamed GET (64 KiB reads). s3fs's default ranged GETs (10 x 50 MiB) held 418 MB for a
     # 256 MiB file and were 3x slower here (1.5 s vs 0.54 s); parallelism comes from copying files concurrently.
     def get_options(self, size: Optional[int] = None) -> dict[str, Any]:
         return {"max_concurrency": 1}
+
+
+_GCS_CHECK = ("Check the endpoint (endpoint_url of the GCSCredentials block, or STORAGE_EMULATOR_HOST) and that the "
+              "server is up.")
 
 
 class GCSSystem(ObjectStoreSystem):
@@ -344,6 +452,43 @@ class GCSSystem(ObjectStoreSystem):
         endpoint = self._endpoint()
         return f"gs ({endpoint})" if endpoint else "gs"
 
+    @classmethod
+    def is_transient(cls, exc: BaseException) -> Optional[bool]:
+        """gcsfs's errors as gcsfs's own retry rule (``gcsfs.retry.is_retriable``) judges them, by type and
+        status code: an error answer with status 408, 429 or 5xx, a checksum mismatch (bytes corrupted in transit),
+        a network error of google-auth (a token refresh that could not reach its server) or of requests (gcsfs
+        turns a 502 into a ProxyError); then aiohttp's errors. A refused or missing credential is not transient."""
+        retry = sys.modules.get("gcsfs.retry")
+        if retry is not None:
+            if isinstance(exc, retry.HttpError):
+                return _status(exc.code) in TRANSIENT_STATUS
+            if isinstance(exc, retry.ChecksumError):
+                return True
+            if isinstance(exc, retry.NonRetryableError):
+                return False
+        auth = sys.modules.get("google.auth.exceptions")
+        if auth is not None and isinstance(exc, auth.GoogleAuthError):
+            return isinstance(exc, auth.TransportError)
+        requests = sys.modules.get("requests.exceptions")
+        if requests is not None and isinstance(exc, requests.RequestException):
+            return isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.ChunkedEncodingError)) \
+                and not isinstance(exc, requests.SSLError)
+        return super().is_transient(exc)
+
+    @classmethod
+    def refused_access(cls, exc: BaseException) -> bool:
+        retry = sys.modules.get("gcsfs.retry")
+        if retry is not None and isinstance(exc, retry.HttpError):
+            return _status(exc.code) in (401, 403)
+        auth = sys.modules.get("google.auth.exceptions")
+        return auth is not None and isinstance(exc, auth.GoogleAuthError) and not isinstance(exc, auth.TransportError)
+
+    @classmethod
+    def connection_errors(cls) -> tuple[type[BaseException], ...]:
+        import requests.exceptions
+
+        return (*super().connection_errors(), requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+
     def _make_fs(self) -> AbstractFileSystem:
         # Without this gcsfs probes a gRPC bucket API first and each bucket costs a minute of retries
         # against emulators; it must be set before gcsfs is imported.
@@ -355,6 +500,17 @@ class GCSSystem(ObjectStoreSystem):
         if endpoint and not self.credentials:
             opts.update(endpoint_url=endpoint, token="anon")
         opts.setdefault("project", os.environ.get("GOOGLE_CLOUD_PROJECT", "rh-prefect"))
+        # A connection that is not answered fails within connect_timeout (gcsfs sets none: aiohttp's default is
+        # 30 s, and gcsfs makes 6 attempts with back-off); no total timeout, as gcsfs's own default (None) has none.
+        import aiohttp
+
+        opts.setdefault("requests_timeout", aiohttp.ClientTimeout(total=None,
+                                                                  sock_connect=settings.current().connect_timeout))
+        # An endpoint that never answered fails now, at once, instead of through gcsfs's retries (~35 s a
+        # request). A probe, not a check inside gcsfs's requests: aiohttp turns any OSError raised there (ours
+        # is a ConnectionError) into a ClientOSError, which gcsfs retries.
+        location = endpoint or opts.get("endpoint_url") or "https://storage.googleapis.com"
+        probe(location if "://" in location else f"http://{location}", "GCS endpoint", _GCS_CHECK)
         return gcsfs.GCSFileSystem(skip_instance_cache=True, **opts)  # private instance: see S3System._make_fs
 
     def put_options(self, size: Optional[int] = None) -> dict[str, Any]:
@@ -521,8 +677,8 @@ class _GCSStreamedUpload(_UploadFile):
     :meth:`close`) cancels the request and deletes the session, so nothing partial is ever visible. A failure
     mid-request fails the whole upload (the copy's retry sends it again) rather than resuming it: the written bytes
     are not kept. A path that goes silent mid-request (no piece taken by the connection within
-    ``REQUEST_DEADLINE_SECONDS`` plus its bytes at ``REQUEST_MIN_RATE``, or no answer that long after the last
-    byte) ends as a TimeoutError, which the retry policy treats as transient."""
+    the settings' ``request_deadline`` plus its bytes at ``request_min_rate``, or no answer ``request_deadline``
+    after the last byte) ends as a TimeoutError, which the retry policy treats as transient."""
 
     def __init__(self, fs: Any, path: str, size: int, content_type: str = "application/octet-stream") -> None:
         super().__init__()
@@ -569,7 +725,7 @@ class _GCSStreamedUpload(_UploadFile):
                                         "Content-Range": f"bytes 0-{self.size - 1}/{self.size}"})
         # no total timeout (the session's default is 5 min, too short for a large object on a slow link): _watched
         # decides when the path has gone silent
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_CONNECT_SECONDS)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.current().connect_timeout)
         async with self.fs.session.put(self._location, data=self._body(), headers=headers, timeout=timeout) as r:
             text = await r.read()
             if r.status not in (200, 201):
@@ -579,8 +735,6 @@ class _GCSStreamedUpload(_UploadFile):
         return json.loads(text) if text else None
 
     async def _watched(self) -> Any:
-        from rh_prefect.systems import base
-
         loop = asyncio.get_running_loop()
         request = asyncio.ensure_future(self._send())
         try:
@@ -589,12 +743,11 @@ class _GCSStreamedUpload(_UploadFile):
                 if done:
                     return request.result()
                 now, piece = loop.time(), self._piece_since
-                if piece is not None and \
-                        now - piece[0] > base.REQUEST_DEADLINE_SECONDS + piece[1] / base.REQUEST_MIN_RATE:
+                if piece is not None and now - piece[0] > request_limit(piece[1]):
                     raise TimeoutError(f"GCS upload of {self.path}: the connection took no bytes for "
                                        f"{now - piece[0]:.0f} s; the network path may have gone silent. The copy "
                                        "retries it.")
-                if self._all_sent_at is not None and now - self._all_sent_at > base.REQUEST_DEADLINE_SECONDS:
+                if self._all_sent_at is not None and now - self._all_sent_at > request_limit(0):
                     raise TimeoutError(f"GCS upload of {self.path}: no answer {now - self._all_sent_at:.0f} s after "
                                        "the last byte; the network path may have gone silent. The copy retries it.")
         finally:
@@ -659,13 +812,8 @@ class _GCSStreamedUpload(_UploadFile):
         self._sync(self.fs.loop, self._abandon)
 
 
-#: seconds to open a connection for a streamed upload
-REQUEST_CONNECT_SECONDS = 60
 #: at most this long is spent deleting an abandoned upload session (the error that abandoned it matters more)
 ABANDON_SECONDS = 30
-#: part size and parts in flight of streamed S3 uploads (the same as put_options: ~32 MiB in transit per file)
-UPLOAD_PART = 8 * 2**20
-UPLOAD_PARTS_IN_FLIGHT = 4
 
 
 class _S3StreamReader(io.RawIOBase):

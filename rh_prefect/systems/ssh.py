@@ -8,6 +8,7 @@ import os
 import posixpath
 import shlex
 import socket
+import sys
 import threading
 from typing import Any, ClassVar, Optional
 
@@ -15,8 +16,11 @@ from fsspec import AbstractFileSystem
 from fsspec.asyn import sync
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
+from rh_prefect import settings
 from rh_prefect.errors import CredentialsError, HostKeyMismatch, SystemUnavailable
-from rh_prefect.systems.base import System
+from rh_prefect.systems.base import System, answered, first_contact_error
+
+_SSH_CHECK = "Is the host up and the port right? Try `cluster.up_if_not()`."
 
 DEFAULT_ROOT = "~/.cache/rh_prefect"
 
@@ -73,11 +77,15 @@ class SSHSettings(BaseModel):
         """Keyword arguments for ``asyncssh.connect`` (and so ``sshfs.SSHFileSystem``)."""
         import asyncssh
 
+        tuning = settings.current()
         opts: dict[str, Any] = {
-            "port": self.port, "connect_timeout": 15, "encryption_algs": _cipher_preference(),
+            # an unreachable host fails within connect_timeout (SYN unanswered; a refusal fails at once)
+            "port": self.port, "connect_timeout": tuning.connect_timeout, "encryption_algs": _cipher_preference(),
             # A path that goes silent (no reset, no FIN: a dropped route, a dead NAT entry) would block a copy
             # forever; unanswered keepalives end the connection, and the copy's retry reconnects.
-            "keepalive_interval": KEEPALIVE_INTERVAL, "keepalive_count_max": KEEPALIVE_COUNT_MAX,
+            # OpenSSH's ServerAliveInterval / ServerAliveCountMax.
+            "keepalive_interval": tuning.ssh_keepalive_interval,
+            "keepalive_count_max": tuning.ssh_keepalive_count_max,
         }
         if self.user:
             opts["username"] = self.user
@@ -121,12 +129,6 @@ class SSHSettings(BaseModel):
                 return True
         except OSError:
             return False
-
-
-#: seconds between SSH keepalive requests while a connection is idle or stalled (OpenSSH: ServerAliveInterval)
-KEEPALIVE_INTERVAL = 15
-#: unanswered keepalives after which a connection is declared dead (OpenSSH: ServerAliveCountMax)
-KEEPALIVE_COUNT_MAX = 4
 
 
 def _cipher_preference() -> list[str]:
@@ -221,7 +223,7 @@ class SSHSystem(System):
             # until it has reaped it. sshfs keeps max_sessions - 2 SFTP channels open once a burst of requests
             # filled its pool; 5 (not 8) leave room for the tar streams (2 per copy), `cp` of server-side copies
             # and sessions not yet reaped - with 8, a `cp` right after another one failed with "open failed".
-            return SSHFileSystem(c.host, skip_instance_cache=True, max_sessions=7, **options)
+            fs = SSHFileSystem(c.host, skip_instance_cache=True, max_sessions=7, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
             raise HostKeyMismatch(
                 f"The host key of {self.describe()} is not the trusted one ({exc.reason}). If the host was "
@@ -231,11 +233,44 @@ class SSHSystem(System):
             raise CredentialsError(
                 f"{self.describe()} refused the login; check user and ssh_key of the Cluster block."
             ) from None
-        except (OSError, asyncssh.Error, TimeoutError) as exc:
-            raise SystemUnavailable(
-                f"Cannot connect to {self.describe()}: {type(exc).__name__}: {exc}. Is the host up and the port "
-                "right? Try `cluster.up_if_not()`."
+        except (OSError, TimeoutError, asyncssh.Error) as exc:
+            # OSError, TimeoutError: refused, no route, no answer within connect_timeout, a name that does not
+            # resolve; asyncssh.Error: it answered, then the handshake failed (dropped, too many connections)
+            first = isinstance(exc, (OSError, TimeoutError)) and first_contact_error(self.describe(), exc, _SSH_CHECK)
+            raise first or SystemUnavailable(
+                f"Cannot connect to {self.describe()}: {type(exc).__name__}: {exc}. {_SSH_CHECK}"
             ) from None
+        answered(self.describe())
+        return fs
+
+    @classmethod
+    def is_transient(cls, exc: BaseException) -> Optional[bool]:
+        """asyncssh's errors by type and code: a lost connection, a disconnect for too many connections or a
+        corrupted packet, a channel the server could not open for now (sshd out of sessions), an SFTP session whose
+        connection is gone, a remote command whose channel closed without an exit status (the connection dropped)
+        are transient; a refused login, an untrusted host key, a failed command and other SFTP errors are not."""
+        asyncssh = sys.modules.get("asyncssh")
+        if asyncssh is None or not isinstance(exc, asyncssh.Error):
+            return None
+        if isinstance(exc, TimeoutError):  # asyncssh.TimeoutError: a remote command ran out of time
+            return True
+        if isinstance(exc, asyncssh.DisconnectError):
+            return exc.code in (asyncssh.DISC_CONNECTION_LOST, asyncssh.DISC_TOO_MANY_CONNECTIONS,
+                                asyncssh.DISC_BY_APPLICATION, asyncssh.DISC_MAC_ERROR)
+        if isinstance(exc, asyncssh.ChannelOpenError):
+            return exc.code in (asyncssh.OPEN_CONNECT_FAILED, asyncssh.OPEN_RESOURCE_SHORTAGE)
+        if isinstance(exc, (asyncssh.SFTPNoConnection, asyncssh.SFTPConnectionLost)):
+            return True
+        if isinstance(exc, asyncssh.ProcessError):
+            return exc.exit_status is None and exc.exit_signal is None
+        return False
+
+    @classmethod
+    def connection_errors(cls) -> tuple[type[BaseException], ...]:
+        import asyncssh
+
+        return (*super().connection_errors(), asyncssh.ConnectionLost, asyncssh.SFTPNoConnection,
+                asyncssh.SFTPConnectionLost)
 
     def home(self) -> str:
         key = self.identity()

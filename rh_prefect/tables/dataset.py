@@ -24,7 +24,9 @@ check names every differing column and nothing is written otherwise). An append 
 commit, that no other writer committed since it started, and otherwise fails without committing (retry it).
 
 **Versions are kept** (:func:`retain`, after each commit): the newest ``settings.table_versions_kept`` manifests
-(by the time they were made) and always the current one; older manifests are deleted first, then the version
+(by the time they were made), always the current one, and every version younger than
+``settings.versions_min_age`` (a registration or a reader may still be on its way to it, as for a Blob); older
+manifests are deleted first, then the version
 directories that no kept manifest lists a file of (an append's manifest lists files of older directories, so
 reference counting is by manifest). A kept version never changes, so a reader holding it (``Snapshot``, a Table
 loaded at ``version=``) reads the same rows however many writers are at work; :func:`rollback` makes a kept
@@ -516,8 +518,8 @@ def rollback(system: System, root: str, version: str, label: str) -> Manifest:
 
 
 def retain(system: System, root: str, protect: Sequence[str] = ()) -> list[str]:
-    """Drop the versions beyond the newest ``settings.table_versions_kept`` (never the current one, nor those in
-    ``protect``), then the version directories no kept manifest references, and orphaned version directories
+    """Drop the versions beyond the newest ``settings.table_versions_kept`` (never the current one, those in
+    ``protect``, nor those younger than ``settings.versions_min_age``), then the version directories no kept manifest references, and orphaned version directories
     (referenced by no manifest) older than :data:`ORPHAN_AGE`. Best effort: a failure is logged, since the commit
     it follows is complete. Returns the ids of the versions dropped."""
     try:
@@ -526,9 +528,11 @@ def retain(system: System, root: str, protect: Sequence[str] = ()) -> list[str]:
     except (OSError, RhError) as exc:
         logger.warning("could not list the versions of table %s to drop old ones: %s", root, exc)
         return []
-    kept_n = settings.current().table_versions_kept
+    config = settings.current()
     ordered = sorted(stored.values(), key=_age)
-    keep = {m.version for m in ordered[-kept_n:]} | set(protect)
+    young = datetime.now(timezone.utc) - timedelta(seconds=config.versions_min_age)
+    keep = {m.version for m in ordered[-config.table_versions_kept:]} | set(protect)
+    keep |= {m.version for m in ordered if m.created_at >= young}
     if current is not None:
         keep.add(current.version)
     dropped = [m for m in ordered if m.version not in keep]
