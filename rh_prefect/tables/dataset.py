@@ -581,11 +581,17 @@ def remove_version(system: System, root: str, version: str) -> None:
 
 
 def remove_table(system: System, root: str) -> None:
-    """Delete a table: the pointer first (readers then see no table), then everything under ``root``."""
+    """Delete a table: the pointer and the kept versions' manifests first (readers then see no table, neither the
+    current version nor an old one by id), then everything under ``root``."""
     try:
         system.fs.rm_file(pointer_path(root))
     except FileNotFoundError:
         pass  # no pointer: nothing is visible already
+    for version in stored_versions(system, root):
+        try:
+            system.fs.rm_file(version_manifest_path(root, version))
+        except FileNotFoundError:
+            pass  # dropped meanwhile by a writer's retention
     try:
         system.rm_tree(root)
     except FileNotFoundError:
