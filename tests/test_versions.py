@@ -122,6 +122,21 @@ def test_a_table_copy_carries_its_version(dst, places, unique_name):
     assert ids(rh.table(path=copy.path, system=copy.sys, version=v1).fetch()) == list(range(20))
 
 
+def test_a_table_written_before_versions_were_kept_lists_its_current_version_and_keeps_it(tmp_path):
+    """A table stored by an earlier rh-prefect has a pointer and no _rh_versions/: its current version is its one
+    version, readable by id, and the next write keeps it like any other."""
+    import shutil
+
+    t = rh.table(data=data(4), path=tmp_path / "t")
+    old = t.version
+    shutil.rmtree(tmp_path / "t" / "_rh_versions")  # the layout before versions were kept
+    assert [(v.id, v.rows, v.current) for v in t.versions()] == [(old, 4, True)]
+    assert ids(rh.table(path=tmp_path / "t", version=old).fetch()) == list(range(4))
+    t.write(data(2, start=40))
+    assert [(v.id, v.current) for v in t.versions()] == [(old, False), (t.version, True)]
+    assert ids(rh.table(path=tmp_path / "t", version=old).fetch()) == list(range(4))
+
+
 def test_bad_table_versions_are_refused_and_change_nothing(tmp_path, unique_name):
     name = unique_name("vt")
     with settings.override(table_versions_kept=1, versions_min_age=0):

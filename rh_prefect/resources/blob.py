@@ -380,6 +380,9 @@ class Blob(StoredResource):
                 )
         return new
 
+    def _relocated_extra(self, new: "Blob") -> None:
+        new._pinned = False  # a copy is a blob of its own, whose current version is the one copied
+
     def _leaf(self) -> str:
         if self.path:
             leaf = posixpath.basename(self.path.rstrip("/"))

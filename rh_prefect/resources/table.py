@@ -247,8 +247,10 @@ class Table(StoredResource):
     def write(self, data: Any = None, mode: str = "overwrite") -> "Table":
         """Write ``data`` (or the data this table was created with) and return the table.
 
-        ``mode="overwrite"`` replaces the table atomically; ``mode="append"`` adds the rows after the existing
-        ones (they must have the same columns and types: :class:`~rh_prefect.errors.SchemaMismatch` otherwise).
+        ``mode="overwrite"`` replaces the table atomically; ``mode="append"`` adds the rows after those of the
+        table's current version (they must have the same columns and types:
+        :class:`~rh_prefect.errors.SchemaMismatch` otherwise). Either way a new version is made (see
+        :meth:`versions`), and this table then describes and reads it.
         A saved table's registry entry is updated with the new schema and row count.
 
         Example:
