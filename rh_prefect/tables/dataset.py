@@ -519,9 +519,10 @@ def rollback(system: System, root: str, version: str, label: str) -> Manifest:
 
 def retain(system: System, root: str, protect: Sequence[str] = ()) -> list[str]:
     """Drop the versions beyond the newest ``settings.table_versions_kept`` (never the current one, those in
-    ``protect``, nor those younger than ``settings.versions_min_age``), then the version directories no kept manifest references, and orphaned version directories
-    (referenced by no manifest) older than :data:`ORPHAN_AGE`. Best effort: a failure is logged, since the commit
-    it follows is complete. Returns the ids of the versions dropped."""
+    ``protect``, nor those younger than ``settings.versions_min_age``), then the version directories no kept
+    manifest references, and orphaned version directories (referenced by no manifest) older than
+    :data:`ORPHAN_AGE`. Best effort: a failure is logged, since the commit it follows is complete. Returns the ids
+    of the versions dropped."""
     try:
         current = read_manifest(system, root)
         stored = stored_versions(system, root)
