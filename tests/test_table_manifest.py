@@ -62,3 +62,23 @@ def test_a_fan_out_copy_splits_files_into_parts_of_about_equal_size():
     assert max(totals) - min(totals) <= max(sizes.values())
     assert split_by_size({"a": 5, "b": 1}, 8) == [["a"], ["b"]]  # never an empty part
     assert split_by_size({}, 3) == []
+
+
+def test_a_version_is_described_the_same_wherever_its_manifest_is_read():
+    """A copy commits the manifest it read; its checksum (sha256 of the manifest's JSON) must come out the same."""
+    m = _manifest()
+    again = dataset.Manifest.from_json(m.to_json(), "copy")
+    assert again.checksum == m.checksum and again.to_json() == m.to_json()
+    v = m.describe(current=True)
+    assert (v.id, v.rows, v.size, v.current) == ("v-2", 280, 4996, True)
+    assert v.created.isoformat() == "2026-12-04T11:00:00+00:00"
+
+
+@pytest.mark.parametrize("bad", ["../x", "v-1", "", "v-20261204T112144123456Z-1a2b3c4d/../../etc", None])
+def test_only_version_ids_name_a_version_file(bad):
+    from rh_prefect.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="is not a version id of a table .* list them with .versions()"):
+        dataset.version_manifest_path("/t", bad)
+    assert dataset.version_manifest_path("/t", "v-20261204T112144123456Z-1a2b3c4d") == \
+        "/t/_rh_versions/v-20261204T112144123456Z-1a2b3c4d.json"
