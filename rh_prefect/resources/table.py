@@ -81,8 +81,10 @@ for batch in t.stream(batch_size=100, shuffle_seed=0):
 class Table(StoredResource):
     """A table stored as a parquet dataset on the local disk, a cluster (SSH), S3 or GCS.
 
-    Writes are atomic (readers see the old or the new version, never a mix) and leave no stale files; appends
-    check the schema. ``stream()`` yields exact-size batches, in table order or a seeded shuffle, reading ahead
+    Writes are atomic (readers see the old or the new version, never a mix); appends check the schema. Each write
+    makes an immutable version: the block records the one it describes (``version``) and reads exactly that one;
+    ``versions()`` lists the kept ones, ``rh.table(name=..., version=...)`` reads an older one, ``rollback()``
+    makes one current again. ``stream()`` yields exact-size batches, in table order or a seeded shuffle, reading ahead
     in the background with bounded memory. ``fetch()`` returns the kind's own object (``pyarrow.Table`` here;
     see PandasTable, DaskTable, RayTable, HuggingFaceTable, PolarsTable).
 
