@@ -52,13 +52,27 @@ def _version(value: bool) -> None:
 def _main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version of rh-prefect and exit."),
+    debug: bool = typer.Option(False, "--debug", help="On an error, also print its traceback."),
 ) -> None:
     """Store, list and move data between local disk, SSH clusters, S3, GCS and GitHub, named in Prefect."""
+    global _DEBUG
+    _DEBUG = debug
+    _SYSTEMS.clear()
 
 TARGET = "NAME_OR_URL"
 
 
+#: set by --debug: errors also print their traceback
+_DEBUG = False
+#: the systems this command resolved its targets to (their errors are translated into rh-prefect's own)
+_SYSTEMS: list[Any] = []
+
+
 def _fail(message: str, code: int = 1) -> NoReturn:
+    if _DEBUG and sys.exc_info()[0] is not None:
+        import traceback
+
+        traceback.print_exc()
     typer.echo(f"rh-prefect: error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -100,6 +114,12 @@ def _run(fn: Callable[[], T], target: Optional[str] = None, connect: bool = True
         _fail(f"not found: {target} ({detail})")
     except OSError as exc:  # permissions, a directory where a file was expected, a refused connection
         _fail(_os_message(exc))
+    except Exception as exc:  # a storage client's own error (botocore, gcsfs, asyncssh): the system says what it is
+        for system in _SYSTEMS:
+            mapped = system.translate(exc, target or "this command")
+            if mapped is not None:
+                _fail(str(mapped))
+        raise  # not a storage error we know: a bug, with its traceback
 
 
 def _resolve(target: str) -> tuple[Any, str, Any]:
@@ -119,8 +139,10 @@ def _resolve(target: str) -> tuple[Any, str, Any]:
             res = registry.load(target)
             if not hasattr(res, "fs_path"):
                 _fail(f"{target!r} is a {type(res).__name__}, which holds no data; pass a folder, table or blob.")
+            _SYSTEMS.append(res.sys)
             return res.sys, res.fs_path, res
     system, path = from_url(target, cluster=_saved_cluster(target))
+    _SYSTEMS.append(system)
     return system, system.fs_path(path), None
 
 
@@ -299,10 +321,11 @@ def rm(
 
 @app.command()
 def info(
-    name: str = typer.Argument(..., metavar="NAME", help="A saved resource name."),
+    name: str = typer.Argument(..., metavar=TARGET, help="A saved resource name, or a URL."),
     size: bool = typer.Option(False, "--size", "-s", help="Also list the data to count its files and bytes."),
 ) -> None:
-    """What the registry knows about a resource, as JSON: type, system, path, URL, size, schema.
+    """What the registry knows about a resource, as JSON: type, system, path, URL, size, schema. For a URL:
+    what the store says of that path (file or folder, size).
 
     Example: rh-prefect info my-folder --size
     """
@@ -310,7 +333,18 @@ def info(
         from rh_prefect import transfer
         from rh_prefect.runtime import registry
 
+        if "://" in name:
+            system, path, _ = _resolve(name)
+            found = system.fs.info(path)
+            data = {"url": system.url(system.user_path(path)), "type": found.get("type"), "size": found.get("size")}
+            if size and found.get("type") == "directory":
+                files = transfer.list_files(system, path)
+                data.update(files=len(files), bytes=sum(int(i.get("size") or 0) for i in files.values()))
+            typer.echo(json.dumps(data, indent=2, default=str))
+            return
         res = registry.load(name)
+        if hasattr(res, "sys"):
+            _SYSTEMS.append(res.sys)
         data: dict[str, Any] = {"name": res.full_name, "type": type(res).__name__}
         fields = set(type(res).model_fields) - {"cluster", "credentials"}
         data.update(res.model_dump(mode="json", include=fields))  # SecretStr fields come out masked

@@ -37,9 +37,9 @@ from rh_prefect.systems.base import System, within_deadline
 logger = logging.getLogger("rh_prefect.transfer")
 
 # Streams move settings.chunk_size bytes per read and write (8 MiB).
-# What every copy in this process has moved so far; read it with moved_here(). (COUNTERS is the same dict under
-# its former public name, kept while tests of other branches still read it; it goes once they use moved_here().)
-_COUNTERS = COUNTERS = {"bytes_copied": 0, "files_copied": 0}
+
+# What every copy in this process has moved so far; read it with moved_here().
+_COUNTERS = {"bytes_copied": 0, "files_copied": 0}
 _COUNTERS_LOCK = threading.Lock()
 
 

@@ -14,34 +14,18 @@ import uuid
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
+from helpers import write_tree
 from infra import free_port, http_status
-from rh_prefect.cli import app
 
 RH_PREFECT = str(Path(sys.executable).parent / "rh-prefect")
 COMMANDS = [["ls"], ["cp"], ["cat"], ["rm"], ["info"], ["list"], ["register"], ["server", "up"],
             ["server", "down"], ["server", "status"], ["worker", "start"], ["server"], ["worker"], []]
 
 
-@pytest.fixture
-def cli(monkeypatch):
-    """``cli(*args, input=None)`` -> Result (exit_code, stdout, stderr, stdout_bytes)."""
-    # The CLI would set this default in os.environ itself; keep it from leaking into other tests.
-    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
-    runner = CliRunner()
-
-    def run(*args: str, input: str | None = None):
-        return runner.invoke(app, list(args), input=input, env={"COLUMNS": "200"}, catch_exceptions=False)
-
-    return run
-
-
 def make_tree(root: Path) -> dict[str, bytes]:
     files = {"a.txt": b"alpha\n", "sub/b.bin": os.urandom(3000), "sub/deeper/c.txt": b"gamma"}
-    for key, data in files.items():
-        (root / key).parent.mkdir(parents=True, exist_ok=True)
-        (root / key).write_bytes(data)
+    write_tree(root, files)
     return files
 
 

@@ -30,12 +30,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 import rh_prefect as rh
+
+from helpers import wait_for
 from rh_prefect import settings
 
 WRITES = 50
@@ -145,14 +146,6 @@ def spawn(role: str, work: Path, blob_name: str, table_name: str, place: dict, *
     with open(work / f"{role}.log", "wb") as log:
         return subprocess.Popen([sys.executable, "-c", CHILD, role, str(work), blob_name, table_name,
                                  json.dumps(place), *extra], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def run_concurrent_writers(place: dict, tmp_path: Path, unique_name) -> None:

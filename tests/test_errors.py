@@ -17,6 +17,7 @@ from prefect.client.orchestration import get_client
 
 import rh_prefect as rh
 from rh_prefect import names, settings
+from helpers import chain_text, log_text
 from infra import free_port
 
 RH_PREFECT = str(Path(sys.executable).parent / "rh-prefect")
@@ -87,25 +88,6 @@ def test_missing_credentials_messages(tmp_path, ssh_server):
     assert SECRET not in str(info.value) and SECRET not in repr(info.value.__cause__)
 
 
-def _all_log_text(caplog) -> str:
-    parts = []
-    for record in caplog.records:
-        parts.append(record.getMessage())
-        if record.exc_info:
-            parts.append(logging.Formatter().formatException(record.exc_info))
-    return "\n".join(parts)
-
-
-def _chain_text(exc: BaseException) -> str:
-    parts = []
-    seen = 0
-    while exc is not None and seen < 10:
-        parts += [str(exc), repr(exc)]
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return "\n".join(parts)
-
-
 def test_no_secret_in_reprs_errors_logs_or_registry(s3_server, s3_bucket, tmp_path, caplog, unique_name,
                                                     monkeypatch):
     caplog.set_level(logging.DEBUG)
@@ -136,19 +118,19 @@ def test_no_secret_in_reprs_errors_logs_or_registry(s3_server, s3_bucket, tmp_pa
     ):
         with pytest.raises(rh.RhError) as info:
             call()
-        texts.append(_chain_text(info.value))
+        texts.append(chain_text(info.value))
 
     # A GitHub token must not leak through git's error output either.
     gh = rh.GitHubCredentials(token=SECRET, base_url=f"git://127.0.0.1:{free_port()}")
     with pytest.raises(rh.SystemUnavailable) as info:
         rh.folder(path="org/repo@main", system="github", credentials=gh).ls()
-    texts += [_chain_text(info.value), repr(gh)]
+    texts += [chain_text(info.value), repr(gh)]
 
     with get_client(sync_client=True) as client:
         doc = client.read_block_document_by_name(names.encode(f"@/{name}"), "rh-folder", include_secrets=False)
     texts.append(json.dumps(doc.data, default=str))
 
-    texts.append(_all_log_text(caplog))
+    texts.append(log_text(caplog))
     blob = "\n".join(texts)
     assert SECRET not in blob
     assert KEY_ID in blob  # the access key id is not secret: the check above really saw these texts
@@ -163,14 +145,14 @@ def test_no_ssh_key_in_errors_or_logs(ssh_server, caplog, tmp_path):
                    known_hosts=str(ssh_server.known_hosts_path))
     with pytest.raises(rh.SystemUnavailable) as info:
         c.up_if_not()
-    texts.append(_chain_text(info.value))
+    texts.append(chain_text(info.value))
     broken_key = key_text.replace("KEY-----\n", "KEY-----\nxx", 1)  # still looks like a key, does not parse
     broken = rh.cluster(host=ssh_server.host, port=ssh_server.port, ssh_key=broken_key,
                         known_hosts=str(ssh_server.known_hosts_path))
     with pytest.raises(rh.CredentialsError) as info:
         rh.folder(path="x", system=broken).ls()
-    texts.append(_chain_text(info.value))
-    texts += [repr(c), str(c), json.dumps(c.model_dump(mode="json")), _all_log_text(caplog)]
+    texts.append(chain_text(info.value))
+    texts += [repr(c), str(c), json.dumps(c.model_dump(mode="json")), log_text(caplog)]
     blob = "\n".join(texts)
     assert secret_line not in blob and "PRIVATE KEY" not in blob
 

@@ -46,6 +46,7 @@ from rh_prefect.errors import TransferError
 from rh_prefect.systems import S3Credentials, get_system
 
 from faultproxy import FaultProxy
+from helpers import write_tree
 from infra import FakeGCSServer, descendants
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,8 +75,8 @@ def make_tree(root: Path, small: int, big: int, big_size: int) -> dict[str, str]
 
 
 def _write(path: Path, data: bytes) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    """Write one file (files are written one at a time: the whole tree is never held in memory) -> its sha256."""
+    write_tree(path.parent, {path.name: data})
     return hashlib.sha256(data).hexdigest()
 
 
@@ -251,7 +252,7 @@ def test_s3_network_cut_mid_copy(s3_server, s3_env, s3_bucket, monkeypatch, tmp_
             fault["dropped"] = proxy.cut(seconds=3)
             time.sleep(3)
 
-        before = dict(transfer.COUNTERS)
+        before = transfer.moved_here()
         with Watcher(listing, digest, expected, trigger_at=20, fault=cut, settle=SETTLE) as watcher:
             dst = rh.folder(path=str(tmp_path / "src")).to(system="s3", path=f"/{s3_bucket}/dst")
             listed = dst.ls(recursive=True, full_paths=False)  # the user's view, through the proxy
@@ -269,7 +270,7 @@ def test_s3_network_cut_mid_copy(s3_server, s3_env, s3_bucket, monkeypatch, tmp_
     committed = sorted(watcher.committed_before_fault)
     assert len(committed) >= 20
     assert {k: puts[k] for k in committed} == {k: 1 for k in committed}
-    assert transfer.COUNTERS["files_copied"] - before["files_copied"] <= len(expected)
+    assert (transfer.moved_here() - before).files_copied <= len(expected)
     print(f"\ns3 cut: {len(committed)} files committed before the fault, {fault['dropped']} connections dropped, "
           f"{proxy.refused} refused; {sum(puts.values())} uploads for {len(expected)} files; last attempt: "
           f"{dst.last_copy.summary()}")
@@ -297,7 +298,7 @@ def test_s3_path_going_silent_mid_copy(s3_server, s3_env, s3_bucket, monkeypatch
             with Watcher(listing, digest, expected, trigger_at=20,
                          fault=lambda: stalled.append(proxy.stall(3600, existing_only=True))) as watcher:
                 dst = rh.folder(path=str(tmp_path / "src")).to(system="s3", path=f"/{s3_bucket}/silent")
-            still_held = bool(proxy._stalled) and gave_up.is_alive()
+            still_held = proxy.holds_stalled_connections() and gave_up.is_alive()
         finally:
             gave_up.cancel()
     watcher.assert_clean()
@@ -438,7 +439,7 @@ def test_gcs_path_going_silent_mid_streamed_upload(gcs_fs_server, monkeypatch, t
             started = time.monotonic()
             dst = rh.folder(path=str(tmp_path / "src")).to(system="gs", path=f"/{bucket}/silent")
             elapsed = time.monotonic() - started
-            still_held = bool(proxy._stalled) and gave_up.is_alive()
+            still_held = proxy.holds_stalled_connections() and gave_up.is_alive()
         finally:
             done.set()
             gave_up.cancel()
@@ -537,7 +538,7 @@ def test_ssh_path_going_silent_mid_copy(ssh_server, tmp_path, tuned):
             with Watcher(listing, digest, expected, trigger_at=2,
                          fault=lambda: stalled.append(proxy.stall(3600, existing_only=True))) as watcher:
                 dst = rh.folder(path=str(tmp_path / "src")).to(system=cluster, path=f"{rel}/dst")
-            still_held = bool(proxy._stalled) and gave_up.is_alive()
+            still_held = proxy.holds_stalled_connections() and gave_up.is_alive()
         finally:
             gave_up.cancel()
         try:

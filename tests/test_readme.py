@@ -25,7 +25,6 @@ import contextlib
 import io
 import re
 import tokenize
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 

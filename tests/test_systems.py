@@ -17,6 +17,7 @@ from prefect.client.orchestration import get_client
 import rh_prefect as rh
 from rh_prefect import names
 from rh_prefect.systems import get_system
+from helpers import folder_contents
 from infra import free_port
 
 PAYLOAD = os.urandom(200_000)
@@ -230,10 +231,6 @@ def gh_cache(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache" / "github"
 
 
-def read_folder(f: rh.Folder) -> dict[str, bytes]:
-    return {key: f.get(key) for key in f.ls(full_paths=False, recursive=True)}
-
-
 @pytest.mark.parametrize("ref", ["main", "v1", "sha-v1", "sha-main", "default"])
 def test_github_refs(git_server, gh_cache, ref):
     """A branch, an annotated tag, commit hashes, and no ref at all (the default branch, main)."""
@@ -242,7 +239,7 @@ def test_github_refs(git_server, gh_cache, ref):
     creds = rh.GitHubCredentials(base_url=git_server.base_url)
     path = "org/repo" if ref == "default" else f"org/repo@{real_ref}"
     f = rh.folder(path=path, system="github", credentials=creds)
-    assert read_folder(f) == git_server.expected_files(named)
+    assert folder_contents(f) == git_server.expected_files(named)
     assert [p.name for p in gh_cache.iterdir()] == [git_server.commits[named]]  # cached by commit, nothing else
 
 
@@ -271,7 +268,7 @@ def test_github_second_read_is_served_from_cache(git_server, gh_cache):
     # A new system pointing at a host that does not answer: a commit needs no network once cached.
     dead = rh.GitHubCredentials(base_url=f"git://127.0.0.1:{free_port()}")
     second = rh.folder(path=f"org/repo@{sha}", system="github", credentials=dead)
-    assert read_folder(second) == git_server.expected_files("v1")
+    assert folder_contents(second) == git_server.expected_files("v1")
     assert [p.name for p in gh_cache.iterdir()] == [sha]
     assert checkout.stat().st_ino == stat_before.st_ino and checkout.stat().st_mtime == stat_before.st_mtime
 
@@ -300,7 +297,7 @@ def test_github_is_read_only(git_server, gh_cache, tmp_path):
         assert "is read-only" in str(info.value), what
         assert "folder.to(system='file')" in str(info.value), what
     assert not f.is_writable()
-    assert read_folder(f) == git_server.expected_files("main")  # nothing changed
+    assert folder_contents(f) == git_server.expected_files("main")  # nothing changed
 
 
 def test_github_folder_copies_to_local(git_server, gh_cache, tmp_path):

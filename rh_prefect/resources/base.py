@@ -44,6 +44,8 @@ class StoredResource(Resource, ABC):
         description="Credentials for s3, gs or github; empty to use the environment's default credentials.",
     )
     _sys: Optional[System] = PrivateAttr(default=None)
+    _last_report: Any = PrivateAttr(default=None)
+    _flow_run: Any = PrivateAttr(default=None)
 
     @field_validator("system", mode="before")
     @classmethod
@@ -54,8 +56,6 @@ class StoredResource(Resource, ABC):
             except UnknownSystem as exc:
                 raise ValueError(str(exc)) from None
         return value
-    _last_report: Any = PrivateAttr(default=None)
-    _flow_run: Any = PrivateAttr(default=None)
 
     @property
     def last_copy(self) -> Any:
