@@ -54,8 +54,14 @@ def remote_base(ssh_server):
 
 @pytest.fixture
 def on_worker_of(monkeypatch):
-    """Make this process look like it runs on ``cluster``'s Prefect worker (the variable start_worker() sets)."""
-    return lambda cluster: monkeypatch.setenv(COLOCATED_ENV, colocated_identity(cluster.system()))
+    """Make this process look like it runs on ``cluster``'s Prefect worker (the variables start_worker() sets)."""
+    from rh_prefect.runtime.worker import COLOCATED_NAME_ENV
+
+    def on(cluster):
+        monkeypatch.setenv(COLOCATED_ENV, colocated_identity(cluster.system()))
+        monkeypatch.setenv(COLOCATED_NAME_ENV, cluster.name)
+
+    return on
 
 
 def unreachable_twin(cluster, tmp_path):

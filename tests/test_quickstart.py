@@ -16,11 +16,14 @@ def test_quickstart_walks_the_seed_example(tmp_path, prefect_server):
     import rh_prefect as rh
 
     mine = rh.folder(name="my-folder", path=str(tmp_path / "mine")).save(overwrite=True)  # a user's own name
-    for run in range(2):  # running it again works, and replaces only its own names
-        proc = subprocess.run([sys.executable, str(QUICKSTART), str(tmp_path / "qs")], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    assert rh.folder(name="my-folder").path == mine.path
+    try:
+        for run in range(2):  # running it again works, and replaces only its own names
+            proc = subprocess.run([sys.executable, str(QUICKSTART), str(tmp_path / "qs")], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        assert rh.folder(name="my-folder").path == mine.path
+    finally:
+        rh.delete("my-folder")  # the README and seed tests save this name as written
     out = proc.stdout
     names = "['sample_file_0.txt', 'sample_file_1.txt', 'sample_file_2.txt']"
     assert f"1. saved folder '/rh-quickstart/my-folder' at {tmp_path / 'qs' / 'folder_tmp'}: {names}" in out

@@ -164,7 +164,8 @@ def _load_saved(name: str) -> Cluster:
 
 def current() -> Optional[Cluster]:
     """The saved Cluster this process runs on - it is that cluster's Prefect worker (or a flow run it started) -
-    or None. The first saved Cluster by name whose host, port and user are the worker's.
+    or None: the Cluster named in the worker's environment (``start_worker()`` puts it there), else the first saved
+    Cluster by name whose host, port and user are the worker's.
 
     Example:
         >>> from rh_prefect.resources.cluster import current
@@ -172,6 +173,11 @@ def current() -> Optional[Cluster]:
     """
     if not os.environ.get(worker.COLOCATED_ENV):
         return None  # not a worker: no registry requests
+    named = os.environ.get(worker.COLOCATED_NAME_ENV)
+    if named and registry.exists(named):
+        found = registry.load(named)
+        if isinstance(found, Cluster) and worker.runs_on(found.system()):
+            return found
     for full, kind in registry.list_names():
         if kind == Cluster.__name__:
             found = registry.load(names.display(full))  # as the user names it: "rh-cpu", not "@/rh-cpu"

@@ -96,6 +96,8 @@ def start_hint(queue: str, pool: str = DEFAULT_POOL, cluster_name: Optional[str]
 #: Set in the environment of a worker started by :func:`start`: the identity of the cluster it runs on, so copies
 #: it runs read that cluster's files from its own disk instead of over SSH to itself.
 COLOCATED_ENV = "RH_PREFECT_WORKER_CLUSTER"
+#: ... and the name that cluster is saved under, when it is (several saved Clusters may share one host and user)
+COLOCATED_NAME_ENV = "RH_PREFECT_WORKER_CLUSTER_NAME"
 
 
 def colocated_identity(system: SSHSystem) -> str:
@@ -378,7 +380,8 @@ def start(cluster: Cluster, *, api_url: Optional[str] = None, env: Optional[dict
     """
     queue = _queue_of(cluster)
     # Tells the transfer flows they run on this cluster, so they read its files from disk, not over SSH.
-    env = {COLOCATED_ENV: colocated_identity(SSHSystem(cluster=cluster)), **(env or {})}
+    env = {COLOCATED_ENV: colocated_identity(SSHSystem(cluster=cluster)),
+           **({COLOCATED_NAME_ENV: cluster.name} if getattr(cluster, "name", None) else {}), **(env or {})}
     host: _Host = _LocalHost() if here else _SSHHost(cluster)
     prefect_bin = cluster.prefect_bin
     if here and prefect_bin == "prefect":

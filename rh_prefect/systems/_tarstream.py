@@ -76,6 +76,9 @@ def upload(fs: Any, local_root: str, keys: list[str], dst_root: str) -> None:
             # The command ended early (a dropped connection, a failed unpack) and its reader may hold the pipe
             # open without reading: the producer would block on a full pipe. Stop it and read the pipe dry.
             stop.set()
+            # asyncssh made its duplicate non-blocking, and a duplicate shares that flag with ours: read blocking,
+            # or an empty pipe whose writer has not closed yet raises EAGAIN (BlockingIOError) here.
+            os.set_blocking(read_fd, True)
             while os.read(read_fd, _BUF):
                 pass
         os.close(read_fd)
