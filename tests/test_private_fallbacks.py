@@ -145,3 +145,16 @@ def test_changed_signature_is_noticed_and_the_public_way_taken(places, local_tre
     assert stored_sha256s(down) == sha256s(TREE)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "_call_list_objects" in r.getMessage()]
     assert len(warnings) == 1  # once, not per listing
+
+
+@pytest.mark.servers
+def test_prefect_save_same_document_either_way(tmp_path, unique_name, way):
+    """Block saves through Prefect's private _save_sync or its public asave: the same document comes back, and a
+    second save of the same name updates it instead of failing."""
+    name = unique_name("priv")
+    rh.folder(name=name, path=tmp_path / "data").save().put({"a.txt": b"hello"})
+    again = rh.folder(name=name)
+    assert again.path == str(tmp_path / "data") and again.get("a.txt") == b"hello"
+    again.path = str(tmp_path / "moved")
+    again.save(overwrite=True)
+    assert rh.load(name).path == str(tmp_path / "moved")

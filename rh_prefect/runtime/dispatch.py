@@ -32,7 +32,7 @@ from uuid import UUID
 
 from rh_prefect import errors, settings
 from rh_prefect.errors import SystemUnavailable, TransferError
-from rh_prefect.runtime import worker
+from rh_prefect.runtime import _prefect_private, worker
 
 logger = logging.getLogger("rh_prefect.runtime.dispatch")
 
@@ -104,7 +104,7 @@ def _ref(block: Any, created: list[tuple[UUID, set[str]]]) -> Optional[dict[str,
     snapshot._block_document_name = None
     existing = {str(v._block_document_id) for v in vars(snapshot).values()
                 if getattr(v, "_block_document_id", None) is not None}
-    doc_id = snapshot._save_sync(is_anonymous=True)
+    doc_id = _prefect_private.save_block(snapshot, anonymous=True)
     created.append((doc_id, existing))
     return {"$ref": {"block_document_id": str(doc_id)}}
 
