@@ -158,3 +158,20 @@ def test_prefect_save_same_document_either_way(tmp_path, unique_name, way):
     again.path = str(tmp_path / "moved")
     again.save(overwrite=True)
     assert rh.load(name).path == str(tmp_path / "moved")
+
+
+@pytest.mark.servers
+def test_prefect_run_snapshot_either_way(tmp_path, way):
+    """The snapshot a run on a worker reads its blocks from: saved anonymously (private) or under a unique name
+    (public); either way a document with the block's fields, which the dispatcher deletes by its id."""
+    from helpers import prefect_client
+
+    from rh_prefect.runtime import _prefect_private
+
+    folder = rh.folder(path=tmp_path / "snap")
+    doc_id = _prefect_private.save_block(folder.model_copy(deep=True), anonymous=True)
+    with prefect_client() as client:
+        doc = client.read_block_document(doc_id)
+        assert doc.data["path"] == str(tmp_path / "snap")
+        assert doc.is_anonymous == (way == "private")
+        client.delete_block_document(doc_id)
