@@ -173,6 +173,9 @@ def register_deployments(entrypoints: dict[str, str], deployment: str, pool: str
                 # A {"$ref": ...} parameter also matches the block's own (open) schema, so the server's strict
                 # oneOf check would reject it; the flow validates its parameters itself.
                 enforce_parameter_schema=False,
+                # A pull step that does nothing: without any, Prefect 3.8 treats a "module:function" entrypoint as
+                # code to download from the deployment's storage path (None) and the run crashes before it starts.
+                pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": "."}}],
                 description=flow.description,
                 tags=["rh-prefect"],
             )
