@@ -22,8 +22,9 @@ TREE = {
     "empty.txt": b"",
     "a/b/small.txt": b"small",
     "a/b/c/deep.bin": os.urandom(10_000),
-    # over GCS_STREAMED_UPLOAD_MIN (8 MiB): local -> gs takes the streamed upload on the private path
-    "a/large.bin": os.urandom(9 * 2**20 + 7),
+    # over GCS_STREAMED_UPLOAD_MIN (8 MiB): local -> gs takes the streamed upload on the private path; and over
+    # twice the S3 upload part (2 x 8 MiB): gs -> s3 takes the concurrent multipart upload (S3 calls of our own)
+    "a/large.bin": os.urandom(17 * 2**20 + 7),
     **{f"many/f{i:03d}.txt": f"file {i}\n".encode() for i in range(30)},
 }
 
@@ -87,11 +88,17 @@ def test_s3_copies_and_listing_same_bytes(places, local_tree, way, tmp_path, cap
     assert stored_sha256s(across) == sha256s(TREE)
     assert up.to(system, f"{base}/across").last_copy.files_copied == 0  # the listing finds them all again
 
+    gs_system, gs_base = places["gs"]
+    to_gs = up.to(gs_system, f"{gs_base}/from-s3")  # s3 -> gs: one streamed GET per object (S3 calls of our own)
+    assert stored_sha256s(to_gs) == sha256s(TREE)
+    back = to_gs.to(system, f"{base}/from-gs")  # gs -> s3: the large one as a concurrent multipart upload
+    assert stored_sha256s(back) == sha256s(TREE)
+
     taken = _private_paths_taken(caplog)
     if way == "public":
         assert not taken
     else:
-        assert any("_copy_basic" in t for t in taken), taken
+        assert any("_copy_basic" in t for t in taken) and any("_call_s3" in t for t in taken), taken
 
 
 def test_gcs_copies_and_listing_same_bytes(places, local_tree, way, tmp_path, caplog):
