@@ -13,11 +13,11 @@ import threading
 
 def settle(timeout: float = 2.0) -> None:
     """Wait, at most ``timeout`` seconds per queue (a vanished server must not hang us), for pending events."""
-    from prefect.events.worker import EventsWorker
+    from rh_prefect.runtime import _prefect_private
 
-    # _instances is shared by every Prefect queue service; the batched APILogWorker never marks its items done,
-    # so waiting for its queue to join would always take the full timeout.
-    for worker in [w for w in list(EventsWorker._instances.values()) if isinstance(w, EventsWorker)]:
+    # Prefect's private list of queue services, EventsWorkers only: the batched APILogWorker never marks its items
+    # done, so waiting for its queue to join would always take the full timeout.
+    for worker in _prefect_private.events_workers():
         waiter = threading.Thread(target=worker.wait_until_empty, daemon=True)
         waiter.start()
         waiter.join(timeout)

@@ -32,7 +32,7 @@ from uuid import UUID
 
 from rh_prefect import errors, settings
 from rh_prefect.errors import SystemUnavailable, TransferError
-from rh_prefect.runtime import worker
+from rh_prefect.runtime import _prefect_private, worker
 
 logger = logging.getLogger("rh_prefect.runtime.dispatch")
 
@@ -104,7 +104,7 @@ def _ref(block: Any, created: list[tuple[UUID, set[str]]]) -> Optional[dict[str,
     snapshot._block_document_name = None
     existing = {str(v._block_document_id) for v in vars(snapshot).values()
                 if getattr(v, "_block_document_id", None) is not None}
-    doc_id = snapshot._save_sync(is_anonymous=True)
+    doc_id = _prefect_private.save_block(snapshot, anonymous=True)
     created.append((doc_id, existing))
     return {"$ref": {"block_document_id": str(doc_id)}}
 
@@ -173,6 +173,9 @@ def register_deployments(entrypoints: dict[str, str], deployment: str, pool: str
                 # A {"$ref": ...} parameter also matches the block's own (open) schema, so the server's strict
                 # oneOf check would reject it; the flow validates its parameters itself.
                 enforce_parameter_schema=False,
+                # A pull step that does nothing: without any, Prefect 3.8 treats a "module:function" entrypoint as
+                # code to download from the deployment's storage path (None) and the run crashes before it starts.
+                pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": "."}}],
                 description=flow.description,
                 tags=["rh-prefect"],
             )

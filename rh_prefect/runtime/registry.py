@@ -19,7 +19,7 @@ from prefect.settings import PREFECT_API_URL
 from pydantic import PrivateAttr
 
 from rh_prefect import names
-from rh_prefect.runtime import _prefect_exit
+from rh_prefect.runtime import _prefect_exit, _prefect_private
 from rh_prefect.errors import AlreadyExists, NotFound
 
 R = TypeVar("R", bound="Resource")
@@ -120,7 +120,7 @@ class Resource(Block, ABC):
         if other is None:
             # A fresh name must create a new document, not update the one this object was loaded from.
             self._block_document_id = None
-        self._save_sync(name=rname.block_name, overwrite=True)
+        _prefect_private.save_block(self, name=rname.block_name, overwrite=True)
         _prefect_exit.settle()
         return self
 

@@ -19,6 +19,16 @@ from urllib.parse import urlsplit
 
 from aiobotocore.httpsession import AIOHTTPSession
 
+from rh_prefect.systems._private import Private
+
+#: aiobotocore's private hook that builds a client's TLS context (2.x builds it elsewhere, without a hook): where
+#: it is missing or changed, every client builds its own context, as aiobotocore does
+SSL_CONTEXTS = Private(
+    "aiobotocore", "AIOHTTPSession._build_ssl_contexts", params=("proxy_url",),
+    fallback="a TLS context per client (aiobotocore's own way, ~0.07 s of CPU each)",
+    why="one TLS context per process instead of one per S3 client",
+)
+
 _S3_CHECK = ("Check the endpoint (endpoint_url of the S3Credentials block, or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL) "
              "and that the server is up.")
 
@@ -64,7 +74,9 @@ class SharedTLSHTTPSession(AIOHTTPSession):
         return response
 
     def _build_ssl_contexts(self, proxy_url: Any) -> Any:
-        if self._cert_file or proxy_url:
+        # also aiobotocore's private state: a client certificate, and the verify setting
+        if (not SSL_CONTEXTS.usable(AIOHTTPSession) or not hasattr(self, "_verify")
+                or getattr(self, "_cert_file", None) or proxy_url):
             return super()._build_ssl_contexts(proxy_url)
         key = self._verify if isinstance(self._verify, (str, bool)) else repr(self._verify)
         with _LOCK:  # runs in a worker thread: clients connecting at the same time build it once
@@ -80,6 +92,7 @@ class PlainHTTPSession(SharedTLSHTTPSession):
     default context verifies it (the system's CAs)."""
 
     def _build_ssl_contexts(self, proxy_url: Any) -> Any:
-        if self._cert_file or proxy_url or self._verify is False:
+        if (not SSL_CONTEXTS.usable(AIOHTTPSession) or getattr(self, "_cert_file", None) or proxy_url
+                or getattr(self, "_verify", False) is False):
             return super()._build_ssl_contexts(proxy_url)
         return True, None

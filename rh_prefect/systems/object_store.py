@@ -332,7 +332,11 @@ class S3System(ObjectStoreSystem):
     def _make_fs(self) -> AbstractFileSystem:
         import s3fs
 
-        from rh_prefect.systems._s3tls import PlainHTTPSession, SharedTLSHTTPSession
+        from aiobotocore.httpsession import AIOHTTPSession
+
+        from rh_prefect.systems._s3tls import SSL_CONTEXTS, PlainHTTPSession, SharedTLSHTTPSession
+
+        SSL_CONTEXTS.usable(AIOHTTPSession)  # checked (and the way taken logged) once
 
         opts = self.storage_options()
         if self.credentials is None:  # the environment chain: botocore's debug logs must not show these either
@@ -369,13 +373,12 @@ class S3System(ObjectStoreSystem):
         sync(self.fs.loop, self.server_side_copy_async, src_fs_path, dst_fs_path, size)
 
     async def server_side_copy_async(self, src_fs_path: str, dst_fs_path: str, size: Optional[int] = None) -> None:
-        fs = self.fs
+        from rh_prefect.systems import _s3_private
+
         if size is None:
-            await fs._cp_file(src_fs_path, dst_fs_path)
-        elif size <= 5 * 2**30:
-            await fs._copy_basic(src_fs_path, dst_fs_path)
+            await self.fs._cp_file(src_fs_path, dst_fs_path)
         else:
-            await fs._copy_managed(src_fs_path, dst_fs_path, size, block=2**30)
+            await _s3_private.copy_object(self.fs, src_fs_path, dst_fs_path, size)
 
     # Uploads: upload_part parts (8 MiB), upload_parts_in_flight (4) at once: ~32 MiB per file in transit instead
     # of s3fs's default 10 x 50 MiB.
@@ -392,7 +395,9 @@ class S3System(ObjectStoreSystem):
     async def cat_file_async(self, fs_path: str, size: Optional[int] = None) -> bytes:
         # One GET. s3fs's _cat_file first asks for the size to choose ranged GETs, which is a HEAD per file
         # unless its directory cache happens to hold the listing; only small files come this way.
-        return await self.fs._cat_file(fs_path, max_concurrency=1)
+        from rh_prefect.systems import _s3_private
+
+        return await _s3_private.cat_file(self.fs, fs_path)
 
     def _object_pages(self, bucket: str, prefix: str) -> Optional[AsyncIterator[dict[str, dict[str, Any]]]]:
         fs = self.fs
@@ -400,15 +405,14 @@ class S3System(ObjectStoreSystem):
             return None
 
         async def pages() -> AsyncIterator[dict[str, dict[str, Any]]]:
-            # s3fs's own pager: each page goes through its retrying request path.
-            async for out in fs._list_pages("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=LIST_PAGE,
-                                            **fs.req_kw):
+            from rh_prefect.systems import _s3_private
+
+            async for contents in _s3_private.list_pages(fs, bucket, prefix, LIST_PAGE):
                 page = {}
-                for item in out.get("Contents", ()):
+                for item in contents:
                     if not item["Key"].endswith("/"):
-                        item["type"] = "file"
-                        fs._fill_info(item, bucket)
-                        page[item["name"]] = item
+                        info = _s3_private.file_info(item, bucket)
+                        page[info["name"]] = info
                 yield page
 
         return pages()
@@ -520,19 +524,10 @@ class GCSSystem(ObjectStoreSystem):
         fs = self.fs
 
         async def pages() -> AsyncIterator[dict[str, dict[str, Any]]]:
-            token = None
-            while True:  # each page through gcsfs's retrying request path
-                out = await fs._call_list_objects(bucket, prefix=prefix or None, maxResults=LIST_PAGE,
-                                                  pageToken=token)
-                page = {}
-                for item in out.get("items", ()):
-                    if not item["name"].endswith("/"):
-                        info = fs._process_object(bucket, item)
-                        page[info["name"]] = info
-                yield page
-                token = out.get("nextPageToken")
-                if not token:
-                    return
+            from rh_prefect.systems import _gcs_private
+
+            async for infos in _gcs_private.list_pages(fs, bucket, prefix, LIST_PAGE):
+                yield {info["name"]: info for info in infos if not info["name"].endswith("/")}
 
         return pages()
 
@@ -548,10 +543,17 @@ class GCSSystem(ObjectStoreSystem):
     # every call, directory checks and makedirs per file, 128 KiB reads); with thousands of small files that
     # is what bounds a copy, not the network.
     async def get_file_async(self, fs_path: str, local_path: str, size: Optional[int] = None) -> int:
+        from rh_prefect.systems import _gcs_private
+
         fs = self.fs
-        if size is None or size > GCS_DIRECT_GET_MAX or fs.consistency not in (None, "none"):
+        if (size is None or size > GCS_DIRECT_GET_MAX or fs.consistency not in (None, "none")
+                or not _gcs_private.direct_http(fs)):
             return await super().get_file_async(fs_path, local_path, size)
-        data = await _gcs_media_get(fs, fs_path)
+        try:
+            data = await _gcs_media_get(fs, fs_path)
+        except (TypeError, AttributeError) as exc:  # gcsfs changed under us: its public path from now on
+            _gcs_private.direct_http_broke(fs, exc)
+            return await super().get_file_async(fs_path, local_path, size)
         with open(local_path, "wb") as f:
             f.write(data)
         return len(data)
@@ -564,12 +566,26 @@ class GCSSystem(ObjectStoreSystem):
     def _streams(self, size: Optional[int]) -> bool:
         import gcsfs
 
+        from rh_prefect.systems import _gcs_private
+
         return (size is not None and size > GCS_STREAMED_UPLOAD_MIN and self.fs.consistency in (None, "none")
-                and type(self.fs) is gcsfs.GCSFileSystem)  # not a subclass such as gcsfs's zonal-bucket (gRPC) one
+                and type(self.fs) is gcsfs.GCSFileSystem  # not a subclass such as gcsfs's zonal-bucket (gRPC) one
+                and _gcs_private.direct_http(self.fs))
+
+    def _streamed_upload(self, fs_path: str, size: int) -> Optional[_GCSStreamedUpload]:
+        """A streamed upload, or None when gcsfs's private parts it needs turned out to have changed."""
+        from rh_prefect.systems import _gcs_private
+
+        try:
+            return _GCSStreamedUpload(self.fs, fs_path, size)
+        except (TypeError, AttributeError) as exc:
+            _gcs_private.direct_http_broke(self.fs, exc)
+            return None
 
     def open_upload(self, fs_path: str, block_size: int, size: Optional[int] = None) -> Any:
-        if self._streams(size):
-            return _GCSStreamedUpload(self.fs, fs_path, size)
+        upload = self._streamed_upload(fs_path, size) if self._streams(size) else None
+        if upload is not None:
+            return upload
         if size is not None and size > GCS_UPLOAD_CHUNK:
             block_size = max(block_size, GCS_UPLOAD_CHUNK)
         return super().open_upload(fs_path, block_size, size)
@@ -580,7 +596,9 @@ class GCSSystem(ObjectStoreSystem):
         with open(local_path, "rb") as f:
             # what the file holds now, as fsspec's put_file would send (it may have changed since it was listed);
             # a change while it is read fails the upload instead of storing a mix of old and new bytes
-            upload = _GCSStreamedUpload(self.fs, fs_path, os.fstat(f.fileno()).st_size)
+            upload = self._streamed_upload(fs_path, os.fstat(f.fileno()).st_size)
+            if upload is None:
+                return super().put_file(local_path, fs_path, size)
             try:
                 while chunk := f.read(GCS_STREAM_PIECE):
                     upload.write(chunk)
@@ -614,14 +632,16 @@ async def _gcs_media_get(fs: Any, fs_path: str) -> bytes:
 
     from gcsfs.retry import is_retriable, validate_response
 
-    await fs._set_session()
+    from rh_prefect.systems import _gcs_private
+
+    session = await _gcs_private.session(fs)
     url = fs.url(fs_path)
-    params = fs._get_params({}) or None
+    params = _gcs_private.params(fs)
     for attempt in range(fs.retries):
         if attempt:
             await asyncio.sleep(min(random.random() + 2 ** (attempt - 1), 32))
         try:
-            async with fs.session.get(url, params=params, headers=fs._get_headers(None),
+            async with session.get(url, params=params, headers=_gcs_private.headers(fs, None),
                                       timeout=fs.requests_timeout) as r:
                 data = await r.read()
                 if r.status >= 400:
@@ -697,9 +717,9 @@ class _GCSStreamedUpload(_UploadFile):
         self._sync(fs.loop, self._start)
 
     async def _start(self) -> None:
-        from gcsfs.core import initiate_upload
+        from rh_prefect.systems import _gcs_private
 
-        self._location = await initiate_upload(self.fs, self.bucket, self.key, self.content_type)
+        self._location = await _gcs_private.initiate_upload(self.fs, self.bucket, self.key, self.content_type)
         self._queue = asyncio.Queue(maxsize=GCS_STREAM_QUEUE)
         self._request = asyncio.ensure_future(self._watched())
 
@@ -720,13 +740,16 @@ class _GCSStreamedUpload(_UploadFile):
         import aiohttp
         from gcsfs.retry import validate_response
 
-        await self.fs._set_session()
-        headers = self.fs._get_headers({"Content-Type": self.content_type, "Content-Length": str(self.size),
-                                        "Content-Range": f"bytes 0-{self.size - 1}/{self.size}"})
+        from rh_prefect.systems import _gcs_private
+
+        session = await _gcs_private.session(self.fs)
+        headers = _gcs_private.headers(self.fs, {"Content-Type": self.content_type,
+                                                 "Content-Length": str(self.size),
+                                                 "Content-Range": f"bytes 0-{self.size - 1}/{self.size}"})
         # no total timeout (the session's default is 5 min, too short for a large object on a slow link): _watched
         # decides when the path has gone silent
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.current().connect_timeout)
-        async with self.fs.session.put(self._location, data=self._body(), headers=headers, timeout=timeout) as r:
+        async with session.put(self._location, data=self._body(), headers=headers, timeout=timeout) as r:
             text = await r.read()
             if r.status not in (200, 201):
                 validate_response(r.status, text, self.path)
@@ -802,7 +825,9 @@ class _GCSStreamedUpload(_UploadFile):
         if self._location is not None:
             location, self._location = self._location, None
             try:  # an unfinished session is never visible as an object; deleting it frees its storage sooner
-                await asyncio.wait_for(self.fs._call("DELETE", location), ABANDON_SECONDS)
+                from rh_prefect.systems import _gcs_private
+
+                await asyncio.wait_for(_gcs_private.delete_upload_session(self.fs, location), ABANDON_SECONDS)
             except Exception as exc:
                 logger.debug("could not cancel the upload session of %s: %s", self.path, type(exc).__name__)
 
@@ -830,11 +855,11 @@ class _S3StreamReader(io.RawIOBase):
         self._sync(self.fs.loop, self._open)
 
     async def _open(self) -> None:
-        from s3fs.core import version_id_kw
-
         kw = {"Range": f"bytes={self.pos}-"} if self.pos else {}
-        resp = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=self.key,
-                                      **version_id_kw(self.version), **kw)
+        from rh_prefect.systems import _s3_private
+
+        resp = await _s3_private.call(self.fs, "get_object", Bucket=self.bucket, Key=self.key,
+                                      **({"VersionId": self.version} if self.version else {}), **kw)
         self.body = resp["Body"]
 
     async def _read(self, n: int) -> bytes:
@@ -901,7 +926,9 @@ class _S3ParallelUpload(_UploadFile):
         self._closed = False
 
     def _call(self, method: str, nbytes: int = 0, **kwargs: Any) -> Any:
-        request = self.fs._call_s3(method, Bucket=self.bucket, Key=self.key, **kwargs)
+        from rh_prefect.systems import _s3_private
+
+        request = _s3_private.call(self.fs, method, Bucket=self.bucket, Key=self.key, **kwargs)
         return self._sync(self.fs.loop, within_deadline, request, nbytes, f"S3 {method} of {self.path}")
 
     def write(self, data: Any) -> int:  # type: ignore[override]
@@ -921,8 +948,10 @@ class _S3ParallelUpload(_UploadFile):
         if self.upload_id is None:
             self.upload_id = self._call("create_multipart_upload")["UploadId"]
         number = len(self.parts) + len(self.pending) + 1
-        coro = within_deadline(self.fs._call_s3("upload_part", Bucket=self.bucket, Key=self.key, PartNumber=number,
-                                                UploadId=self.upload_id, Body=chunk),
+        from rh_prefect.systems import _s3_private
+
+        coro = within_deadline(_s3_private.call(self.fs, "upload_part", Bucket=self.bucket, Key=self.key,
+                                                PartNumber=number, UploadId=self.upload_id, Body=chunk),
                                len(chunk), f"S3 upload of part {number} of {self.path}")
         self.pending.append((number, asyncio.run_coroutine_threadsafe(coro, self.fs.loop)))
         while len(self.pending) >= self.in_flight:

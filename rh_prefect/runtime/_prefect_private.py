@@ -1,0 +1,58 @@
+"""Every use of a private attribute of Prefect in the runtime, in one place, checked at first use (see
+``systems._private``) with a public fallback.
+
+Not here, and still private (the README lists them): a Block's ``_block_document_id``/``_block_document_name``
+(Prefect offers no public accessor of the document a block was loaded from or saved as) in the resources, and
+``prefect._internal...async_dispatch`` in resources/folder.py (Prefect's own blocks use it for their sync/async
+twins).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Optional
+
+from rh_prefect.systems._private import Private
+
+SAVE_SYNC = Private(
+    "prefect", "Block._save_sync", params=("name", "is_anonymous", "overwrite"),
+    fallback="public Block.asave run by prefect.utilities.asyncutils.run_coro_as_sync (a named snapshot)",
+    why="saves from synchronous code even inside a running event loop, where the public save() would hand back a "
+        "coroutine; and saves anonymously (run snapshots stay out of the UI's block list)",
+)
+QUEUE_INSTANCES = Private(
+    "prefect", "QueueService._instances",
+    fallback="none: the exit is not waited for (Prefect may log 'Still processing items' at exit)",
+    why="the events queues to let settle before a short program exits",
+)
+
+
+def save_block(block: Any, name: Optional[str] = None, overwrite: bool = False, anonymous: bool = False) -> Any:
+    """Save ``block`` as a block document (anonymous: without a name, for run snapshots); returns its id."""
+    if SAVE_SYNC.usable(type(block)):
+        try:
+            if anonymous:
+                return block._save_sync(is_anonymous=True)
+            return block._save_sync(name=name, overwrite=overwrite)
+        except (TypeError, AttributeError) as exc:
+            if "_save_sync" not in str(exc) and "argument" not in str(exc):
+                raise
+            SAVE_SYNC.broke(type(block), exc)
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    if anonymous:  # the public API has no anonymous save: a name nobody else uses (the caller deletes it by id)
+        name, overwrite = f"rh-snapshot-{uuid.uuid4().hex}", False
+    return run_coro_as_sync(block.asave(name=name, overwrite=overwrite))
+
+
+def events_workers() -> list[Any]:
+    """Prefect's running events queues (EventsWorker instances), or none where that cannot be known."""
+    from prefect.events.worker import EventsWorker
+
+    if not QUEUE_INSTANCES.usable(EventsWorker):
+        return []
+    instances = getattr(EventsWorker, "_instances", None)
+    if not isinstance(instances, dict):
+        QUEUE_INSTANCES.broke(EventsWorker, TypeError(f"_instances is a {type(instances).__name__}"))
+        return []
+    return [w for w in list(instances.values()) if isinstance(w, EventsWorker)]
