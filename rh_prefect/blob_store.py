@@ -402,7 +402,7 @@ def open_read(system: System, fs_path: str, version: Optional[str], label: str) 
     path = fs_path if version is None else version_path(fs_path, version)
     try:
         with system.guard(label):  # refused credentials, unreachable endpoints: our errors, with advice
-            f = system.fs.open(path, "rb", block_size=settings.current().chunk_size)
+            f = system.open_read(path)  # the system's read size (SFTP's is bounded by the server's limits)
     except FileNotFoundError:
         raise _missing(system, fs_path, version, label) from None
     with f:

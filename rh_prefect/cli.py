@@ -260,8 +260,7 @@ def cat(target: str = typer.Argument(..., metavar=TARGET, help="A file URL or a 
         out = sys.stdout.buffer
         chunk_size = settings.current().chunk_size
         # A saved Blob: the version its entry records (the file at its path is only the latest one published).
-        opened = res.open() if isinstance(res, Blob) else contextlib.nullcontext(
-            system.fs.open(path, "rb", block_size=chunk_size))
+        opened = res.open() if isinstance(res, Blob) else contextlib.nullcontext(system.open_read(path))
         with opened as f:
             while chunk := f.read(chunk_size):
                 out.write(chunk)

@@ -17,7 +17,7 @@ from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.utilities.asyncutils import run_sync_in_worker_thread
 from prefect.filesystems import WritableDeploymentStorage, WritableFileSystem
 
-from rh_prefect import settings, transfer
+from rh_prefect import transfer
 
 from rh_prefect.runtime import registry, tasks
 from rh_prefect.errors import AlreadyExists, InvalidArgument, InvalidPath, NotFound
@@ -111,7 +111,7 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
             return
         try:
             with self.sys.guard(f"{self.url}/{name}"):
-                raw = self.sys.fs.open(path, "rb", block_size=settings.current().chunk_size)
+                raw = self.sys.open_read(path)
         except FileNotFoundError:
             raise NotFound(f"No file {name!r} in folder {self.url}; see folder.ls().") from None
         with raw:

@@ -301,7 +301,7 @@ class System(ABC):
 
     def open_read(self, fs_path: str, size: Optional[int] = None) -> Any:
         """A binary file object for reading ``fs_path`` once from start to end (streaming copies)."""
-        return self.fs.open(fs_path, "rb", block_size=8 * 2**20)
+        return self.fs.open(fs_path, "rb", block_size=settings.current().chunk_size)
 
     def open_upload(self, fs_path: str, block_size: int, size: Optional[int] = None) -> Any:
         """On :attr:`atomic_writes` systems: a binary file object whose bytes appear under ``fs_path`` only when
