@@ -12,7 +12,7 @@ from pydantic import Field, PrivateAttr, field_validator
 from rh_prefect import names
 
 from rh_prefect.runtime import registry
-from rh_prefect.errors import InvalidArgument, InvalidPath, NotFound, UnknownSystem
+from rh_prefect.errors import InvalidArgument, InvalidPath, NotFound, ReadOnlyVersion, UnknownSystem
 from rh_prefect.runtime.registry import Resource
 from rh_prefect.resources.cluster import Cluster
 from rh_prefect.runtime import worker
@@ -46,6 +46,8 @@ class StoredResource(Resource, ABC):
     _sys: Optional[System] = PrivateAttr(default=None)
     _last_report: Any = PrivateAttr(default=None)
     _flow_run: Any = PrivateAttr(default=None)
+    # loaded with version=V: it reads V and refuses every write (Table and Blob)
+    _pinned: bool = PrivateAttr(default=False)
 
     @field_validator("system", mode="before")
     @classmethod
@@ -147,6 +149,16 @@ class StoredResource(Resource, ABC):
             view._block_document_id = self._block_document_id
             view._block_document_name = self._block_document_name
         return view
+
+    def _refuse_if_pinned(self, action: str) -> None:
+        if self._pinned:
+            factory = type(self).get_block_type_slug().replace("-", ".", 1)  # rh-table -> rh.table (every kind)
+            raise ReadOnlyVersion(
+                f"{self._label()} was loaded at version {getattr(self, 'version', None)}, so it only reads that "
+                f"version and cannot {action}. Load it without version= ({factory}(name=...)) to write to it, or "
+                f"make this version current with .rollback({getattr(self, 'version', None)!r}) on the one loaded "
+                "without version=. Nothing was changed."
+            )
 
     def has_unwritten_data(self) -> bool:
         """True when this object holds data in memory that is not stored yet (it is written from this process)."""

@@ -30,7 +30,7 @@ from pydantic import Field, PrivateAttr
 
 from rh_prefect import blob_store, names, serializers, settings, transfer
 from rh_prefect.runtime import registry, tasks
-from rh_prefect.errors import IntegrityError, InvalidArgument, InvalidPath, NotFound, ReadOnlyVersion
+from rh_prefect.errors import IntegrityError, InvalidArgument, InvalidPath, NotFound
 from rh_prefect.resources.base import StoredResource, SystemArg, place
 from rh_prefect.resources.folder import Folder
 from rh_prefect.serializers import SerializationError
@@ -85,7 +85,6 @@ class Blob(StoredResource):
     _data: Any = PrivateAttr(default=None)
     _has_data: bool = PrivateAttr(default=False)
     #: loaded at a fixed version (rh.blob(..., version=V)): reads only that version, writes nothing
-    _pinned: bool = PrivateAttr(default=False)
 
     # -- what and where -----------------------------------------------------------------------------------
     def has_unwritten_data(self) -> bool:
@@ -111,14 +110,6 @@ class Blob(StoredResource):
 
     def _drop(self) -> None:
         self._data, self._has_data = None, False
-
-    def _refuse_if_pinned(self, action: str) -> None:
-        if self._pinned:
-            raise ReadOnlyVersion(
-                f"{self._label()} was loaded at version {self.version}, so it only reads that version and cannot "
-                f"{action}. Load it without version= (rh.blob(name=...)) to write to it, or make this version "
-                f"current with .rollback({self.version!r}) on the blob loaded without version=. Nothing was changed."
-            )
 
     def _prepare_write(self, mkdir: bool = False) -> None:
         """Checks that must pass before any byte is written: writable system, existing bucket, not a directory."""

@@ -38,7 +38,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from rh_prefect import settings
 from rh_prefect.runtime import registry, tasks
-from rh_prefect.errors import InvalidArgument, NotFound, ReadOnlyVersion, RhError
+from rh_prefect.errors import InvalidArgument, NotFound, RhError
 from rh_prefect.resources.base import StoredResource, SystemArg, place
 from rh_prefect.resources.cluster import Cluster
 from rh_prefect.systems import System
@@ -139,7 +139,6 @@ class Table(StoredResource):
     #: the version this object last committed (None: it wrote nothing)
     _written: Optional[str] = PrivateAttr(default=None)
     #: loaded at a fixed version (rh.table(..., version=V)): reads only that version, writes nothing
-    _pinned: bool = PrivateAttr(default=False)
 
     @model_validator(mode="after")
     def _check_kind(self) -> "Table":
@@ -211,14 +210,6 @@ class Table(StoredResource):
         self.row_count = manifest.num_rows
         self.partition_cols = list(manifest.partition_cols) or None
         self.version = manifest.version
-
-    def _refuse_if_pinned(self, action: str) -> None:
-        if self._pinned:
-            raise ReadOnlyVersion(
-                f"{self._label()} was loaded at version {self.version}, so it only reads that version and cannot "
-                f"{action}. Load it without version= (rh.table(name=...)) to write to it, or make this version "
-                f"current with .rollback({self.version!r}) on the table loaded without version=. Nothing was changed."
-            )
 
     def save(self, name: Optional[str] = None, overwrite: Optional[bool] = None) -> "Table":  # type: ignore[override]
         """Register the table by name and return it (see :meth:`rh_prefect.runtime.registry.Resource.save`)."""
