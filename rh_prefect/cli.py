@@ -358,7 +358,7 @@ def info(
             files = transfer.list_files(res.sys, res.fs_path)
             data["files"] = len(files)
             data["bytes"] = sum(int(i.get("size") or 0) for i in files.values())
-        data["block_document"] = res._block_document_name
+        data["block_document"] = res.document_name
         typer.echo(json.dumps(data, indent=2, default=str))
 
     _run(go, name)

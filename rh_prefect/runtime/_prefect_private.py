@@ -27,6 +27,19 @@ QUEUE_INSTANCES = Private(
 )
 
 
+def detached_copy(block: Any) -> Any:
+    """A deep copy of ``block`` that is saved as a new block document, not over the one ``block`` came from."""
+    copy = block.model_copy(deep=True)
+    copy._block_document_id = None
+    copy._block_document_name = None
+    return copy
+
+
+def document_ids(values: Any) -> set[str]:
+    """The block document ids of the saved blocks among ``values`` (a block's nested blocks, say)."""
+    return {str(v._block_document_id) for v in values if getattr(v, "_block_document_id", None) is not None}
+
+
 def save_block(block: Any, name: Optional[str] = None, overwrite: bool = False, anonymous: bool = False) -> Any:
     """Save ``block`` as a block document (anonymous: without a name, for run snapshots); returns its id."""
     if SAVE_SYNC.usable(type(block)):

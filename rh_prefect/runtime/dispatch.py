@@ -99,11 +99,8 @@ def _ref(block: Any, created: list[tuple[UUID, set[str]]]) -> Optional[dict[str,
     """
     if block is None:
         return None
-    snapshot = block.model_copy(deep=True)
-    snapshot._block_document_id = None
-    snapshot._block_document_name = None
-    existing = {str(v._block_document_id) for v in vars(snapshot).values()
-                if getattr(v, "_block_document_id", None) is not None}
+    snapshot = _prefect_private.detached_copy(block)
+    existing = _prefect_private.document_ids(vars(snapshot).values())
     doc_id = _prefect_private.save_block(snapshot, anonymous=True)
     created.append((doc_id, existing))
     return {"$ref": {"block_document_id": str(doc_id)}}

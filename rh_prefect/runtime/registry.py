@@ -78,6 +78,12 @@ class Resource(Block, ABC):
         return None
 
     @property
+    def document_name(self) -> Optional[str]:
+        """The Prefect block document this resource was loaded from or saved as (``--sds--sbert--upreproc``), or
+        None: what the Prefect UI and ``prefect block`` commands call it."""
+        return self._block_document_name
+
+    @property
     def full_name(self) -> Optional[str]:
         """Canonical name: ``@/my-folder`` or ``/ds/bert_preproc``."""
         return names.parse(self.name).full if self.name else None
