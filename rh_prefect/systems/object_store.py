@@ -350,11 +350,13 @@ class S3System(ObjectStoreSystem):
         plain = str(opts.get("endpoint_url") or "").lower().startswith("http://")
         # An endpoint that does not answer fails within connect_timeout (s3fs's default is 5 s, then botocore
         # retries); one that never answered is not retried (see _s3tls). aiohttp rounds deadlines of 5 s and more up
-        # to a whole second of its clock, so a silent endpoint fails after 10-11 s with the default of 10.
+        # to the next whole second of its clock: ask for a second less there, so the setting is an upper bound.
+        connect = settings.current().connect_timeout
+        connect = connect - 1 if connect >= 6 else connect
         opts.setdefault(
             "config_kwargs",
             {"max_pool_connections": 32, "request_checksum_calculation": "when_required",
-             "response_checksum_validation": "when_required", "connect_timeout": settings.current().connect_timeout,
+             "response_checksum_validation": "when_required", "connect_timeout": connect,
              "http_session_cls": PlainHTTPSession if plain else SharedTLSHTTPSession},
         )
         if "session" not in opts:
