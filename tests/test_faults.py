@@ -298,7 +298,7 @@ def test_s3_path_going_silent_mid_copy(s3_server, s3_env, s3_bucket, monkeypatch
             with Watcher(listing, digest, expected, trigger_at=20,
                          fault=lambda: stalled.append(proxy.stall(3600, existing_only=True))) as watcher:
                 dst = rh.folder(path=str(tmp_path / "src")).to(system="s3", path=f"/{s3_bucket}/silent")
-            still_held = proxy.holds_stalled_connections() and gave_up.is_alive()
+            still_held = proxy.holds_stalled_connections and gave_up.is_alive()
         finally:
             gave_up.cancel()
     watcher.assert_clean()
@@ -439,7 +439,7 @@ def test_gcs_path_going_silent_mid_streamed_upload(gcs_fs_server, monkeypatch, t
             started = time.monotonic()
             dst = rh.folder(path=str(tmp_path / "src")).to(system="gs", path=f"/{bucket}/silent")
             elapsed = time.monotonic() - started
-            still_held = proxy.holds_stalled_connections() and gave_up.is_alive()
+            still_held = proxy.holds_stalled_connections and gave_up.is_alive()
         finally:
             done.set()
             gave_up.cancel()
@@ -538,7 +538,7 @@ def test_ssh_path_going_silent_mid_copy(ssh_server, tmp_path, tuned):
             with Watcher(listing, digest, expected, trigger_at=2,
                          fault=lambda: stalled.append(proxy.stall(3600, existing_only=True))) as watcher:
                 dst = rh.folder(path=str(tmp_path / "src")).to(system=cluster, path=f"{rel}/dst")
-            still_held = proxy.holds_stalled_connections() and gave_up.is_alive()
+            still_held = proxy.holds_stalled_connections and gave_up.is_alive()
         finally:
             gave_up.cancel()
         try:
