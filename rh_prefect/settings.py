@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     chunk_size: int = Field(default=8 * MiB, gt=0, description="Bytes read or written per streamed chunk.")
     upload_part: int = Field(default=8 * MiB, ge=5 * MiB, description="Part size of streamed S3 multipart uploads.")
     upload_parts_in_flight: int = Field(default=4, gt=0, description="S3 upload parts in flight per file.")
+    list_page_size: int = Field(
+        default=1000, gt=0, le=1000,
+        description="Objects per S3/GCS listing page (1000, the most both return); a copy starts on each page as it arrives.",
+    )
     stale_temp_seconds: float = Field(
         default=3600.0, gt=0, description="Age after which a copy removes temporary files left by a dead writer.",
     )

@@ -23,10 +23,6 @@ from rh_prefect.systems.credentials import GCSCredentials, S3Credentials, redact
 logger = logging.getLogger("rh_prefect.systems")
 
 
-#: objects per listing page (the most S3 and GCS return in one): a copy starts on each page as it arrives
-LIST_PAGE = 1000
-
-
 class ObjectStoreSystem(System):
     """Common rules of bucket stores: the first path component is the bucket, writes are atomic objects."""
 
@@ -86,7 +82,7 @@ class ObjectStoreSystem(System):
         self.fs.cp_file(src_fs_path, dst_fs_path)
 
     def iter_files(self, fs_root: str) -> Iterator[dict[str, dict[str, Any]]]:
-        """Each page of the store's listing under ``fs_root`` as it arrives (up to :data:`LIST_PAGE` objects),
+        """Each page of the store's listing under ``fs_root`` as it arrives (up to ``settings.list_page_size`` objects),
         entries as ``find_files`` gives them, without directory placeholders (names ending in "/"). When the
         prefix holds nothing, ``fs_root`` may be one object (yielded as the only entry), an empty "directory"
         (nothing), or nothing at all (``FileNotFoundError``)."""
@@ -409,7 +405,7 @@ class S3System(ObjectStoreSystem):
         async def pages() -> AsyncIterator[dict[str, dict[str, Any]]]:
             from rh_prefect.systems import _s3_private
 
-            async for contents in _s3_private.list_pages(fs, bucket, prefix, LIST_PAGE):
+            async for contents in _s3_private.list_pages(fs, bucket, prefix, settings.current().list_page_size):
                 page = {}
                 for item in contents:
                     if not item["Key"].endswith("/"):
@@ -528,7 +524,7 @@ class GCSSystem(ObjectStoreSystem):
         async def pages() -> AsyncIterator[dict[str, dict[str, Any]]]:
             from rh_prefect.systems import _gcs_private
 
-            async for infos in _gcs_private.list_pages(fs, bucket, prefix, LIST_PAGE):
+            async for infos in _gcs_private.list_pages(fs, bucket, prefix, settings.current().list_page_size):
                 yield {info["name"]: info for info in infos if not info["name"].endswith("/")}
 
         return pages()
