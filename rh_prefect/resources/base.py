@@ -182,7 +182,8 @@ class StoredResource(Resource, ABC):
         return events.resource(kind, self.full_name if self.is_saved() else None, self.url,
                                getattr(self, "version", None))
 
-    def _cluster_related(self) -> list[dict[str, str]]:
+    def cluster_related(self) -> list[dict[str, str]]:
+        """The cluster holding the data as a related resource of an event (none when the data is elsewhere)."""
         if self.system != "ssh" or self.cluster is None:
             return []
         c = self.cluster
@@ -203,8 +204,8 @@ class StoredResource(Resource, ABC):
             if src is not None:
                 related.append(events.as_related(src, events.ROLE_SOURCE))
                 if isinstance(source, StoredResource):
-                    related += source._cluster_related()
-            related += self._cluster_related()
+                    related += source.cluster_related()
+            related += self.cluster_related()
             related += events.run_related()
             inputs = [] if src is not None or event == events.DELETED else [
                 r for r in events.reads() if r["prefect.resource.id"] != res["prefect.resource.id"]]

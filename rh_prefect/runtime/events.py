@@ -56,7 +56,7 @@ import contextvars
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
 from rh_prefect import settings
@@ -262,6 +262,15 @@ def _probe(api_url: str, timeout: float) -> tuple[bool, str]:
 
 
 _REACHABLE = _Reachability()
+#: (when, event id) of the events this process sent lately: what a lineage query waits for (see recent_ids)
+_RECENT: "deque[tuple[float, Any]]" = deque(maxlen=200)
+
+
+def recent_ids(within: float = 60.0) -> list[Any]:
+    """Ids of the events this process sent in the last ``within`` seconds (at most the last 200): a reader of the
+    server's events (:func:`rh_prefect.runtime.lineage.lineage`) waits until the server has stored them."""
+    since = time.monotonic() - within
+    return [event_id for when, event_id in list(_RECENT) if when >= since]
 _warned_failure = False
 
 
@@ -315,6 +324,8 @@ def emit(event: str, res: Mapping[str, str], related: Iterable[Mapping[str, str]
         with _run_context_pinned():
             sent = emit_event(event=event, resource=dict(res), related=_dedupe(related), payload=payload or None)
         _prefect_exit.settle_at_exit()  # a short script's last events reach the server without exit noise
+        if sent is not None:
+            _RECENT.append((time.monotonic(), sent.id))
         return sent
     except Exception as exc:  # an event is bookkeeping: it must never fail the data operation it describes
         if not _warned_failure:

@@ -20,6 +20,7 @@ or its URL). The server keeps events for its retention period (Prefect's default
 from __future__ import annotations
 
 import datetime
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
@@ -198,10 +199,35 @@ def lineage(name: str, version: Optional[str] = None, depth: int = DEFAULT_DEPTH
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
+        _wait_for_own_events(client)
         reader = _Reader(client)
         origin = reader.origin(root, depth)
         derived = reader.derived(root, depth)
     return Lineage(root, origin, derived)
+
+
+#: seconds :func:`lineage` waits at most for the server to store the events this process sent just before
+WAIT_FOR_OWN_EVENTS = 15.0
+
+
+def _wait_for_own_events(client: Any) -> None:
+    """Wait until the server has stored the events this process sent in the last minute (at most
+    :data:`WAIT_FOR_OWN_EVENTS` seconds), so a program reads the lineage of what it has just written. Events reach
+    the server through a queue, and its event persister stores them in batches (every 5 s by default)."""
+    pending = events.recent_ids()
+    if not pending:
+        return
+    from prefect.events.filters import EventFilter, EventIDFilter
+
+    from rh_prefect.runtime import _prefect_exit
+
+    _prefect_exit.settle()  # this process's queue first
+    deadline = time.monotonic() + WAIT_FOR_OWN_EVENTS
+    while True:
+        page = client.read_events(filter=EventFilter(id=EventIDFilter(id=pending)), limit=1)
+        if page.total >= len(pending) or time.monotonic() > deadline:
+            return
+        time.sleep(0.25)
 
 
 class _Reader:
