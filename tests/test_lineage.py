@@ -85,14 +85,16 @@ def test_a_flow_that_writes_copies_and_deletes_leaves_events_that_lineage_reads_
     version, run_id = pipeline()
     gone = rh.blob(data=b"bye", path=str(tmp_path / "gone.bin"))
     gone.rm()
+    assert cli("cp", src_name, str(tmp_path / "cp")).exit_code == 0  # the CLI's copy of a saved name
 
     copy_url = f"s3://{s3_bucket}/copy"
     ids = {"src": f"rh.table.{src_path}", "src_name": f"rh.table.{src_name}", "copy": f"rh.table.{copy_url}",
-           "copy_name": f"rh.table.{copy_name}", "gone": f"rh.blob.{gone.url}"}
+           "copy_name": f"rh.table.{copy_name}", "gone": f"rh.blob.{gone.url}", "cp": f"rh.table.{tmp_path / 'cp'}"}
     got = _wait_events({
         ("rh.resource.written", ids["src"]), ("rh.resource.written", ids["src_name"]),
         ("rh.resource.copied", ids["copy"]), ("rh.resource.written", ids["copy_name"]),
         ("rh.resource.deleted", ids["gone"]), ("prefect.asset.materialization.succeeded", copy_url),
+        ("rh.resource.copied", ids["cp"]),
     })
 
     # The write, in a task of the flow: the table at its URL (saved after it), its version, the flow run and task run.
@@ -118,7 +120,11 @@ def test_a_flow_that_writes_copies_and_deletes_leaves_events_that_lineage_reads_
     # Prefect's asset vocabulary: the S3 key materialized from the local table.
     asset = got[("prefect.asset.materialization.succeeded", copy_url)]
     assert [r.id for r in _roles(asset)["asset"]] == [f"file://{src_path}"]
-    assert got[("rh.resource.deleted", ids["gone"])].resource.get("rh.type") == "blob"
+    deleted = got[("rh.resource.deleted", ids["gone"])]
+    assert deleted.resource.get("rh.type") == "blob"
+    assert not {"flow-run", "task-run"} & set(_roles(deleted))  # deleted after the flow, outside any run
+    cp = got[("rh.resource.copied", ids["cp"])]
+    assert [(r.id, r.get("rh.version")) for r in _roles(cp)["source"]] == [(ids["src_name"], version)]
     # Names, URLs, versions and run ids - never a credential.
     assert not [e.event for e in _events(list(ids.values()) + [copy_url]) if secret in e.model_dump_json()]
 
@@ -129,9 +135,9 @@ def test_a_flow_that_writes_copies_and_deletes_leaves_events_that_lineage_reads_
     assert lin.hops[0].flow_run.id == str(run_id) and lin.hops[1].flow_run.id == str(run_id)
     assert lin.hops[1].task_run.name.startswith("make_table")
     assert lin.hops[1].flow == "pipeline"
-    # ... and the source knows what was made from it.
+    # ... and the source knows what was made from it: the copy (saved under its name since) and the CLI's.
     assert [(c.resource.name, c.resource.url, c.source_version) for c in rh.lineage(src_name).derived] == [
-        (copy_name, copy_url, version)]
+        (copy_name, copy_url, version), (None, str(tmp_path / "cp"), version)]
 
     shown = cli("lineage", copy_name)
     assert shown.exit_code == 0, shown.stderr

@@ -12,7 +12,7 @@
 The worker side is :func:`copy_here`, which the transfer flows (:mod:`rh_prefect.flows.transfer`) call: on the cluster's own
 worker it reads the data from the host's disk instead of over SSH to itself. Running the flow and waiting for it
 is :mod:`rh_prefect.runtime.dispatch`, which knows nothing of resources; this module uses only the resources'
-public methods (``destination``, ``relocated``, ``copy_to``, ``has_unwritten_data``, ``last_copy``).
+public methods (``destination``, ``relocated``, ``copy_to``, ``has_unwritten_data``, ``last_copy``, ``announce_copy``).
 
 Example:
     ```python

@@ -60,7 +60,7 @@ from collections import OrderedDict, deque
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
 from rh_prefect import settings
-from rh_prefect.runtime import _prefect_exit
+from rh_prefect.runtime import _prefect_exit, _prefect_private
 
 logger = logging.getLogger("rh_prefect.runtime.events")
 
@@ -90,8 +90,17 @@ LABEL_VERSION = "rh.version"
 
 
 def resource_id(kind: str, name: Optional[str], url: str) -> str:
-    """The ``prefect.resource.id`` of an rh resource: by name when saved, by URL otherwise."""
+    """The ``prefect.resource.id`` of an rh resource: by name when saved (the canonical name, see
+    :func:`name_id`), by URL otherwise."""
     return f"{ID_PREFIX}{kind}.{name or url}"
+
+
+def name_id(kind: str, name: str) -> str:
+    """The ``prefect.resource.id`` of the saved name ``name``, however it is spelled (``my-folder`` and
+    ``@/my-folder`` both give ``rh.folder.@/my-folder``): what an automation on a name matches."""
+    from rh_prefect import names
+
+    return resource_id(kind, names.parse(name).full, "")
 
 
 def resource(kind: str, name: Optional[str], url: str, version: Optional[str] = None) -> dict[str, str]:
@@ -280,9 +289,7 @@ def _run_context_pinned() -> Iterator[None]:
     queued. Prefect's events queue copies the sender's context and later attaches the runs it finds there; a
     variable never set in the sender's context is missing from the copy, and the queue's thread then still sees
     the run of an event it handled before - so an event sent outside any run was related to an earlier task run."""
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    tokens = [(var, var.set(var.get(None))) for var in (FlowRunContext.__var__, TaskRunContext.__var__)]
+    tokens = [(var, var.set(var.get(None))) for var in _prefect_private.run_context_vars()]
     try:
         yield
     finally:
