@@ -191,10 +191,11 @@ class StoredResource(Resource, ABC):
         who = f"{c.user}@" if c.user else ""
         return [events.cluster(name or f"ssh://{who}{c.host}:{c.port}")]
 
-    def _announce(self, event: str, source: Optional["StoredResource"] = None, *, asset: bool = False,
-                  flow_run: Any = None, payload: Optional[dict[str, Any]] = None) -> None:
-        """Send ``event`` about this resource (its source, cluster, run and, for a write, what the flow run read
-        before) and, with ``asset``, the same in Prefect's asset terms. Never raises: see events.emit."""
+    def _announce(self, event: str, source: Union["StoredResource", dict[str, str], None] = None, *,
+                  asset: bool = False, flow_run: Any = None, payload: Optional[dict[str, Any]] = None) -> None:
+        """Send ``event`` about this resource (its ``source``: a resource or an event resource; its cluster, run
+        and, for a write, what the flow run read before) and, with ``asset``, the same in Prefect's asset terms.
+        Never raises: see events.emit."""
         try:
             res = self.event_resource()
             related: list[dict[str, str]] = []
