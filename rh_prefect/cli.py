@@ -225,8 +225,8 @@ def cp(
     def go() -> None:
         from rh_prefect.runtime import tasks
 
-        s_sys, s_path, _ = _resolve(src)
-        d_sys, d_path, _ = _resolve(dst)
+        s_sys, s_path, s_res = _resolve(src)
+        d_sys, d_path, d_res = _resolve(dst)
         d_sys.check_writable(d_path)
         d_sys.ensure_container(d_path)
         if s_sys.fs.isfile(s_path):
@@ -234,12 +234,54 @@ def cp(
                 d_path = posixpath.join(d_path, posixpath.basename(s_path))
             d_sys.makedirs(posixpath.dirname(d_path))
             tasks.run(tasks.copy_file_task, s_sys, s_path, d_sys, d_path)
+            _announce_cp(s_res, d_res, d_sys.url(d_sys.user_path(d_path)))
             typer.echo(f"copied 1 file to {d_sys.url(d_sys.user_path(d_path))}")
             return
         report = tasks.run(tasks.copy_tree_task, s_sys, s_path, d_sys, d_path, overwrite=overwrite)
+        _announce_cp(s_res, d_res, d_sys.url(d_sys.user_path(d_path)))
         typer.echo(report.summary())
 
     _run(go)
+
+
+def _announce_cp(s_res: Any, d_res: Any, d_url: str) -> None:
+    """The lineage events of a ``cp`` with a saved name on either side (see rh_prefect.runtime.events): copied, and
+    written too when the destination is a saved name. A copy between two URLs names no resource: no event."""
+    from rh_prefect.runtime import events
+
+    if s_res is None and d_res is None:
+        return
+    source = s_res.event_resource() if s_res is not None else None
+    if d_res is not None:
+        dest = d_res.event_resource()
+    else:
+        dest = events.resource(source[events.LABEL_TYPE], None, d_url, source[events.LABEL_VERSION] or None)
+    related = [events.as_related(source, events.ROLE_SOURCE)] if source is not None else []
+    for res in (s_res, d_res):
+        if res is not None:
+            related += res.cluster_related()
+    events.emit(events.COPIED, dest, related, {"by": "rh-prefect cp"})
+    if d_res is not None:
+        events.emit(events.WRITTEN, dest, related, {"by": "rh-prefect cp"})
+
+
+@app.command()
+def lineage(
+    name: str = typer.Argument(..., metavar="NAME", help="A saved folder, table or blob."),
+    version: Optional[str] = typer.Option(None, "--version", "-v", help="Another kept version than the current one."),
+    depth: int = typer.Option(10, "--depth", "-d", min=0, help="Hops to follow upstream (and levels of copies)."),
+) -> None:
+    """Where a saved resource's current version came from, hop by hop (written by which flow run, copied from
+    which resource and version), and the copies made from it - from the Prefect server's events.
+
+    Example: rh-prefect lineage /ds/bert_preproc
+    """
+    def go() -> Any:
+        from rh_prefect.runtime.lineage import lineage as read_lineage
+
+        return read_lineage(name, version=version, depth=depth)
+
+    typer.echo(str(_run(go, name)))
 
 
 @app.command()

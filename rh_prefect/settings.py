@@ -66,6 +66,16 @@ class Settings(BaseSettings):
         description="Print Prefect's task-run log lines for calls made outside a flow (inside a flow they always show).",
     )
 
+    # -- lineage events ----------------------------------------------------------------------------------
+    events: bool = Field(
+        default=True,
+        description="Send lineage events (rh.resource.written/copied/deleted, Prefect asset events) to the Prefect server.",
+    )
+    events_probe_timeout: float = Field(
+        default=1.0, gt=0,
+        description="Seconds to wait, once per process, for the Prefect server to answer before events are sent to it.",
+    )
+
     # -- retries ------------------------------------------------------------------------------------------
     retries: int = Field(default=4, ge=0, description="Retries of a copy or stream task after a transient error.")
     task_timeout: float = Field(default=6 * 3600.0, gt=0, description="Seconds a copy task may run in all.")

@@ -574,7 +574,23 @@ def test_folder_copy_from_cluster_to_s3_runs_on_the_cluster_worker(colo):
         task_runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[new.flow_run.id])))
     assert any(t.name.startswith("rh-copy-tree") for t in task_runs)
     assert _anonymous_docs() == anonymous  # the run's block snapshots were cleaned up
+    # The copy's lineage event names the worker's flow run and the cluster, and the source by what it is here (on
+    # the worker the source is an anonymous snapshot: the worker announces nothing itself).
+    copied = wait_for(lambda: _copied_events(f"rh.folder.{new.url}"), what="the copy's rh.resource.copied event")
+    assert {tuple(r.id for r in e.related if r.role == "source") for e in copied} == {
+        (src.event_resource()["prefect.resource.id"],)}
+    roles = {(r.role, r.id) for r in copied[0].related}
+    assert ("flow-run", f"prefect.flow-run.{new.flow_run.id}") in roles
+    assert any(role == "cluster" for role, _ in roles)
     src.rm()
+
+
+def _copied_events(resource_id: str) -> list[Any]:
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    with prefect_client() as c:
+        return c.read_events(filter=EventFilter(event=EventNameFilter(name=["rh.resource.copied"]),
+                                                resource=EventResourceFilter(id=[resource_id])), limit=10).events
 
 
 def test_blob_and_table_copies_from_cluster_to_s3_run_on_the_cluster_worker(colo):
