@@ -80,6 +80,21 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
             return [posixpath.join(self.path, key) for key, _ in entries]
         return [key for key, _ in entries]
 
+    def data_version(self) -> str:
+        """A fingerprint of the folder's files, for caches keyed on the data (``rh.DATA_VERSIONS``): a Folder has
+        no versions, so this is the sha256 of its recursive listing - every file's relative path, size,
+        modification time and the store's content tag where it lists one (S3 ETag, GCS md5). One listing, no file
+        is read. A rewrite of a file with the same size within the store's time resolution and no content tag (a
+        second, over SFTP) is not seen."""
+        import hashlib
+
+        with self.sys.guard(self.url):
+            infos = transfer.list_files(self.sys, self.fs_path)
+        digest = hashlib.sha256()
+        for key in sorted(infos):
+            digest.update(repr((key, self.sys.fingerprint(infos[key]))).encode())
+        return "listing-" + digest.hexdigest()
+
     def _key_path(self, name: str) -> str:
         return posixpath.join(self.fs_path, check_relative_key(name))
 

@@ -139,6 +139,12 @@ class Resource(Block, ABC):
         if other is not None and other[0] != type(self).get_block_type_slug():
             raise _name_taken(self.name, other[0])
 
+    def data_version(self) -> Optional[str]:
+        """What identifies the data this resource reads now, for caches keyed on the data
+        (:data:`rh_prefect.runtime.caching.DATA_VERSIONS`); None for a resource that holds no data (a Cluster).
+        Folder, Table and Blob say what it is for them."""
+        return None
+
     def _before_save(self, name: names.ResourceName) -> None:
         """Hook for subclasses: fill defaults that depend on the name (e.g. a namespace's path)."""
 
