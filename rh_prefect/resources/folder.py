@@ -16,6 +16,7 @@ from typing import IO, Any, Iterator, Mapping, Optional, Union
 from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.utilities.asyncutils import run_sync_in_worker_thread
 from prefect.filesystems import WritableDeploymentStorage, WritableFileSystem
+from pydantic import ConfigDict
 
 from rh_prefect import transfer
 
@@ -46,6 +47,8 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
     _block_type_name = "rh Folder"
     _description = "A folder of files on local disk, a cluster (SSH), S3, GCS or GitHub, copyable to any of them."
     _documentation_url = None
+    # Prefect's filesystem bases bring Block's own config back (a later base wins): keep the resources' schema.
+    model_config = ConfigDict(json_schema_extra=registry.resource_schema_extra)
 
     # -- listing and reading ------------------------------------------------------------------------------
     def ls(self, full_paths: bool = True, sort: bool = False, recursive: bool = False) -> list[str]:
