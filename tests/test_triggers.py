@@ -37,13 +37,19 @@ def consume_blob(ckpt: rh.Blob, version: str = "") -> str:
     return version
 
 
+@flow(name="rh-test-on-update-epochs")
+def needs_epochs(table: rh.Table, epochs: int, version: str = "") -> int:
+    return epochs
+
+
 @flow(name="rh-test-no-table")
 def no_table(text: str = "") -> str:
     return text
 
 
-def deploy(fn, enforce: bool = False) -> tuple[str, str]:
-    """Register ``fn`` as a deployment with no work pool; ``(flow/deployment name, deployment id)``."""
+def deploy(fn, enforce: bool = True) -> tuple[str, str]:
+    """Register ``fn`` as a deployment with no work pool; ``(flow/deployment name, deployment id)``. Prefect's
+    default: the server checks every run's parameters against the flow's schema (block references included)."""
     name = f"d-{uuid.uuid4().hex[:8]}"
     dep_id = fn.to_deployment(name=name, enforce_parameter_schema=enforce).apply()
     return f"{fn.name}/{name}", str(dep_id)
@@ -82,7 +88,7 @@ def data(*values: int) -> pa.Table:
 
 
 def test_a_write_runs_the_deployment_once_with_the_version_and_the_table_by_reference(
-        deployment, s3_server, s3_bucket, unique_name):
+        deployment, s3_server, s3_bucket, tmp_path, unique_name):
     from prefect.blocks.core import Block
 
     dep_name, dep_id = deployment
@@ -91,7 +97,7 @@ def test_a_write_runs_the_deployment_once_with_the_version_and_the_table_by_refe
                              endpoint_url=s3_server.endpoint_url, aws_session_token=secret)
     a_name, b_name = f"/ds/{unique_name('trig-a')}", f"/ds/{unique_name('trig-b')}"
     a = rh.table(data=data(1), name=a_name, system="s3", path=f"/{s3_bucket}/a", credentials=creds).save()
-    b = rh.table(data=data(2), name=b_name, system="s3", path=f"/{s3_bucket}/b", credentials=creds).save()
+    b = rh.table(data=data(2), name=b_name, path=tmp_path / "b").save()
 
     auto = rh.on_update(a_name, deployment=dep_name, parameters={"note": "first"})
     assert auto.id is not None and auto.name == f"rh-on-update {a_name} -> {dep_name}"
@@ -164,7 +170,7 @@ def test_bad_input_raises_a_clear_error_and_creates_no_automation(deployment, tm
     name = unique_name("trig-bad")
     t = rh.table(data=data(1), name=name, path=tmp_path / "t").save()
     unsaved = rh.table(data=data(1), path=tmp_path / "u")
-    enforced, enforced_id = deploy(consume, enforce=True)
+    enforced, enforced_id = deploy(needs_epochs)
     other, other_id = deploy(no_table)
     cases = [
         (lambda: rh.on_update("never-saved-xyz", deployment=dep_name), NotFound, "No resource named 'never-saved-xyz'"),
@@ -172,7 +178,7 @@ def test_bad_input_raises_a_clear_error_and_creates_no_automation(deployment, tm
         (lambda: rh.on_update(name, deployment=f"{FLOW}/no-such-deployment"), NotFound,
          f"No deployment '{FLOW}/no-such-deployment'"),
         (lambda: rh.on_update(name, deployment="just-a-flow-name"), InvalidArgument, "flow-name/deployment-name"),
-        (lambda: rh.on_update(name, deployment=enforced), InvalidArgument, "enforce_parameter_schema=False"),
+        (lambda: rh.on_update(name, deployment=enforced), InvalidArgument, "would refuse the runs: .*'epochs' is a required property"),
         (lambda: rh.on_update(name, deployment=other), InvalidArgument, "no parameter typed as an rh Table"),
         (lambda: rh.on_update(name, deployment=dep_name, parameters={"lr": 0.1}), InvalidArgument,
          "has no parameter 'lr'"),

@@ -83,15 +83,6 @@ def on_update(
     fixed = _check_parameters(parameters)
     with get_client(sync_client=True) as client:
         dep = _read_deployment(client, deployment)
-        if getattr(dep, "enforce_parameter_schema", False):
-            raise InvalidArgument(
-                f"The deployment {deployment!r} checks its parameters against its schema "
-                "(enforce_parameter_schema=True), and that check refuses a block passed by reference "
-                "({'$ref': ...}) to a Folder, Table or Blob parameter, so the runs would never start. Deploy it with "
-                "enforce_parameter_schema=False (flow.deploy(..., enforce_parameter_schema=False), or "
-                "`enforce_parameter_schema: false` in prefect.yaml, as deployments/prefect.yaml does); the flow "
-                "still validates its parameters when it runs. No automation was created."
-            )
         schema = dep.parameter_openapi_schema or {}
         resource_param = resource_parameter or _resource_parameter(schema, slug, kind, deployment)
         version_param = version_parameter or (
@@ -100,6 +91,9 @@ def on_update(
         _check_names(schema, deployment, fixed, resource_param, version_param)
         run_parameters = dict(fixed)
         run_parameters[resource_param] = {"$ref": {"block_document_id": str(doc_id)}}
+        if getattr(dep, "enforce_parameter_schema", False):
+            sample = {version_param: "v-20000101T000000000000Z-00000000"} if version_param else {}
+            _check_enforced(schema, {**(dep.parameters or {}), **run_parameters, **sample}, deployment)
         if version_param:
             run_parameters[version_param] = {"__prefect_kind": "jinja", "template": VERSION_TEMPLATE}
         title = automation_name or f"rh-on-update {full} -> {deployment}"
@@ -257,6 +251,22 @@ def _check_names(schema: dict[str, Any], deployment: str, fixed: dict[str, Any],
         raise InvalidArgument(
             f"The deployment {deployment!r} has no parameter {', '.join(map(repr, unknown))}; its parameters are "
             f"{', '.join(known)}. No automation was created."
+        )
+
+
+def _check_enforced(schema: dict[str, Any], parameters: dict[str, Any], deployment: str) -> None:
+    """A deployment that enforces its parameter schema: the check the server makes when the automation creates a
+    run, made now, so a run that would be refused is an error here and not a run that never starts."""
+    from prefect.utilities.schema_tools.validation import validate
+
+    errors = validate(parameters, schema, raise_on_error=False)
+    if errors:
+        found = "; ".join(f"{'.'.join(map(str, e.path)) or 'parameters'}: {e.message[:200]}" for e in errors[:3])
+        raise InvalidArgument(
+            f"The deployment {deployment!r} checks its parameters against its schema (enforce_parameter_schema=True), "
+            f"and would refuse the runs: {found}. Give the missing parameters with parameters={{...}}; a refused "
+            "block reference means the deployment was registered by an older rh-prefect: register it again, or "
+            "with enforce_parameter_schema=False. No automation was created."
         )
 
 
