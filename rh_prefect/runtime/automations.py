@@ -9,6 +9,9 @@
   value would arrive with its secrets masked) - and the new version id, templated from the event
   (``{{ event.resource["rh.version"] }}``), plus any fixed ``parameters``.
 
+A deployment that enforces its parameter schema (Prefect's default) would refuse runs whose parameters do not fit:
+that check is made once here, so ``on_update`` fails instead of creating runs that never start.
+
 Which flow parameters receive them: the one typed as the resource's block class (``table: rh.Table``; any kind of
 Table matches a Table) and the one named ``version``, read from the deployment's parameter schema; or the names
 given as ``resource_parameter=`` / ``version_parameter=``. A deployment without a ``version`` parameter gets the
@@ -60,8 +63,10 @@ def on_update(
     ``name`` is a saved Folder, Table or Blob (its name, or the object). ``automation_name`` names the Automation
     (default ``rh-on-update <name> -> <deployment>``); a call with the same name replaces what it does.
 
-    Raises :class:`~rh_prefect.errors.NotFound` for an unsaved name or an unknown deployment and
-    :class:`~rh_prefect.errors.InvalidArgument` when the parameters cannot be matched; nothing is created then.
+    Raises :class:`~rh_prefect.errors.NotFound` for an unsaved name or an unknown deployment, and
+    :class:`~rh_prefect.errors.InvalidArgument` when the parameters cannot be matched or - for a deployment that
+    enforces its parameter schema, Prefect's default - would be refused by the server's check of each run (a
+    required parameter missing, say); nothing is created then.
 
     Example:
         ```python
