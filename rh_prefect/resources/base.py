@@ -11,7 +11,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from rh_prefect import names
 
-from rh_prefect.runtime import events, registry
+from rh_prefect.runtime import registry
 from rh_prefect.errors import InvalidArgument, InvalidPath, NotFound, ReadOnlyVersion, UnknownSystem
 from rh_prefect.runtime.registry import Resource
 from rh_prefect.resources.cluster import Cluster
@@ -159,12 +159,6 @@ class StoredResource(Resource, ABC):
                 f"make this version current with .rollback({getattr(self, 'version', None)!r}) on the one loaded "
                 "without version=. Nothing was changed."
             )
-
-    def _announce_written(self) -> None:
-        """Emit ``rh.resource.written`` for the version this resource now describes (after its registry entry was
-        saved, so a flow started by the event loads the new version). See :mod:`rh_prefect.runtime.events`."""
-        kind = type(self).get_block_type_slug().removeprefix("rh-")  # rh-table -> table (every kind)
-        events.emit_written(kind, self.full_name, self.url, getattr(self, "version", None))
 
     def has_unwritten_data(self) -> bool:
         """True when this object holds data in memory that is not stored yet (it is written from this process)."""

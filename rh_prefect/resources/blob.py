@@ -125,12 +125,9 @@ class Blob(StoredResource):
     def _record(self, size: int, sha256: str, serializer: str, version: Optional[str]) -> None:
         """Remember what was written; a blob already saved by name is re-saved: that save is the commit that
         makes loads by name read the new version."""
-        new_version = version is not None and version != self.version
         self.size, self.sha256, self.serializer, self.version = size, sha256, serializer, version
         if self._block_document_id is not None and not self._pinned:  # a pinned blob only reads: no commit
             self.save()
-        if new_version:
-            self._announce_written()
 
     # -- writing ------------------------------------------------------------------------------------------
     def write(self, data: Any = _NO_DATA, serializer: Optional[str] = None, mkdir: bool = False) -> "Blob":

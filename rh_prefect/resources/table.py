@@ -270,7 +270,6 @@ class Table(StoredResource):
             self._publish_artifact()
         if self._block_document_id is not None:
             self.save()  # keep the registry entry's schema and row count true
-        self._announce_written()
         return self
 
     #: rows shown in the table artifact a write publishes inside a flow
@@ -433,7 +432,6 @@ class Table(StoredResource):
         self._record(manifest)
         if self._block_document_id is not None:
             self.save()
-        self._announce_written()
         return self
 
     def _pin(self, version: str) -> "Table":

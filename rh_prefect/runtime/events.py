@@ -18,10 +18,7 @@ flow run and task run the operation ran in (Prefect's own ids, ``prefect.flow-ru
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Optional
-
-logger = logging.getLogger("rh_prefect.runtime.events")
+from typing import Optional
 
 #: A Folder, Table or Blob got new data (a write, an append, a rollback, or the destination side of a copy).
 WRITTEN = "rh.resource.written"
@@ -45,32 +42,3 @@ LABEL_VERSION = "rh.version"
 def resource_id(kind: str, name: Optional[str], url: str) -> str:
     """The ``prefect.resource.id`` of an rh resource: by name when saved, by URL otherwise."""
     return f"{ID_PREFIX}{kind}.{name or url}"
-
-
-def written_resource(kind: str, name: Optional[str], url: str, version: Optional[str]) -> dict[str, str]:
-    """The event resource (``prefect.resource.*`` and ``rh.*`` labels) of a ``kind`` resource that got a new
-    version. ``name``: its canonical name (``@/my-table``, ``/ds/bert_preproc``), None when unsaved."""
-    return {
-        "prefect.resource.id": resource_id(kind, name, url),
-        "prefect.resource.name": name or url,
-        LABEL_TYPE: kind,
-        LABEL_NAME: name or "",
-        LABEL_URL: url,
-        LABEL_VERSION: version or "",
-    }
-
-
-def emit_written(kind: str, name: Optional[str], url: str, version: Optional[str]) -> Optional[Any]:
-    """Announce that a resource got a new version (:data:`WRITTEN`). Returns the event, or None when it could not be
-    sent.
-
-    Never blocks and never fails the data operation: Prefect queues the event and sends it from a background
-    thread (adding the flow run and task run it happened in as related resources); a failure is only a warning.
-    """
-    try:
-        from prefect.events import emit_event
-
-        return emit_event(event=WRITTEN, resource=written_resource(kind, name, url, version))
-    except Exception as exc:  # an event is news about data, never a condition of storing it
-        logger.warning("could not announce the new version %s of %s: %s", version, name or url, exc)
-        return None
