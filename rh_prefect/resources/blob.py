@@ -217,6 +217,24 @@ class Blob(StoredResource):
             self._record(size, digest, self.serializer or READ_DEFAULT, self.version)
         return self
 
+    def data_version(self) -> str:
+        """The version this blob reads, for caches keyed on the data (``rh.DATA_VERSIONS``): the version it
+        records - nothing is read. A blob described by path only reads its file's listing entry (size, time and
+        the store's content tag); an in-memory blob hashes its object."""
+        if self._has_data:
+            from prefect.utilities.hashing import hash_objects
+
+            return "unwritten-" + (hash_objects(self._data, raise_on_failure=True) or "")
+        if self.version:
+            return self.version
+        self._require_stored("have a data version")
+        try:
+            with self.sys.guard(self._label()):
+                info = self.sys.fs.info(self.fs_path)
+        except FileNotFoundError:
+            return "absent"
+        return "file-" + repr(self.sys.fingerprint(info))
+
     def versions(self) -> list[Version]:
         """The kept versions of this blob, oldest first, read from storage: each with its id, creation time, size
         and sha256 (``rows`` is None); ``current`` marks the one this blob reads (``blob.version``: for a blob

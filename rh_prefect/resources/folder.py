@@ -16,6 +16,7 @@ from typing import IO, Any, Iterator, Mapping, Optional, Union
 from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.utilities.asyncutils import run_sync_in_worker_thread
 from prefect.filesystems import WritableDeploymentStorage, WritableFileSystem
+from pydantic import ConfigDict
 
 from rh_prefect import transfer
 
@@ -46,6 +47,8 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
     _block_type_name = "rh Folder"
     _description = "A folder of files on local disk, a cluster (SSH), S3, GCS or GitHub, copyable to any of them."
     _documentation_url = None
+    # Prefect's filesystem bases bring Block's own config back (a later base wins): keep the resources' schema.
+    model_config = ConfigDict(json_schema_extra=registry.resource_schema_extra)
 
     # -- listing and reading ------------------------------------------------------------------------------
     def ls(self, full_paths: bool = True, sort: bool = False, recursive: bool = False) -> list[str]:
@@ -79,6 +82,21 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
         if full_paths:
             return [posixpath.join(self.path, key) for key, _ in entries]
         return [key for key, _ in entries]
+
+    def data_version(self) -> str:
+        """A fingerprint of the folder's files, for caches keyed on the data (``rh.DATA_VERSIONS``): a Folder has
+        no versions, so this is the sha256 of its recursive listing - every file's relative path, size,
+        modification time and the store's content tag where it lists one (S3 ETag, GCS md5). One listing, no file
+        is read. A rewrite of a file with the same size within the store's time resolution and no content tag (a
+        second, over SFTP) is not seen."""
+        import hashlib
+
+        with self.sys.guard(self.url):
+            infos = transfer.list_files(self.sys, self.fs_path)
+        digest = hashlib.sha256()
+        for key in sorted(infos):
+            digest.update(repr((key, self.sys.fingerprint(infos[key]))).encode())
+        return "listing-" + digest.hexdigest()
 
     def _key_path(self, name: str) -> str:
         return posixpath.join(self.fs_path, check_relative_key(name))

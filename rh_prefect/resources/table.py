@@ -389,6 +389,21 @@ class Table(StoredResource):
         return dataset.read_manifest(self.sys, self.fs_path) is not None
 
     # -- versions -------------------------------------------------------------------------------------------
+    def data_version(self) -> str:
+        """The version this table reads, for caches keyed on the data (``rh.DATA_VERSIONS``): the version it
+        records (loaded by name, pinned with ``version=``, or just written) - nothing is read; a table that
+        records none (stored by an older release) reads its pointer, one small file. Data handed over and not
+        written yet is hashed."""
+        if self._data is not None:
+            from prefect.utilities.hashing import hash_objects
+
+            return "unwritten-" + (hash_objects(self.adapter.to_arrow(self._data), raise_on_failure=True) or "")
+        if self.version:
+            return self.version
+        with self.sys.guard(self._label()):
+            manifest = dataset.read_manifest(self.sys, self.fs_path)
+        return manifest.version if manifest is not None else "absent"
+
     def versions(self) -> list[Version]:
         """The kept versions of the table, oldest first, read from storage: each with its id, creation time,
         rows, data bytes and checksum (sha256 of its manifest); ``current`` marks the one the table's pointer

@@ -12,11 +12,11 @@ import copy
 from abc import ABC
 from typing import Any, Optional, TypeVar
 
-from prefect.blocks.core import Block
+from prefect.blocks.core import Block, schema_extra
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
-from pydantic import PrivateAttr
+from pydantic import ConfigDict, PrivateAttr
 
 from rh_prefect import names
 from rh_prefect.runtime import _prefect_exit, _prefect_private
@@ -33,12 +33,39 @@ _SCHEMA_CACHE: dict[Any, dict[str, Any]] = {}
 _REGISTERED: set[tuple[type, Any]] = set()
 
 
+def resource_schema_extra(schema: dict[str, Any], model: Any) -> None:
+    """Prefect's block schema additions, and: the ``system`` field is required in the JSON schema.
+
+    Why: a block parameter of a flow run may be a reference to a saved block, ``{"$ref": {"block_document_id":
+    ...}}`` (how the UI's block pickers, :mod:`rh_prefect.runtime.dispatch` and ``rh.on_update`` pass them, so
+    secrets survive). Prefect checks it against ``oneOf`` [the block's schema, its reference schema] - on the server
+    for deployments that enforce their parameter schema, and in the UI's automation form, which could not save an
+    ``on_update`` automation. With every field optional a reference matched both and was refused; a value of the
+    block always has ``system`` (it has a default, and every saved document and UI form holds it), a reference
+    never. (Only keywords the UI keeps work here: it drops ``not`` and ``additionalProperties`` before checking.)
+
+    Prefect finds the definition to wrap in that ``oneOf`` by its title, so a definition titled otherwise than its
+    class (the Table kinds are titled "Table") is never wrapped and must go on accepting references: it gets nothing
+    here. Its block schema does (:meth:`Resource.model_json_schema`), so every kind keeps one block schema.
+    """
+    schema_extra(schema, model)
+    if schema.get("title", model.__name__) == model.__name__:
+        _require_system(schema)
+
+
+def _require_system(schema: dict[str, Any]) -> None:
+    if "system" in schema.get("properties", {}) and "system" not in schema.setdefault("required", []):
+        schema["required"].append("system")
+
+
 class Resource(Block, ABC):
     """Base class of every named rh_prefect block (Folder, Table, Blob, Cluster).
 
     Adds Runhouse-style naming: ``save(name=None, overwrite=True)`` returns the resource itself so calls chain,
     and :attr:`name` is the name the user gave (``"my-folder"``, ``"@/my_table"``, ``"/ds/bert_preproc"``).
     """
+
+    model_config = ConfigDict(json_schema_extra=resource_schema_extra)
 
     _rh_name: Optional[str] = PrivateAttr(default=None)
 
@@ -50,6 +77,7 @@ class Resource(Block, ABC):
         cached = _SCHEMA_CACHE.get(key)
         if cached is None:
             cached = _SCHEMA_CACHE[key] = super().model_json_schema(*args, **kwargs)
+            _require_system(cached)  # the block schema: the same for every Table kind (resource_schema_extra)
         return copy.deepcopy(cached)
 
     @classmethod
@@ -138,6 +166,12 @@ class Resource(Block, ABC):
         other = find(names.parse(self.name).full)
         if other is not None and other[0] != type(self).get_block_type_slug():
             raise _name_taken(self.name, other[0])
+
+    def data_version(self) -> Optional[str]:
+        """What identifies the data this resource reads now, for caches keyed on the data
+        (:data:`rh_prefect.runtime.caching.DATA_VERSIONS`); None for a resource that holds no data (a Cluster).
+        Folder, Table and Blob say what it is for them."""
+        return None
 
     def _before_save(self, name: names.ResourceName) -> None:
         """Hook for subclasses: fill defaults that depend on the name (e.g. a namespace's path)."""

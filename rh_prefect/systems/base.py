@@ -222,6 +222,14 @@ class System(ABC):
                 return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
         return None
 
+    @classmethod
+    def fingerprint(cls, info: dict[str, Any]) -> tuple[Any, ...]:
+        """What tells a listed file's content apart without reading it: size, modification time and the store's
+        own content tag when its listing has one (S3 ETag, GCS md5/crc32c, GitHub blob sha). A rewrite with the
+        same size inside the store's time resolution and no content tag (a second over SFTP) looks unchanged."""
+        tags = tuple(str(info[k]) for k in ("ETag", "etag", "md5Hash", "crc32c", "sha") if info.get(k))
+        return int(info.get("size") or 0), cls.mtime(info), tags
+
     def temp_path(self, fs_path: str) -> str:
         """A hidden sibling name used while a file is being written, renamed to ``fs_path`` on commit."""
         head, tail = posixpath.split(fs_path)
