@@ -107,3 +107,27 @@ def test_a_folder_is_keyed_on_its_listing(tmp_path, unique_name):
     other.put({"d.txt": b"d"})
     assert file_count([f, other]) == 4
     assert RAN == ["file_count"] * 3
+
+
+
+@flow
+def train_on(name: str, ckpt: str, ckpt_path: str) -> int:
+    """Reads the table through the cached task, then writes a checkpoint: the write names what the run read."""
+    n = total(rh.table(name=name))
+    rh.blob(data={"n": n}, name=ckpt, path=ckpt_path).save(overwrite=True)
+    return n
+
+
+def test_a_result_served_from_the_cache_still_counts_as_a_read_in_lineage(tmp_path, unique_name):
+    name, ckpt = unique_name("cache-lin"), unique_name("cache-ckpt")
+    t = rh.table(data=data(1, 2), name=name, path=tmp_path / "t").save()
+    RAN.clear()
+    assert train_on(name, ckpt, str(tmp_path / "ckpt.pkl")) == 3
+    assert train_on(name, ckpt, str(tmp_path / "ckpt.pkl")) == 3  # served from the cache: the table is not read
+    assert RAN == ["total"]
+    # The second run's checkpoint still names the table version its cached result was made from.
+    origin = rh.lineage(ckpt).origin
+    assert origin.flow == "train-on"
+    assert [(h.resource.name, h.resource.version) for h in origin.inputs] == [(t.full_name, t.version)]
+    rh.delete(ckpt)
+    rh.delete(name)

@@ -18,6 +18,10 @@ not part of the key: compose with Prefect's policies for them - ``rh.DATA_VERSIO
 the resources' block fields, which is harmless), or ``rh.DATA_VERSIONS + INPUTS - "table"`` to leave a resource
 parameter to this policy alone. A task with no rh resource among its parameters gets no key from this policy
 (alone: not cached).
+
+Computing the key counts as a read of each Table and Blob version in it, for lineage (a later write in the same
+flow run names them as ``input``): a result served from the cache was made from exactly those versions, so a
+checkpoint trained on cached batches still names the table version they came from.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any, Iterator, Optional
 from prefect.cache_policies import CachePolicy
 from prefect.utilities.hashing import hash_objects
 
+from rh_prefect.runtime import events
 from rh_prefect.runtime.registry import Resource
 
 _MAX_DEPTH = 8
@@ -42,6 +47,7 @@ class DataVersions(CachePolicy):
         found = data_versions(inputs or {})
         if not found:
             return None
+        _note_reads(inputs or {})
         fn = getattr(getattr(task_ctx, "task", None), "fn", None)
         task = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}" if fn is not None else ""
         return hash_objects("rh-data-versions", task, found, raise_on_failure=True)
@@ -52,6 +58,21 @@ def data_versions(inputs: dict[str, Any]) -> dict[str, str]:
     ``"config.source"``): what :data:`DATA_VERSIONS` hashes."""
     return {where: version for where, resource in _resources(inputs, "", 0, set())
             if (version := resource.data_version()) is not None}
+
+
+def _note_reads(inputs: dict[str, Any]) -> None:
+    """The task uses these versions, computed or from the cache: note them as the flow run's reads (lineage)."""
+    for _, resource in _resources(inputs, "", 0, set()):
+        describe = getattr(resource, "event_resource", None)
+        if describe is None:
+            continue
+        try:
+            res = describe()
+        except Exception as exc:  # bookkeeping for lineage must never fail a task
+            events.logger.debug("could not note a read of %r for lineage: %s", resource, exc)
+            continue
+        if res.get(events.LABEL_VERSION):  # a Table or Blob at a version (a Folder has none)
+            events.note_read(res)
 
 
 def _resources(value: Any, where: str, depth: int, seen: set[int]) -> Iterator[tuple[str, Resource]]:
