@@ -285,14 +285,17 @@ class InProcessWorker(ProcessWorker):
         from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 
         pool_id = await self._pool_id()
-        await self._requeue_orphans()
-        await self._warm_up()
-        self._wake()  # anything that arrived while this worker was away
         event_filter = EventFilter(event=EventNameFilter(name=[*WAKE_EVENTS, CANCEL_EVENT]),
                                    any_resource=EventAnyResourceFilter(id=[f"prefect.work-pool.{pool_id}"]))
+        first = True
         while True:
             try:
                 async with get_events_subscriber(filter=event_filter) as subscriber:
+                    if first:  # subscribed: the runs re-queued now wake this worker like any other
+                        first = False
+                        await self._requeue_orphans()
+                        self._background.append(asyncio.ensure_future(self._warm_up()))
+                    self._wake()  # anything that arrived while this worker was away or not listening
                     async for event in subscriber:
                         await self._on_event(event)
             except asyncio.CancelledError:
