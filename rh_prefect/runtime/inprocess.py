@@ -230,7 +230,12 @@ class InProcessWorker(ProcessWorker):
     def _run_flow(self, entrypoint: str, flow_run: Any) -> Any:
         from prefect.flow_engine import run_flow
 
-        return run_flow(self._load_flow(entrypoint), flow_run=flow_run, return_type="state")
+        # The run as the engine sees it names no deployment: for a deployment's run the engine first starts a
+        # watcher for suspension requests (a thread, an event loop, an API client and a request: 0.1-0.3 s before
+        # every copy here), and a run inside this process cannot be suspended anyway (suspending stops a run's
+        # infrastructure to resume it elsewhere later). The run itself keeps its deployment, in the API and the UI.
+        engine_view = flow_run.model_copy(update={"deployment_id": None})
+        return run_flow(self._load_flow(entrypoint), flow_run=engine_view, return_type="state")
 
     async def kill_infrastructure(self, infrastructure_pid: str, configuration: ProcessJobConfiguration,
                                   grace_seconds: int = 30) -> None:

@@ -323,16 +323,19 @@ echo "started $pid $log"
 def _stop_script(queue: str, timeout: float) -> str:
     tag = _tag(queue)
     tries = max(1, int(timeout * 5))
-    # SIGTERM to the whole session (setsid made the worker its leader): the worker and its flow-run
-    # subprocesses; SIGKILL whatever is left after the timeout.
+    # SIGTERM to the whole process group (setsid made the supervising shell its leader): the shell, the worker and
+    # its flow-run subprocesses; wait until none is left (the shell dies at once, the worker shuts down in a
+    # second or two), SIGKILL whatever is left after the timeout.
     return f"""state="{STATE_DIR}"; pidf="$state/{tag}.pid"
 [ -s "$pidf" ] || {{ echo "none"; exit 0; }}
 pid=$(cat "$pidf")
-if ! kill -0 "$pid" 2>/dev/null; then rm -f "$pidf" "$state/{tag}.lock"; echo "gone"; exit 0; fi
+if ! kill -0 "-$pid" 2>/dev/null && ! kill -0 "$pid" 2>/dev/null; then
+  rm -f "$pidf" "$state/{tag}.lock"; echo "gone"; exit 0
+fi
 kill -TERM "-$pid" 2>/dev/null || kill -TERM "$pid"
 i=0
-while kill -0 "$pid" 2>/dev/null && [ $i -lt {tries} ]; do sleep 0.2; i=$((i+1)); done
-if kill -0 "$pid" 2>/dev/null; then kill -KILL "-$pid" 2>/dev/null || kill -KILL "$pid"; fi
+while {{ kill -0 "-$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null; }} && [ $i -lt {tries} ]; do sleep 0.2; i=$((i+1)); done
+kill -KILL "-$pid" 2>/dev/null
 rm -f "$pidf" "$state/{tag}.lock"; echo "stopped $pid"
 """
 
