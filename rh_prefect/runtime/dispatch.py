@@ -43,6 +43,10 @@ class NotPickedUp(SystemUnavailable):
     """The flow run waited on its queue and the worker went offline; it was cancelled before it started."""
 
 
+class WorkerLost(SystemUnavailable):
+    """The worker running the flow run went offline; the run is left to the next worker of the queue."""
+
+
 def run(deployment: str, parameters: dict[str, Any], *, queue: str, pool: str, label: str,
         job_variables: Optional[dict[str, Any]] = None, flow_run_name: Optional[str] = None,
         tags: Optional[list[str]] = None, pickup_timeout: Optional[float] = None) -> Any:
@@ -51,8 +55,10 @@ def run(deployment: str, parameters: dict[str, Any], *, queue: str, pool: str, l
     Returns the finished flow run. A run that fails raises the rh_prefect error its message names (else
     :class:`TransferError`, naming the run and where its logs are); a run no worker picks up within
     ``pickup_timeout`` (``settings.pickup_timeout``) while the worker is offline is cancelled and raises
-    :class:`NotPickedUp`. Interrupted (Ctrl-C), the run is cancelled rather than left running unobserved.
-    ``label`` names what runs, for messages ("folder 'ckpt'").
+    :class:`NotPickedUp`; a running run whose worker has been offline that long raises :class:`WorkerLost` and is
+    left for the queue's next worker. A run cancelled in Prefect raises :class:`~rh_prefect.errors.Cancelled`.
+    Interrupted (Ctrl-C), the run is cancelled rather than left running unobserved. ``label`` names what runs, for
+    messages ("folder 'ckpt'").
     """
     return with_api_client(_run, deployment, parameters, queue, pool, label, job_variables, flow_run_name, tags,
                            pickup_timeout)
@@ -69,6 +75,8 @@ def _run(deployment: str, parameters: dict[str, Any], queue: str, pool: str, lab
     )
     try:
         return wait(created.id, queue, pool, label, pickup_timeout or settings.current().pickup_timeout)
+    except WorkerLost:
+        raise  # the run stays: the queue's next worker runs it again (rh_prefect.runtime.inprocess)
     except BaseException:
         _cancel(created.id)
         raise
@@ -170,7 +178,8 @@ def _ref(block: Any, created: list[tuple[UUID, set[str]]]) -> Optional[dict[str,
 
 def _delete_snapshots(created: list[tuple[UUID, set[str]]], client: Any = None) -> None:
     """Delete the run's snapshots and the anonymous nested documents that were saved along with them (with
-    ``client``, an open sync client, or a new one).
+    ``client``, an open sync client, or a new one). A request the server refuses for now (a 5xx: a SQLite server
+    busy with other writers) is tried again, twice.
 
     Best effort: a failure here is logged, never raised over the copy's own outcome.
     """
@@ -181,16 +190,33 @@ def _delete_snapshots(created: list[tuple[UUID, set[str]]], client: Any = None) 
     with contextlib.nullcontext(client) if client is not None else get_client(sync_client=True) as client:
         for doc_id, keep in created:
             try:
-                doc = client.read_block_document(doc_id, include_secrets=False)
-                nested = [ref["block_document"] for ref in (doc.block_document_references or {}).values()]
-                client.delete_block_document(doc_id)
-                for child in nested:
-                    if child.get("is_anonymous") and str(child["id"]) not in keep:
-                        client.delete_block_document(child["id"])
+                doc = _again_if_refused(client.read_block_document, doc_id, include_secrets=False)
             except ObjectNotFound:  # already deleted: the outcome we want
                 continue
             except httpx.HTTPError as exc:
                 logger.warning("could not delete the run's block snapshot %s: %s", doc_id, exc)
+                continue
+            nested = [ref["block_document"] for ref in (doc.block_document_references or {}).values()]
+            doomed = [doc_id, *(c["id"] for c in nested if c.get("is_anonymous") and str(c["id"]) not in keep)]
+            for target in doomed:
+                try:
+                    _again_if_refused(client.delete_block_document, target)
+                except ObjectNotFound:
+                    continue
+                except httpx.HTTPError as exc:
+                    logger.warning("could not delete the run's block snapshot %s: %s", target, exc)
+
+
+def _again_if_refused(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    import httpx
+
+    for pause in (1.0, 3.0, None):
+        try:
+            return call(*args, **kwargs)
+        except httpx.HTTPError:
+            if pause is None:
+                raise
+            time.sleep(pause)
 
 
 # -- deployments ----------------------------------------------------------------------------------------------
@@ -299,14 +325,21 @@ async def _await_final(client: Any, flow_run_id: UUID, queue: str, pool: str, la
             if state is not None and state.is_final():
                 return run
             waiting = state is None or state.is_scheduled()
-            if waiting and time.monotonic() - began > pickup_timeout:
+            if time.monotonic() - began > pickup_timeout:
                 if not await anyio.to_thread.run_sync(worker.is_online, queue, pool):
-                    await anyio.to_thread.run_sync(_cancel, flow_run_id)
-                    raise NotPickedUp(
-                        f"The copy of {label} waited {pickup_timeout:.0f} s on work queue {queue!r} and its worker "
-                        f"went offline; nothing was copied. To retry: {worker.start_hint(queue, pool)}."
+                    if waiting:
+                        await anyio.to_thread.run_sync(_cancel, flow_run_id)
+                        raise NotPickedUp(
+                            f"The copy of {label} waited {pickup_timeout:.0f} s on work queue {queue!r} and its "
+                            f"worker went offline; nothing was copied. To retry: {worker.start_hint(queue, pool)}."
+                        )
+                    raise WorkerLost(
+                        f"The worker of work queue {queue!r} went offline while it ran the copy of {label} (flow run "
+                        f"{run.name!r}, {state.name}); what it committed stays and nothing is half-written. The run "
+                        f"runs again, skipping what was copied, when a worker for the queue starts: "
+                        f"{worker.start_hint(queue, pool)}; or copy again."
                     )
-                began = time.monotonic()  # the worker is alive but busy: keep waiting
+                began = time.monotonic()  # the worker is alive (and busy): keep waiting
             # The run's state is read at least every settings.state_check_seconds; its state-change events (Prefect's
             # event stream) wake the wait as soon as they happen. Without the stream it polls every 0.25-1 s.
             check = settings.current().state_check_seconds
@@ -405,5 +438,5 @@ def _remote_error(run: Any, queue: str, label: str) -> Exception:
 
 
 
-__all__ = ["NotPickedUp", "block_refs", "ensure_deployment", "register_deployments", "run", "run_logger",
+__all__ = ["NotPickedUp", "WorkerLost", "block_refs", "ensure_deployment", "register_deployments", "run", "run_logger",
            "running_on", "settle_cleanups", "wait", "with_api_client"]

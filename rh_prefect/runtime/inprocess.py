@@ -80,6 +80,7 @@ class InProcessWorker(ProcessWorker):
     def __init__(self, work_pool_name: str, work_queues: Optional[list[str]] = None, *args: Any,
                  **kwargs: Any) -> None:
         super().__init__(work_pool_name, work_queues, *args, **kwargs)
+        self._pool_name = work_pool_name
         self._queues = list(work_queues or [])
         self._in_flight: dict[str, threading.Thread] = {}
         self._taking: set[str] = set()
@@ -133,7 +134,7 @@ class InProcessWorker(ProcessWorker):
 
         try:
             deployments = await self.client.read_deployments(
-                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])))
+                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._pool_name])))
         except Exception as exc:
             logger.debug("could not list the pool's deployments to warm up: %s", exc)
             return
@@ -374,7 +375,7 @@ class InProcessWorker(ProcessWorker):
             logger.warning("could not look for runs a previous worker left: %s", exc)
             return
         for run in runs:
-            if (run.labels or {}).get("prefect.worker.name") != self.name or run.work_pool_name != self._work_pool_name:
+            if (run.labels or {}).get("prefect.worker.name") != self.name or run.work_pool_name != self._pool_name:
                 continue
             pid = str(run.infrastructure_pid or "")
             if not pid or pid == str(os.getpid()) or _alive(pid):

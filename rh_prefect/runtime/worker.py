@@ -306,7 +306,7 @@ exec 9>"$state/{tag}.lock"
 if command -v flock >/dev/null 2>&1; then flock -w 30 9; fi
 if [ -s "$pidf" ]; then
   pid=$(cat "$pidf")
-  if kill -0 "$pid" 2>/dev/null && ps -p "$pid" -o args= | grep -q "worker start"; then
+  if kill -0 "$pid" 2>/dev/null && ps -ww -p "$pid" -o args= | grep -q "worker start"; then
     echo "running $pid $log"; exit 0
   fi
 fi
@@ -334,7 +334,9 @@ if ! kill -0 "-$pid" 2>/dev/null && ! kill -0 "$pid" 2>/dev/null; then
 fi
 kill -TERM "-$pid" 2>/dev/null || kill -TERM "$pid"
 i=0
-while {{ kill -0 "-$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null; }} && [ $i -lt {tries} ]; do sleep 0.2; i=$((i+1)); done
+while {{ kill -0 "-$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null; }} && [ $i -lt {tries} ]; do
+  sleep 0.2; i=$((i+1))
+done
 kill -KILL "-$pid" 2>/dev/null
 rm -f "$pidf" "$state/{tag}.lock"; echo "stopped $pid"
 """
