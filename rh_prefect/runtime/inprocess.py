@@ -168,6 +168,7 @@ class InProcessWorker(ProcessWorker):
         if flow_run_id in self._in_flight or flow_run_id in self._taking:
             return
         self._taking.add(flow_run_id)
+        read = asyncio.ensure_future(self.client.read_flow_run(flow_run_id))
         try:
             try:
                 state = await propose_state(self.client, Pending(), flow_run_id=flow_run_id)
@@ -175,16 +176,19 @@ class InProcessWorker(ProcessWorker):
                 state = None
             if state is None or not state.is_pending():
                 return
-            # The labels go on before the engine writes to the run (the server merges them read-modify-write).
-            flow_run, _ = await asyncio.gather(self.client.read_flow_run(flow_run_id), self._label(flow_run_id))
+            flow_run = await read
+            # The labels go on before the engine writes to the run (the server merges them read-modify-write);
+            # meanwhile the blocks the run's parameters refer to are loaded, which the engine would do next.
+            _, parameters = await asyncio.gather(self._label(flow_run_id), asyncio.to_thread(_resolved, flow_run))
             self.get_flow_run_logger(flow_run).info(f"Worker {self.name!r} submitting flow run '{flow_run.id}'")
             pid = asyncio.ensure_future(self.client.update_flow_run(flow_run.id, infrastructure_pid=str(os.getpid())))
-            await self._run_here(flow_run, entrypoint, None)
+            await self._run_here(flow_run, entrypoint, None, parameters)
             with contextlib.suppress(Exception):
                 await pid
         except Exception as exc:  # this run only: the worker goes on
             logger.exception("could not run flow run %s: %s", flow_run_id, exc)
         finally:
+            read.cancel()
             self._taking.discard(flow_run_id)
 
     async def _label(self, flow_run_id: Any) -> None:
@@ -193,7 +197,8 @@ class InProcessWorker(ProcessWorker):
                   "prefect.work-pool.name": self.work_pool.name, "prefect.work-pool.id": str(self.work_pool.id)}
         await self.client.update_flow_run_labels(flow_run_id, labels)
 
-    async def _run_here(self, flow_run: Any, entrypoint: str, task_status: Optional[Any]) -> ProcessWorkerResult:
+    async def _run_here(self, flow_run: Any, entrypoint: str, task_status: Optional[Any],
+                        parameters: Optional[dict[str, Any]] = None) -> ProcessWorkerResult:
         run_logger = self.get_flow_run_logger(flow_run)
         loop = asyncio.get_running_loop()
         finished = asyncio.Event()
@@ -202,7 +207,8 @@ class InProcessWorker(ProcessWorker):
 
         def execute() -> None:
             try:
-                outcome["state"] = _prefect_private.with_shared_client(self._run_flow, entrypoint, flow_run)
+                outcome["state"] = _prefect_private.with_shared_client(self._run_flow, entrypoint, flow_run,
+                                                                       parameters)
             except BaseException as exc:  # the engine itself broke: reported as a crash, the worker goes on
                 outcome["error"] = exc
             finally:
@@ -228,7 +234,7 @@ class InProcessWorker(ProcessWorker):
         return ProcessWorkerResult(status_code=0 if error is None or stop.is_set() else 1,
                                    identifier=str(os.getpid()))
 
-    def _run_flow(self, entrypoint: str, flow_run: Any) -> Any:
+    def _run_flow(self, entrypoint: str, flow_run: Any, parameters: Optional[dict[str, Any]] = None) -> Any:
         from prefect.flow_engine import run_flow
 
         # The run as the engine sees it names no deployment: for a deployment's run the engine first starts a
@@ -236,7 +242,8 @@ class InProcessWorker(ProcessWorker):
         # every copy here), and a run inside this process cannot be suspended anyway (suspending stops a run's
         # infrastructure to resume it elsewhere later). The run itself keeps its deployment, in the API and the UI.
         engine_view = flow_run.model_copy(update={"deployment_id": None})
-        return run_flow(self._load_flow(entrypoint), flow_run=engine_view, return_type="state")
+        return run_flow(self._load_flow(entrypoint), flow_run=engine_view, parameters=parameters or None,
+                        return_type="state")
 
     async def kill_infrastructure(self, infrastructure_pid: str, configuration: ProcessJobConfiguration,
                                   grace_seconds: int = 30) -> None:
@@ -394,6 +401,23 @@ class InProcessWorker(ProcessWorker):
                 logger.warning("flow run %s (%s): %s -> %s", run.name, run.id, gone, state.name)
             except Exception as exc:
                 logger.warning("could not re-queue flow run %s: %s", run.id, exc)
+
+
+def _resolved(flow_run: Any) -> Optional[dict[str, Any]]:
+    """The run's parameters with each block reference (``{"$ref": ...}``) loaded, as the flow engine would load them;
+    None (the engine loads them, and reports what fails) when one cannot be loaded here."""
+    from prefect.blocks.core import Block
+
+    def load() -> dict[str, Any]:
+        return {name: Block.load_from_ref(value["$ref"], _sync=True)
+                if isinstance(value, dict) and set(value) == {"$ref"} else value
+                for name, value in (flow_run.parameters or {}).items()}
+
+    try:
+        return _prefect_private.with_shared_client(load)
+    except Exception as exc:
+        logger.debug("flow run %s: its parameters are left to the engine: %s", flow_run.id, exc)
+        return None
 
 
 def _alive(pid: str) -> bool:
