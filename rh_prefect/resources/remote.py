@@ -125,9 +125,8 @@ def run_on_worker(resource: R, system: Any, path: Optional[str] = None, *,
         job_variables["command"] = f"{cluster.python} -m prefect.engine"
     fields = dst_sys.block_fields()
     with dispatch.block_refs(background=True) as ref:  # the caller need not wait for the snapshots' deletion
-        source, dst_cluster, credentials = ref.all(resource, fields.get("cluster"), fields.get("credentials"))
-        parameters = {"source": source, "system": fields["system"], "path": dst_path, "cluster": dst_cluster,
-                      "credentials": credentials, **options}
+        parameters = {"source": ref(resource), "system": fields["system"], "path": dst_path,
+                      "cluster": ref(fields.get("cluster")), "credentials": ref(fields.get("credentials")), **options}
         finished = dispatch.run(
             f"{name}/{DEPLOYMENT}", parameters, queue=queue, pool=pool, label=_label(resource),
             job_variables=job_variables, tags=["rh-prefect", "rh-transfer"], pickup_timeout=pickup_timeout,

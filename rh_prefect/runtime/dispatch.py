@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 import re
 import threading
@@ -103,37 +102,20 @@ def run_logger() -> Any:
 # -- blocks by reference -------------------------------------------------------------------------------------
 
 
-class _Refs:
-    """``ref(block)``: the ``{"$ref": ...}`` parameter for ``block`` (None for None); ``ref.all(a, b, ...)``: the
-    same for several blocks, saved at once (each snapshot is a request to the API)."""
-
-    def __init__(self, created: list[tuple[UUID, set[str]]]) -> None:
-        self.created = created
-
-    def __call__(self, block: Any) -> Optional[dict[str, Any]]:
-        return _ref(block, self.created)
-
-    def all(self, *blocks: Any) -> list[Optional[dict[str, Any]]]:
-        from concurrent.futures import ThreadPoolExecutor
-
-        saved = [b for b in blocks if b is not None]
-        if len(saved) < 2:
-            return [self(b) for b in blocks]
-        with ThreadPoolExecutor(len(saved), thread_name_prefix="rh-snapshot") as pool:
-            # each in a copy of this context: the API client with_api_client made active is used there too
-            futures = {id(b): pool.submit(contextvars.copy_context().run, self, b) for b in saved}
-            return [futures[id(b)].result() if b is not None else None for b in blocks]
-
-
 @contextlib.contextmanager
-def block_refs(background: bool = False) -> Iterator[_Refs]:
-    """Yields ``ref``: ``ref(block)`` is the ``{"$ref": ...}`` parameter for ``block`` (None for None),
-    ``ref.all(*blocks)`` those of several blocks, saved concurrently; valid until the ``with`` block ends, when the
-    snapshots it saved are deleted (best effort). ``background``: deleted by a thread of their own, so the caller
-    does not wait for it (the interpreter waits for it at exit)."""
+def block_refs(background: bool = False) -> Iterator[Callable[[Any], Optional[dict[str, Any]]]]:
+    """Yields ``ref(block)``: the ``{"$ref": ...}`` parameter for ``block`` (None for None), valid until the
+    ``with`` block ends, when the snapshots it saved are deleted (best effort). ``background``: deleted by a
+    thread of their own, so the caller does not wait for it (the interpreter waits for it at exit).
+
+    Snapshots are saved one after the other, and after the deletions of the previous ones ended: a SQLite-backed
+    Prefect server refuses concurrent writes ("database is locked", a 503 that Prefect's client tries again after
+    a pause), and two saves at once took 2 s, not 0.1 s.
+    """
+    settle_cleanups()  # the last copy's deletions first: they would compete with these saves for the server
     created: list[tuple[UUID, set[str]]] = []
     try:
-        yield _Refs(created)
+        yield lambda block: _ref(block, created)
     finally:
         if background and created:
             _delete_in_background(created)
