@@ -179,7 +179,7 @@ class InProcessWorker(ProcessWorker):
             flow_run = await read
             # The labels go on before the engine writes to the run (the server merges them read-modify-write);
             # meanwhile the blocks the run's parameters refer to are loaded, which the engine would do next.
-            _, parameters = await asyncio.gather(self._label(flow_run_id), asyncio.to_thread(_resolved, flow_run))
+            _, parameters = await asyncio.gather(self._label(flow_run_id), _resolved(flow_run))
             self.get_flow_run_logger(flow_run).info(f"Worker {self.name!r} submitting flow run '{flow_run.id}'")
             pid = asyncio.ensure_future(self.client.update_flow_run(flow_run.id, infrastructure_pid=str(os.getpid())))
             await self._run_here(flow_run, entrypoint, None, parameters)
@@ -403,21 +403,23 @@ class InProcessWorker(ProcessWorker):
                 logger.warning("could not re-queue flow run %s: %s", run.id, exc)
 
 
-def _resolved(flow_run: Any) -> Optional[dict[str, Any]]:
-    """The run's parameters with each block reference (``{"$ref": ...}``) loaded, as the flow engine would load them;
-    None (the engine loads them, and reports what fails) when one cannot be loaded here."""
+async def _resolved(flow_run: Any) -> Optional[dict[str, Any]]:
+    """The run's parameters with each block reference (``{"$ref": ...}``) loaded, as the flow engine would load them
+    (all at once: reads); None (the engine loads them, and reports what fails) when one cannot be loaded here."""
     from prefect.blocks.core import Block
 
-    def load() -> dict[str, Any]:
-        return {name: Block.load_from_ref(value["$ref"], _sync=True)
-                if isinstance(value, dict) and set(value) == {"$ref"} else value
-                for name, value in (flow_run.parameters or {}).items()}
+    def load(ref: dict[str, Any]) -> Any:
+        return _prefect_private.with_shared_client(Block.load_from_ref, ref, _sync=True)
 
+    parameters = dict(flow_run.parameters or {})
+    refs = {name: value["$ref"] for name, value in parameters.items()
+            if isinstance(value, dict) and set(value) == {"$ref"}}
     try:
-        return _prefect_private.with_shared_client(load)
+        blocks = await asyncio.gather(*(asyncio.to_thread(load, ref) for ref in refs.values()))
     except Exception as exc:
         logger.debug("flow run %s: its parameters are left to the engine: %s", flow_run.id, exc)
         return None
+    return {**parameters, **dict(zip(refs, blocks))}
 
 
 def _alive(pid: str) -> bool:
