@@ -25,7 +25,7 @@ _EXPORTS: dict[str, str] = {
         for name in (
             "AlreadyExists", "CredentialsError", "HostKeyMismatch", "IntegrityError", "InvalidName", "InvalidPath",
             "NotFound", "ReadOnlySystem", "RhError", "SystemUnavailable", "TransferError", "UnknownSystem",
-            "SchemaMismatch", "InvalidArgument", "MissingDependency", "ReadOnlyVersion",
+            "SchemaMismatch", "InvalidArgument", "MissingDependency", "ReadOnlyVersion", "Cancelled",
         )
     },
     "Version": "rh_prefect.versions",

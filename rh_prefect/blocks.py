@@ -33,6 +33,10 @@ from rh_prefect.resources.folder import Folder
 from rh_prefect.resources.table import Table
 from rh_prefect.systems.credentials import GCSCredentials, GitHubCredentials, S3Credentials
 
+# Not a block: the cluster worker type (`prefect worker start --type rh-inprocess`). Prefect finds worker types the
+# way it finds block types, by importing this module through the package's `prefect.collections` entry point.
+from rh_prefect.runtime import inprocess as _inprocess  # noqa: F401
+
 #: Every rh_prefect block type, in catalog order: data resources first, then where data lives and its keys.
 #: (`prefect block register -m rh_prefect.blocks` finds them as this module's attributes.)
 BLOCK_TYPES: list[type[Block]] = [Folder, Table, Blob, Cluster, S3Credentials, GCSCredentials, GitHubCredentials]

@@ -86,3 +86,8 @@ class MissingDependency(RhError, ImportError):
 class ReadOnlyVersion(RhError, PermissionError):
     """A write, rollback, save or delete was attempted through a Table or Blob loaded at a fixed version
     (``version=...``): such a resource only reads that version."""
+
+
+class Cancelled(RhError):
+    """A copy was cancelled (its flow run, from Prefect) while it ran: it stopped before its next file. Files it
+    committed stay, none is half-written; run the copy again to resume it."""

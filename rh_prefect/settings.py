@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     worker_poll_freshness: float = Field(
         default=60.0, gt=0, description="A queue polled within this many seconds counts as served by a worker.",
     )
+    worker_in_process: bool = Field(
+        default=True,
+        description="A cluster's worker runs rh-prefect's copies on threads of its own long-lived process (false: "
+                    "a new flow-run process per copy, as Prefect's process worker does).",
+    )
 
 
 _lock = threading.Lock()

@@ -147,6 +147,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             "selected test is marked `servers`: mark the test (or its module) with pytest.mark.servers.")))
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """A copy sent to a worker deletes its block snapshots in the background after returning: let that end before
+    the next test, which may compare the server's block documents."""
+    dispatch = sys.modules.get("rh_prefect.runtime.dispatch")
+    if dispatch is not None:
+        dispatch.settle_cleanups()
+
+
 # --------------------------------------------------------------------------- 3. session servers
 
 

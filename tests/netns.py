@@ -83,6 +83,25 @@ class NetnsLab:
         """``command`` run inside the namespace."""
         return ["ip", "netns", "exec", self.name, *command]
 
+    def shape(self, mbit: float, both_ways: bool = True) -> None:
+        """Limit the link to ``mbit`` Mbit/s with a token bucket (``tc tbf``; this kernel has no netem, so no added
+        latency): what leaves the namespace, and with ``both_ways`` what enters it too (each end shapes what it
+        sends)."""
+        rate = f"{mbit}mbit"
+        # Bursts must hold a whole GSO segment (up to 64 KiB on a veth) or tbf drops it.
+        burst = str(max(256 * 1024, int(mbit * 1e6 / 8 / 100)))
+        tbf = ("root", "tbf", "rate", rate, "burst", burst, "latency", "100ms")
+        commands = [self.argv("tc", "qdisc", "replace", "dev", self.veth_ns, *tbf)]
+        if both_ways:
+            commands.append(["tc", "qdisc", "replace", "dev", self.veth_host, *tbf])
+        for argv in commands:
+            subprocess.run(argv, check=True, capture_output=True, text=True)
+
+    def unshape(self) -> None:
+        """Remove what :meth:`shape` set (no error when nothing was set)."""
+        subprocess.run(self.argv("tc", "qdisc", "del", "dev", self.veth_ns, "root"), capture_output=True)
+        subprocess.run(["tc", "qdisc", "del", "dev", self.veth_host, "root"], capture_output=True)
+
     def pids(self) -> list[int]:
         """PIDs of every process inside the namespace."""
         out = _ip("netns", "pids", self.name).stdout if self.created else ""

@@ -575,8 +575,11 @@ def worker_cluster(ssh_server, prefect_server, tmp_path):
     )
     home = tmp_path / "worker-home"
     home.mkdir()
+    # Copies as flow-run processes, as Prefect's process worker runs them (the test kills one); the in-process
+    # worker's own kill test is in test_orchestration.py.
     info = cluster.start_worker(env={"PREFECT_HOME": str(home), "PREFECT_WORKER_QUERY_SECONDS": "1",
-                                     "PREFECT_WORKER_PREFETCH_SECONDS": "5"}, wait=False)
+                                     "PREFECT_WORKER_PREFETCH_SECONDS": "5", "RH_PREFECT_WORKER_IN_PROCESS": "false"},
+                                wait=False)
     try:
         yield cluster, info
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -441,7 +442,8 @@ def test_local_worker_polls_its_queue_every_two_seconds_by_default(tmp_path):
         info = worker.start_local(queue, env={"PREFECT_HOME": str(tmp_path)}, wait=False)
         env = _environ(info.pid)
         assert env["PREFECT_WORKER_QUERY_SECONDS"] == "2"  # settings.worker_query_seconds' default
-        assert b"worker" in Path(f"/proc/{info.pid}/cmdline").read_bytes().split(b"\0")
+        # the pid is the shell that starts the worker again should it die; the worker is its command
+        assert worker.worker_command(queue).encode() in Path(f"/proc/{info.pid}/cmdline").read_bytes()
     finally:
         worker.stop_local(queue)
         if info is not None:
@@ -573,6 +575,7 @@ def test_folder_copy_from_cluster_to_s3_runs_on_the_cluster_worker(colo):
     with prefect_client() as c:
         task_runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[new.flow_run.id])))
     assert any(t.name.startswith("rh-copy-tree") for t in task_runs)
+    dispatch.settle_cleanups()  # the caller returned at once; the snapshots are deleted meanwhile
     assert _anonymous_docs() == anonymous  # the run's block snapshots were cleaned up
     # The copy's lineage event names the worker's flow run and the cluster, and the source by what it is here (on
     # the worker the source is an anonymous snapshot: the worker announces nothing itself).
@@ -678,12 +681,138 @@ def test_a_worker_installed_from_the_wheel_alone_runs_colocated_copies(colo, tmp
         Path(info.log_path).unlink(missing_ok=True)
 
 
-def test_errors_on_the_worker_come_back_with_their_type(colo):
-    """A user error raised in the flow run on the cluster reaches the caller as the same rh_prefect error."""
+def _queue_runs(colo: Colo, *states: str) -> list[Any]:
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
+                                                FlowRunFilterWorkQueueName)
+
+    flt = FlowRunFilter(work_queue_name=FlowRunFilterWorkQueueName(any_=[colo.cluster.work_queue]),
+                        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(states))) if states else None)
+    with prefect_client() as c:
+        return c.read_flow_runs(flow_run_filter=flt)
+
+
+def _worker_process(run: Any, colo: Colo) -> int:
+    """The process that ran ``run``: the long-lived worker itself (its own pid is the run's infrastructure pid)."""
+    pid = int(run.infrastructure_pid)
+    assert Path(f"/proc/{pid}").exists() or colo.lab is None, pid
+    if colo.lab is not None:
+        assert pid in colo.lab.pids()  # inside the cluster
+    assert wait_for(lambda: f"in worker {colo.worker.name!r}'s own process (pid {pid})" in _flow_run_logs(run.id))
+    return pid
+
+
+def test_errors_on_the_worker_come_back_with_their_type_and_leave_it_serving(colo):
+    """A user error raised in the flow run on the cluster reaches the caller as the same rh_prefect error; the
+    worker process that ran it runs the next copy (copies run inside it: one failing must not take it down)."""
     missing = rh.folder(path=f"rh-test/never-written-{uuid.uuid4().hex[:8]}", system=colo.cluster)
     with pytest.raises(NotFound, match=r"Nothing to copy.*flow run .* on work queue"):
         missing.to(colo.s3, f"/{colo.bucket}/none", via="worker")
     assert colo.s3_fs.find(f"{colo.bucket}/none") == []
+    [failed] = [r for r in _queue_runs(colo, "FAILED") if r.parameters.get("path") == f"/{colo.bucket}/none"]
+
+    src = rh.folder(path=f"rh-test/after-error-{uuid.uuid4().hex[:8]}", system=colo.cluster).put({"ok.txt": b"ok"})
+    new = src.to(colo.s3, f"/{colo.bucket}/after-error", via="worker")
+    assert colo.s3_fs.cat_file(f"{colo.bucket}/after-error/ok.txt") == b"ok"
+    assert _worker_process(new.flow_run, colo) == _worker_process(failed, colo)
+    src.rm()
+
+
+def _tree(n: int, size: int) -> dict[str, bytes]:
+    return {f"part-{i:03d}.bin": os.urandom(size) for i in range(n)}
+
+
+def _objects(colo: Colo, prefix: str) -> dict[str, bytes]:
+    colo.s3_fs.invalidate_cache()
+    try:
+        found = colo.s3_fs.find(f"{colo.bucket}/{prefix}")
+    except FileNotFoundError:
+        return {}
+    return {p.split(f"/{prefix}/", 1)[1]: colo.s3_fs.cat_file(p) for p in found if f"/{prefix}/" in p}
+
+
+@contextlib.contextmanager
+def _slow_cluster_uplink(colo: Colo, mbit: float) -> Iterator[None]:
+    """The cluster's uploads (to S3, on the host side of its link) at ``mbit``: copies last long enough to act on
+    one while it runs."""
+    colo.lab.shape(mbit, both_ways=False)
+    try:
+        yield
+    finally:
+        colo.lab.unshape()
+
+
+def _dispatch_in_background(src: Any, colo: Colo, prefix: str) -> tuple[threading.Thread, dict[str, Any]]:
+    outcome: dict[str, Any] = {}
+
+    def copy() -> None:
+        try:
+            outcome["new"] = src.to(colo.s3, f"/{colo.bucket}/{prefix}", via="worker")
+        except BaseException as exc:  # handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=copy, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_cancelling_a_copy_stops_it_between_files_and_the_worker_runs_the_next(colo):
+    """Cancel from Prefect (what `prefect flow-run cancel` does) while the copy runs in the worker's process: it
+    starts no further file, every object it wrote is whole, the run ends Cancelled, the caller gets Cancelled, and
+    the same process runs the next copy."""
+    from prefect.states import Cancelling
+
+    if colo.lab is None:
+        pytest.skip("needs the cluster's network namespace to slow its link")
+    files = _tree(24, 64 * 1024)
+    src = rh.folder(path=f"rh-test/cancel-{uuid.uuid4().hex[:8]}", system=colo.cluster).put(files)
+    with _slow_cluster_uplink(colo, 4):  # 1.5 MiB: ~3 s, 8 files at a time
+        thread, outcome = _dispatch_in_background(src, colo, "cancelled")
+        wait_for(lambda: _objects(colo, "cancelled"), 60, "the copy's first files in S3")
+        [run] = wait_for(lambda: _queue_runs(colo, "RUNNING"), 10, "the copy's flow run")
+        with prefect_client() as c:
+            c.set_flow_run_state(run.id, Cancelling(message="cancelled by the test"))
+        thread.join(60)
+    assert isinstance(outcome.get("error"), rh.Cancelled), outcome
+    assert "was cancelled" in str(outcome["error"])
+    with prefect_client() as c:
+        assert c.read_flow_run(run.id).state.is_cancelled()
+    stored = _objects(colo, "cancelled")
+    assert 0 < len(stored) < len(files)  # it stopped ...
+    assert all(files[k] == v for k, v in stored.items())  # ... and nothing it wrote is partial
+
+    again = src.to(colo.s3, f"/{colo.bucket}/cancelled", via="worker")  # the user starts it again: it resumes
+    assert _objects(colo, "cancelled") == files
+    assert _worker_process(again.flow_run, colo) == int(run.infrastructure_pid)
+    src.rm()
+
+
+def test_a_worker_killed_mid_copy_comes_back_and_finishes_the_copy(colo):
+    """SIGKILL to the worker process while a copy runs in it: no object is partial, the shell that start_worker()
+    left starts the worker again, the new one puts the run back in the queue and runs it again; the caller, still
+    waiting, gets the finished copy, with every file whole."""
+    if colo.lab is None:
+        pytest.skip("needs the cluster's network namespace to slow its link")
+    files = _tree(24, 64 * 1024)
+    src = rh.folder(path=f"rh-test/killed-{uuid.uuid4().hex[:8]}", system=colo.cluster).put(files)
+    with _slow_cluster_uplink(colo, 4):
+        thread, outcome = _dispatch_in_background(src, colo, "killed")
+        wait_for(lambda: _objects(colo, "killed"), 60, "the copy's first files in S3")
+        [run] = wait_for(lambda: [r for r in _queue_runs(colo, "RUNNING") if r.infrastructure_pid], 10,
+                         "the copy's flow run, with its process")
+        killed = int(run.infrastructure_pid)
+        os.kill(killed, signal.SIGKILL)
+        stored = _objects(colo, "killed")
+        assert all(files[k] == v for k, v in stored.items())  # nothing partial, as the worker died
+        thread.join(120)
+    assert "new" in outcome, outcome
+    new = outcome["new"]
+    assert new.flow_run.id == run.id and new.flow_run.state.is_completed()
+    assert _objects(colo, "killed") == files
+    assert _worker_process(new.flow_run, colo) != killed
+    with prefect_client() as c:
+        names = [s.name for s in c.read_flow_run_states(run.id)]
+    assert "AwaitingRetry" in names, names
+    src.rm()
 
 
 def test_stopped_worker_is_offline_and_auto_falls_back(colo, tmp_path, caplog):

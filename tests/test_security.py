@@ -675,7 +675,7 @@ def test_worker_start_quotes_the_queue_name_and_refuses_odd_env_names(ssh_server
         wait_for(argv_file.exists, 10, "the fake prefect to record its arguments", interval=0.05)
         argv = argv_file.read_bytes().split(b"\0")[:-1]
         assert [a.decode() for a in argv] == ["worker", "start", "--pool", "rh-pool", "--work-queue", queue,
-                                              "--name", f"rh-{queue}", "--type", "process"]
+                                              "--name", f"rh-{queue}", "--type", "rh-inprocess"]
         assert f"starting worker for queue {queue}\n" in Path(info.log_path).read_text()
         assert Path(f"{argv_file}.env").read_text() == odd_value  # the exported environment, verbatim
     finally:

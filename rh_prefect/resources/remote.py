@@ -31,8 +31,9 @@ import logging
 from typing import Any, Optional, TypeVar
 
 from rh_prefect.errors import SystemUnavailable, UnknownSystem
-from rh_prefect.runtime import dispatch, events, worker
+from rh_prefect.runtime import dispatch, events, stops, worker
 from rh_prefect.systems import get_system
+from rh_prefect.systems.base import stoppable
 
 logger = logging.getLogger("rh_prefect.resources.remote")
 R = TypeVar("R")
@@ -40,6 +41,8 @@ R = TypeVar("R")
 VIA = ("auto", "worker", "local")
 #: the tag of the flow runs :func:`run_on_worker` dispatches
 TAG = "rh-transfer"
+#: A worker seen online this recently is taken to still be (see ``worker.is_online(reuse=...)``).
+ONLINE_REUSE_SECONDS = 10.0
 #: Name of every transfer deployment; the flow names are rh-copy-folder, rh-copy-blob, rh-copy-table.
 DEPLOYMENT = "rh-transfer"
 #: Where each transfer flow is defined: module paths inside this package, so a worker runs them from the wheel.
@@ -81,11 +84,17 @@ def route(resource: R, system: Any, path: Optional[str] = None, *, via: str = "a
         return None
     if resource.has_unwritten_data():
         return None  # data held in memory here (not yet written) is written from here, wherever it goes
+    # One API client for the dozen API calls of a dispatch (checks, snapshots, the run, the wait, the clean-up).
+    return dispatch.with_api_client(_to_worker, resource, system, path, via, queue, label, **options)
+
+
+def _to_worker(resource: R, system: Any, path: Optional[str], via: str, queue: str, label: str,
+               **options: Any) -> Optional[R]:
     cluster = resource.cluster
     pool = cluster.work_pool
     if dispatch.running_on(queue):
         return None  # this process already is a flow run on that worker: copy here
-    if not worker.is_online(queue, pool):
+    if not worker.is_online(queue, pool, reuse=ONLINE_REUSE_SECONDS):
         hint = worker.start_hint(queue, pool, cluster.name)
         if via == "worker":
             raise SystemUnavailable(
@@ -118,15 +127,9 @@ def run_on_worker(resource: R, system: Any, path: Optional[str] = None, *,
         # One interpreter start per run instead of two (Prefect's workspace supervisor, then the engine).
         job_variables["command"] = f"{cluster.python} -m prefect.engine"
     fields = dst_sys.block_fields()
-    with dispatch.block_refs() as ref:
-        parameters = {
-            "source": ref(resource),
-            "system": fields["system"],
-            "path": dst_path,
-            "cluster": ref(fields.get("cluster")),
-            "credentials": ref(fields.get("credentials")),
-            **options,
-        }
+    with dispatch.block_refs(background=True) as ref:  # the caller need not wait for the snapshots' deletion
+        parameters = {"source": ref(resource), "system": fields["system"], "path": dst_path,
+                      "cluster": ref(fields.get("cluster")), "credentials": ref(fields.get("credentials")), **options}
         finished = dispatch.run(
             f"{name}/{DEPLOYMENT}", parameters, queue=queue, pool=pool, label=_label(resource),
             job_variables=job_variables, tags=["rh-prefect", TAG], pickup_timeout=pickup_timeout,
@@ -142,15 +145,30 @@ def run_on_worker(resource: R, system: Any, path: Optional[str] = None, *,
 
 
 def copy_here(source: Any, system: str, path: Optional[str] = None, cluster: Any = None, credentials: Any = None,
-              **options: Any) -> dict[str, Any]:
+              **options: Any) -> Any:
     """The worker side of :func:`run_on_worker` (what the transfer flows call): copy ``source`` to ``path`` on
-    ``system`` (``cluster`` for ssh, ``credentials`` for s3/gs) in this process; returns a summary."""
+    ``system`` (``cluster`` for ssh, ``credentials`` for s3/gs) in this process; returns a summary.
+
+    In a worker that runs copies in its own process (:mod:`rh_prefect.runtime.inprocess`), a cancelled run stops
+    before its next file, and this returns a Cancelled state: the flow run ends Cancelled."""
     dst = get_system(cluster if cluster is not None else system, credentials=credentials)
+    stop = stops.current()
+    if stop is not None:
+        dst = stoppable(dst, stop, "The flow run was cancelled.")
     reader = _colocated_view(source)
     # A run dispatched by run_on_worker is announced by the process that dispatched it, which knows the source's
     # name (here it is an anonymous snapshot); a run started by hand, or a direct call, announces itself.
-    with events.suppressed() if _dispatched_run() else contextlib.nullcontext():
-        new = reader.copy_to(dst, path, **options)
+    try:
+        with events.suppressed() if _dispatched_run() else contextlib.nullcontext():
+            new = reader.copy_to(dst, path, **options)
+    except Exception as exc:
+        if stop is None or not stop.is_set():
+            raise
+        from prefect.states import Cancelled as CancelledState
+
+        dispatch.run_logger().info("stopped: the flow run was cancelled (%s: %s)", type(exc).__name__, exc)
+        return CancelledState(message=f"Cancelled while copying {source.url}: stopped before its next file; files "
+                                      "it committed stay, none is half-written.")
     out: dict[str, Any] = {"system": new.system, "path": new.path, "url": new.url,
                            "read_from": "local disk" if reader is not source else source.sys.describe()}
     report = new.last_copy

@@ -9,8 +9,10 @@ twins).
 
 from __future__ import annotations
 
+import contextvars
+import threading
 import uuid
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from rh_prefect.systems._private import Private
 
@@ -19,6 +21,13 @@ SAVE_SYNC = Private(
     fallback="public Block.asave run by prefect.utilities.asyncutils.run_coro_as_sync (a named snapshot)",
     why="saves from synchronous code even inside a running event loop, where the public save() would hand back a "
         "coroutine; and saves anonymously (run snapshots stay out of the UI's block list)",
+)
+CLIENT_CONTEXT_VAR = Private(
+    "prefect", "SyncClientContext.__var__",
+    fallback="a new API client for each call that asks for one (~0.08 s of CPU each, building its TLS context, and "
+             "one version check request)",
+    why="one API client per process for a dispatched copy and for each flow run of the in-process worker: Prefect's "
+        "get_client(sync_client=True) returns the client of the active SyncClientContext, set through its variable",
 )
 QUEUE_INSTANCES = Private(
     "prefect", "QueueService._instances",
@@ -90,3 +99,48 @@ def events_workers() -> list[Any]:
         QUEUE_INSTANCES.broke(EventsWorker, TypeError(f"_instances is a {type(instances).__name__}"))
         return []
     return [w for w in list(instances.values()) if isinstance(w, EventsWorker)]
+
+
+T = TypeVar("T")
+_SHARED_CLIENTS: dict[tuple, Any] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def with_shared_client(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call ``fn`` with this process's long-lived sync API client as the active one, so that every
+    ``get_client(sync_client=True)`` inside (ours, and Prefect's own: block saves, run_deployment, the flow engine)
+    returns it instead of building a client each time. A client context already active (inside a flow run) is kept.
+    """
+    from prefect.context import SyncClientContext
+
+    if SyncClientContext.get() is not None or not CLIENT_CONTEXT_VAR.usable(SyncClientContext):
+        return fn(*args, **kwargs)
+    var = vars(SyncClientContext).get("__var__")
+    if not isinstance(var, contextvars.ContextVar):
+        CLIENT_CONTEXT_VAR.broke(SyncClientContext, TypeError(f"__var__ is a {type(var).__name__}"))
+        return fn(*args, **kwargs)
+    shared = _shared_client_context()
+
+    def call() -> T:
+        var.set(shared)  # in a copy of the caller's context: gone when fn returns, nothing else changes
+        return fn(*args, **kwargs)
+
+    return contextvars.copy_context().run(call)
+
+
+def _shared_client_context() -> Any:
+    """The SyncClientContext of this process for the API settings in force, its client opened once and kept."""
+    from prefect.context import SyncClientContext
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
+
+    key = (PREFECT_API_URL.value(), PREFECT_API_KEY.value(), PREFECT_API_AUTH_STRING.value())
+    with _SHARED_LOCK:
+        ctx = _SHARED_CLIENTS.get(key)
+        if ctx is None or getattr(ctx.client, "_closed", False):  # closed by someone's `with client:`: open another
+            ctx = SyncClientContext()
+            # Entered with room to spare: each `with get_client(sync_client=True)` inside fn enters and exits it
+            # once more and must never close it (Prefect counts entries without a lock, so threads may miscount).
+            for _ in range(64):
+                ctx.client.__enter__()
+            _SHARED_CLIENTS[key] = ctx
+        return ctx

@@ -8,19 +8,18 @@ reversibly onto Prefect's ``[a-z0-9-]`` block names (see :mod:`rh_prefect.names`
 
 from __future__ import annotations
 
-import copy
 from abc import ABC
 from typing import Any, Optional, TypeVar
 
 from prefect.blocks.core import Block, schema_extra
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
-from prefect.settings import PREFECT_API_URL
 from pydantic import ConfigDict, PrivateAttr
 
 from rh_prefect import names
 from rh_prefect.runtime import _prefect_exit, _prefect_private
 from rh_prefect.errors import AlreadyExists, NotFound
+from rh_prefect.systems.blocktypes import RegisteredOnce
 
 R = TypeVar("R", bound="Resource")
 
@@ -28,9 +27,6 @@ R = TypeVar("R", bound="Resource")
 #: slug only; the classes live on the resources floor above, and a name is loaded through Prefect's own block
 #: lookup (``Block.get_block_class_from_key``), which imports them through the ``prefect.collections`` entry point.
 RESOURCE_TYPES: dict[str, str] = {"rh-folder": "Folder", "rh-table": "Table", "rh-blob": "Blob", "rh-cluster": "Cluster"}
-_SCHEMA_CACHE: dict[Any, dict[str, Any]] = {}
-# (class, API URL) whose block type and schema this process has registered
-_REGISTERED: set[tuple[type, Any]] = set()
 
 
 def resource_schema_extra(schema: dict[str, Any], model: Any) -> None:
@@ -58,7 +54,7 @@ def _require_system(schema: dict[str, Any]) -> None:
         schema["required"].append("system")
 
 
-class Resource(Block, ABC):
+class Resource(RegisteredOnce, ABC):
     """Base class of every named rh_prefect block (Folder, Table, Blob, Cluster).
 
     Adds Runhouse-style naming: ``save(name=None, overwrite=True)`` returns the resource itself so calls chain,
@@ -71,29 +67,9 @@ class Resource(Block, ABC):
 
     @classmethod
     def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
-        # Prefect regenerates the JSON schema dozens of times per save (once per field in _field_has_secrets),
-        # about a second of CPU with the nested Cluster/credential blocks. A class's schema never changes.
-        key = (cls, args, tuple(sorted(kwargs.items(), key=lambda kv: kv[0])))
-        cached = _SCHEMA_CACHE.get(key)
-        if cached is None:
-            cached = _SCHEMA_CACHE[key] = super().model_json_schema(*args, **kwargs)
-            _require_system(cached)  # the block schema: the same for every Table kind (resource_schema_extra)
-        return copy.deepcopy(cached)
-
-    @classmethod
-    def register_type_and_schema(cls, client: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
-        # Prefect registers the block type and schema - and those of every nested block type (Cluster, the
-        # credential blocks) - before every save: about ten API round trips, more than the save itself. They
-        # cannot change while this process runs, so register once per class and Prefect server. (Only the
-        # synchronous call that save() makes is short-cut; an awaited call, e.g. `prefect block register`, is not.)
-        if kwargs.get("_sync") is not True:
-            return super().register_type_and_schema(client=client, **kwargs)
-        key = (cls, PREFECT_API_URL.value())
-        if key in _REGISTERED and cls._block_type_id is not None and cls._block_schema_id is not None:
-            return None
-        super().register_type_and_schema(client=client, **kwargs)
-        _REGISTERED.add(key)
-        return None
+        schema = super().model_json_schema(*args, **kwargs)  # a copy of the class's cached schema (RegisteredOnce)
+        _require_system(schema)  # the block schema: the same for every Table kind (resource_schema_extra)
+        return schema
 
     # -- naming -------------------------------------------------------------------------------------------
     @property

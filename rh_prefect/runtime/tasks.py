@@ -24,7 +24,7 @@ from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary
 from prefect.tasks import exponential_backoff
 
 from rh_prefect import settings, transfer
-from rh_prefect.runtime import _prefect_exit
+from rh_prefect.runtime import _prefect_exit, stops
 from rh_prefect.errors import RhError, SystemUnavailable, TransferError
 from rh_prefect.systems.base import system_classes
 
@@ -82,6 +82,8 @@ def _verdict(exc: BaseException) -> Optional[bool]:
 
 
 def _retry_condition(task: Task, task_run: Any, state: Any) -> bool:
+    if stops.requested():  # the flow run was cancelled: whatever the error, do not start the copy again
+        return False
     try:
         state.result()
     except BaseException as exc:  # the state re-raises the task's exception: classify it

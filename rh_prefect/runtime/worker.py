@@ -1,14 +1,17 @@
-"""Prefect workers on clusters: start, stop and check the process worker that serves a cluster's work queue.
+"""Prefect workers on clusters: start, stop and check the worker that serves a cluster's work queue.
 
 A cluster with a ``work_queue`` can run copies of its own data (``folder.to("s3", ...)``) as flow runs on a
-Prefect *process* worker living on the cluster host, so the bytes never pass through the caller. This module
-starts that worker over SSH - detached with ``setsid nohup``, logging to a file, its PID in a pid file, so a
-second start finds the running one instead of starting another - and asks the Prefect API whether a worker
-is online for a queue (routing in :mod:`rh_prefect.runtime.dispatch` depends on that answer).
+Prefect worker living on the cluster host, so the bytes never pass through the caller. The worker is rh-prefect's
+long-lived one (:mod:`rh_prefect.runtime.inprocess`, type ``rh-inprocess``): it runs the package's copies in its
+own process, woken by the server's events. This module starts it over SSH - detached with ``setsid nohup`` under
+a shell loop that starts it again if it dies, logging to a file, its PID in a pid file, so a second start finds
+the running one instead of starting another - and asks the Prefect API whether a worker is online for a queue
+(routing in :mod:`rh_prefect.runtime.dispatch` depends on that answer).
 
-The worker started here is exactly what this command starts by hand on the cluster::
+The worker started here is what this command starts by hand on the cluster::
 
-    PREFECT_API_URL=http://<server>:4200/api prefect worker start --pool rh-pool --work-queue <queue> --type process
+    PREFECT_API_URL=http://<server>:4200/api \
+        prefect worker start --pool rh-pool --work-queue <queue> --type rh-inprocess
 
 Example:
     ```python
@@ -45,16 +48,21 @@ Cluster = Any
 
 logger = logging.getLogger("rh_prefect.runtime.worker")
 
-#: The process work pool that the package's transfer deployments live in; one work queue per cluster.
+#: The work pool that the package's transfer deployments live in; one work queue per cluster.
 DEFAULT_POOL = "rh-pool"
+#: The worker type started on clusters and given to the pools rh-prefect creates: the long-lived worker of
+#: :mod:`rh_prefect.runtime.inprocess` (a process worker that runs the package's copies in its own process).
+WORKER_TYPE = "rh-inprocess"
+#: A worker that dies after running this long is started again by the shell that :func:`start` leaves on the host
+#: (a crash, an out-of-memory kill); one that exits sooner (a wrong command, a broken install) is not.
+RESTART_AFTER_SECONDS = 5
 #: Where a worker's pid file and log live on the host that runs it (``$HOME`` of the login user).
 STATE_DIR = "$HOME/.cache/rh_prefect/workers"
 # A queue counts as served when a worker polled it within settings.worker_poll_freshness seconds (the Prefect
 # server's own READY window). Workers started here poll every settings.worker_query_seconds (2 s;
-# PREFECT_WORKER_QUERY_SECONDS, whose Prefect default is 10 s): a copy dispatched with ``to(..., via="worker")``
-# waits for that poll before anything starts; measured with tests/bench/bench_colocated.py, 3.5-8.5 s of waiting
-# at 10 s, 0.1-2.6 s at 2 s, for one small request per poll. ``start_worker(env={"PREFECT_WORKER_QUERY_SECONDS":
-# "10"})`` sets another interval for one worker.
+# PREFECT_WORKER_QUERY_SECONDS, whose Prefect default is 10 s). The rh-inprocess worker is woken by the server's
+# events as soon as a run is scheduled, so the poll only matters when its event stream is down (a process worker
+# waited for it: 3.5-8.5 s at 10 s, 0.1-2.6 s at 2 s, measured with tests/bench/bench_colocated.py).
 
 
 @dataclass
@@ -80,17 +88,22 @@ def worker_name(queue: str) -> str:
     return f"rh-{queue}"
 
 
-def worker_command(queue: str, pool: str = DEFAULT_POOL, prefect_bin: str = "prefect") -> str:
-    """The shell command that runs a worker for ``queue`` in the foreground (what :func:`start` detaches)."""
-    return shlex.join([prefect_bin, "worker", "start", "--pool", pool, "--work-queue", queue,
-                       "--name", worker_name(queue), "--type", "process"])
+def worker_command(queue: str, pool: str = DEFAULT_POOL, prefect_bin: str = "prefect",
+                   python: Optional[str] = None) -> str:
+    """The shell command that runs the worker for ``queue`` in the foreground (what :func:`start` detaches): an
+    ``rh-inprocess`` worker, started by ``python -m prefect`` when the cluster names its ``python`` (the working
+    directory then comes first on the module path, as for a flow run), else by ``prefect_bin``."""
+    launcher = [python, "-m", "prefect"] if python else [prefect_bin]
+    return shlex.join([*launcher, "worker", "start", "--pool", pool, "--work-queue", queue,
+                       "--name", worker_name(queue), "--type", WORKER_TYPE])
 
 
 def start_hint(queue: str, pool: str = DEFAULT_POOL, cluster_name: Optional[str] = None) -> str:
     """How to start a worker for ``queue``: the Python call and the equivalent command."""
     who = f"rh.cluster({cluster_name!r})" if cluster_name else "cluster"
     return (f"start one with `{who}.start_worker()`, or run `prefect worker start --pool {pool} "
-            f"--work-queue {queue}` on the cluster (with PREFECT_API_URL pointing at this Prefect server)")
+            f"--work-queue {queue} --type {WORKER_TYPE}` on the cluster (with PREFECT_API_URL pointing at this "
+            "Prefect server)")
 
 
 #: Set in the environment of a worker started by :func:`start`: the identity of the cluster it runs on, so copies
@@ -115,7 +128,9 @@ def runs_on(system: Any) -> bool:
 
 
 def ensure_queue(queue: str, pool: str = DEFAULT_POOL) -> None:
-    """Create the process work pool and its work queue on the Prefect server if they do not exist yet."""
+    """Create the work pool (type :data:`WORKER_TYPE`) and its work queue on the Prefect server if they do not exist
+    yet. A pool created as a ``process`` pool (by hand, or by an older rh-prefect) keeps working: the rh-inprocess
+    worker serves it too, with a warning from Prefect that the types differ."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -125,10 +140,11 @@ def ensure_queue(queue: str, pool: str = DEFAULT_POOL) -> None:
         try:
             client.read_work_pool(pool)
         except ObjectNotFound:
-            # The default process template is what makes job variables (working_dir, env) work per run.
+            # The process worker's template is what makes job variables (working_dir, env, command) work per run;
+            # the rh-inprocess worker is a process worker for every run it does not run in its own process.
             template = ProcessWorker.get_default_base_job_template()
             try:
-                client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template))
+                client.create_work_pool(WorkPoolCreate(name=pool, type=WORKER_TYPE, base_job_template=template))
             except ObjectAlreadyExists:  # created concurrently: the outcome we wanted
                 pass
         try:
@@ -140,10 +156,29 @@ def ensure_queue(queue: str, pool: str = DEFAULT_POOL) -> None:
                 pass
 
 
-def is_online(queue: str, pool: str = DEFAULT_POOL, freshness: Optional[float] = None) -> bool:
+_SEEN_ONLINE: dict[tuple[str, str, str], float] = {}
+
+
+def is_online(queue: str, pool: str = DEFAULT_POOL, freshness: Optional[float] = None, *,
+              reuse: float = 0.0) -> bool:
     """True when a worker serves ``queue``: the queue was polled within ``freshness`` seconds and a worker of
     the pool is heartbeating (``ONLINE``). Both come from the Prefect API, so this works for any worker,
-    however it was started."""
+    however it was started. ``reuse``: a True answer this process got less than ``reuse`` seconds ago stands
+    (two API requests saved; a dispatch to a worker that died since waits ``pickup_timeout``, then asks again)."""
+    from prefect.settings import PREFECT_API_URL
+
+    key = (str(PREFECT_API_URL.value()), queue, pool)
+    if reuse > 0 and time.monotonic() - _SEEN_ONLINE.get(key, -1e9) < reuse:
+        return True
+    online = _ask_online(queue, pool, freshness)
+    if online:
+        _SEEN_ONLINE[key] = time.monotonic()
+    else:
+        _SEEN_ONLINE.pop(key, None)
+    return online
+
+
+def _ask_online(queue: str, pool: str, freshness: Optional[float]) -> bool:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import WorkerStatus
     from prefect.exceptions import ObjectNotFound
@@ -242,12 +277,26 @@ def _tag(queue: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", queue)
 
 
-def _start_script(queue: str, pool: str, prefect_bin: str, workdir: Optional[str], env: dict[str, str]) -> str:
+def _start_script(queue: str, pool: str, command: str, workdir: Optional[str], env: dict[str, str]) -> str:
     tag = _tag(queue)
     _check_env(env)
     # Every value that comes from the user is shell-quoted: queue names, paths and values reach `sh -c`.
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     cd = f"cd {shlex.quote(workdir)} || exit 3\n" if workdir else 'cd "$HOME"\n'
+    # The worker runs under a small shell loop that starts it again when it dies after running a while (it runs
+    # copies in its own process; the new one re-queues the runs the dead one left, see runtime.inprocess). The
+    # loop is the session leader whose PID is recorded: stopping the session stops both.
+    supervised = f"""while :; do
+  began=$(date +%s)
+  {command}
+  rc=$?
+  [ "$rc" -eq 0 ] && exit 0
+  if [ $(( $(date +%s) - began )) -lt {RESTART_AFTER_SECONDS} ]; then
+    echo "--- the worker exited ($rc) at once: not started again"; exit "$rc"
+  fi
+  echo "--- $(date -u +%FT%TZ) the worker exited ($rc); starting it again"
+  sleep 1
+done"""
     # A lock makes concurrent starts agree on one worker; the pid file is trusted only when that PID still
     # runs a prefect worker (PIDs get reused). The worker must not inherit the lock's descriptor (9>&-).
     return f"""set -u
@@ -257,12 +306,12 @@ exec 9>"$state/{tag}.lock"
 if command -v flock >/dev/null 2>&1; then flock -w 30 9; fi
 if [ -s "$pidf" ]; then
   pid=$(cat "$pidf")
-  if kill -0 "$pid" 2>/dev/null && ps -p "$pid" -o args= | grep -q "worker start"; then
+  if kill -0 "$pid" 2>/dev/null && ps -ww -p "$pid" -o args= | grep -q "worker start"; then
     echo "running $pid $log"; exit 0
   fi
 fi
 {cd}{exports}printf '%s\\n' "--- $(date -u +%FT%TZ) starting worker for queue "{shlex.quote(queue)} >> "$log"
-setsid nohup {worker_command(queue, pool, prefect_bin)} </dev/null >>"$log" 2>&1 9>&- &
+setsid nohup sh -c {shlex.quote(supervised)} </dev/null >>"$log" 2>&1 9>&- &
 pid=$!
 echo "$pid" > "$pidf"
 sleep 1
@@ -274,16 +323,21 @@ echo "started $pid $log"
 def _stop_script(queue: str, timeout: float) -> str:
     tag = _tag(queue)
     tries = max(1, int(timeout * 5))
-    # SIGTERM to the whole session (setsid made the worker its leader): the worker and its flow-run
-    # subprocesses; SIGKILL whatever is left after the timeout.
+    # SIGTERM to the whole process group (setsid made the supervising shell its leader): the shell, the worker and
+    # its flow-run subprocesses; wait until none is left (the shell dies at once, the worker shuts down in a
+    # second or two), SIGKILL whatever is left after the timeout.
     return f"""state="{STATE_DIR}"; pidf="$state/{tag}.pid"
 [ -s "$pidf" ] || {{ echo "none"; exit 0; }}
 pid=$(cat "$pidf")
-if ! kill -0 "$pid" 2>/dev/null; then rm -f "$pidf" "$state/{tag}.lock"; echo "gone"; exit 0; fi
+if ! kill -0 "-$pid" 2>/dev/null && ! kill -0 "$pid" 2>/dev/null; then
+  rm -f "$pidf" "$state/{tag}.lock"; echo "gone"; exit 0
+fi
 kill -TERM "-$pid" 2>/dev/null || kill -TERM "$pid"
 i=0
-while kill -0 "$pid" 2>/dev/null && [ $i -lt {tries} ]; do sleep 0.2; i=$((i+1)); done
-if kill -0 "$pid" 2>/dev/null; then kill -KILL "-$pid" 2>/dev/null || kill -KILL "$pid"; fi
+while {{ kill -0 "-$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null; }} && [ $i -lt {tries} ]; do
+  sleep 0.2; i=$((i+1))
+done
+kill -KILL "-$pid" 2>/dev/null
 rm -f "$pidf" "$state/{tag}.lock"; echo "stopped $pid"
 """
 
@@ -311,16 +365,17 @@ def _api_url(explicit: Optional[str]) -> str:
 
 
 def _launch(host: _Host, queue: str, pool: str, prefect_bin: str, workdir: Optional[str], api_url: str,
-            env: Optional[dict[str, str]], wait: bool, timeout: float) -> WorkerInfo:
+            env: Optional[dict[str, str]], wait: bool, timeout: float, python: Optional[str] = None) -> WorkerInfo:
     full_env = {"PREFECT_API_URL": api_url, "PREFECT_WORKER_QUERY_SECONDS": f"{settings.current().worker_query_seconds:g}", **(env or {})}
     _check_env(full_env)  # before anything is created on the server or the host
     ensure_queue(queue, pool)
-    rc, out, err = host.run(_start_script(queue, pool, prefect_bin, workdir, full_env))
+    command = worker_command(queue, pool, prefect_bin, python)
+    rc, out, err = host.run(_start_script(queue, pool, command, workdir, full_env))
     words = out.split()
     if rc != 0 or len(words) < 3 or words[0] not in ("started", "running"):
         raise SystemUnavailable(
-            f"Could not start a Prefect worker on {host.label} (exit {rc}). Check prefect_bin={prefect_bin!r} "
-            f"is installed there. Output:\n{out.strip()}\n{err.strip()}".rstrip()
+            f"Could not start a Prefect worker on {host.label} (exit {rc}). Check that {python or prefect_bin!r} "
+            f"is installed there, with rh-prefect. Output:\n{out.strip()}\n{err.strip()}".rstrip()
         )
     info = WorkerInfo(host=host.label, queue=queue, pool=pool, name=worker_name(queue), pid=int(words[1]),
                       log_path=words[2], started=words[0] == "started")
@@ -339,6 +394,8 @@ def _launch(host: _Host, queue: str, pool: str, prefect_bin: str, workdir: Optio
 
 
 def _halt(host: _Host, queue: str, pool: str, timeout: float) -> bool:
+    for key in [k for k in _SEEN_ONLINE if k[1:] == (queue, pool)]:
+        _SEEN_ONLINE.pop(key, None)
     rc, out, err = host.run(_stop_script(queue, timeout), timeout=timeout + 30)
     if rc != 0:
         raise SystemUnavailable(f"Could not stop the worker on {host.label}: {out.strip()} {err.strip()}")
@@ -372,11 +429,14 @@ def start(cluster: Cluster, *, api_url: Optional[str] = None, env: Optional[dict
     after ``pip install rh-prefect`` there): the worker starts on this machine, with the ``prefect`` next to this
     Python unless the cluster names another ``prefect_bin``.
 
-    The worker runs ``cluster.prefect_bin`` detached (``setsid nohup``) in ``cluster.project_dir`` (or the
+    The worker is rh-prefect's long-lived one (type ``rh-inprocess``, :mod:`rh_prefect.runtime.inprocess`: copies
+    run in its own process, woken by the server's events). It runs as ``cluster.python -m prefect worker start``
+    (or ``cluster.prefect_bin worker start`` when the cluster names no ``python``), detached (``setsid nohup``)
+    under a shell loop that starts it again if it dies after running a while, in ``cluster.project_dir`` (or the
     login home), with ``PREFECT_API_URL`` = ``api_url`` or ``cluster.api_url`` or this process's API URL,
     ``PREFECT_WORKER_QUERY_SECONDS`` = ``settings.worker_query_seconds`` (2 s), plus ``env`` (which may override both).
-    Its log and pid file are under ``~/.cache/rh_prefect/workers/`` on the cluster. With ``wait``, returns once
-    the Prefect API sees the worker polling its queue.
+    Its log and pid file (the loop's PID) are under ``~/.cache/rh_prefect/workers/`` on the cluster. With ``wait``,
+    returns once the Prefect API sees the worker polling its queue.
     """
     queue = _queue_of(cluster)
     # Tells the transfer flows they run on this cluster, so they read its files from disk, not over SSH.
@@ -387,7 +447,7 @@ def start(cluster: Cluster, *, api_url: Optional[str] = None, env: Optional[dict
     if here and prefect_bin == "prefect":
         prefect_bin = _prefect_beside_python()
     return _launch(host, queue, cluster.work_pool, prefect_bin, cluster.project_dir,
-                   _api_url(api_url or cluster.api_url), env, wait, timeout)
+                   _api_url(api_url or cluster.api_url), env, wait, timeout, python=cluster.python)
 
 
 def _prefect_beside_python() -> str:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import errno
+import functools
 import os
 import posixpath
 import socket
@@ -27,7 +29,7 @@ from urllib.parse import urlsplit
 from fsspec import AbstractFileSystem
 
 from rh_prefect import settings
-from rh_prefect.errors import InvalidPath, ReadOnlySystem, RhError, SystemUnavailable, UnknownSystem
+from rh_prefect.errors import Cancelled, InvalidPath, ReadOnlySystem, RhError, SystemUnavailable, UnknownSystem
 
 _REGISTRY: dict[str, type["System"]] = {}
 #: the end of the name of the hidden directory that holds a Blob's immutable versions, beside the blob's file
@@ -319,6 +321,53 @@ class System(ABC):
     def block_fields(self) -> dict[str, Any]:
         """The fields a resource block stores to find this system again."""
         return {"system": self.name}
+
+
+#: The methods a copy calls once per file (or per batch of small files) on the systems it writes to and reads from:
+#: where a stopped copy stops (see :func:`stoppable`). Listing and clean-up calls are not among them.
+STOP_POINTS = ("makedirs", "temp_path", "commit_temp", "put_options", "put_file", "get_options", "open_read",
+               "open_upload", "server_side_copy", "server_side_copy_async", "get_file_async", "cat_file_async",
+               "bulk_upload", "bulk_download", "bulk_read")
+_STOPPABLE: dict[type, type] = {}
+
+
+def stoppable(system: "System", stop: Any, why: str) -> "System":
+    """A view of ``system`` that refuses new work once ``stop`` (a ``threading.Event``) is set: each of its
+    :data:`STOP_POINTS` raises :class:`~rh_prefect.errors.Cancelled` (with ``why``) instead of starting a file.
+
+    The view is the same store (same identity, same connections); a copy through it stops at file boundaries:
+    what is in flight completes or is discarded, and no file is left half-written because every write commits
+    atomically. Used for copies that run inside a long-lived process, where nothing can be killed.
+    """
+    cls = type(system)
+    view_cls = _STOPPABLE.get(cls)
+    if view_cls is None:
+        view_cls = _STOPPABLE[cls] = type(f"Stoppable{cls.__name__}", (cls,),
+                                          {name: _stop_point(getattr(cls, name)) for name in STOP_POINTS})
+    view = copy.copy(system)
+    view.__class__ = view_cls
+    view._stop, view._stop_why = stop, why
+    return view
+
+
+def _stop_point(method: Any) -> Any:
+    def check(self: "System") -> None:
+        if self._stop.is_set():
+            raise Cancelled(f"{self._stop_why} The copy to {self.describe()} stopped before its next file; what it "
+                            "committed stays and nothing is half-written. Run the copy again to resume it.")
+
+    if asyncio.iscoroutinefunction(method):
+        async def checked_async(self: "System", *args: Any, **kwargs: Any) -> Any:
+            check(self)
+            return await method(self, *args, **kwargs)
+
+        return functools.wraps(method)(checked_async)
+
+    def checked(self: "System", *args: Any, **kwargs: Any) -> Any:
+        check(self)
+        return method(self, *args, **kwargs)
+
+    return functools.wraps(method)(checked)
 
 
 def system_classes() -> list[type[System]]:

@@ -11,10 +11,10 @@ import logging
 import threading
 from typing import Any, Iterable, Optional
 
-from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 from rh_prefect.errors import CredentialsError
+from rh_prefect.systems.blocktypes import RegisteredOnce
 
 
 #: Third-party loggers that print credentials at DEBUG level: botocore writes the session token into the
@@ -63,7 +63,7 @@ def redact_in_logs(values: Iterable[Optional[str]]) -> None:
                 logger.addFilter(_REDACT)
 
 
-class S3Credentials(Block):
+class S3Credentials(RegisteredOnce):
     """Credentials and endpoint for S3 or any S3-compatible store (MinIO, Ceph, R2, ...).
 
     Example:
@@ -117,7 +117,7 @@ class S3Credentials(Block):
         return opts
 
 
-class GCSCredentials(Block):
+class GCSCredentials(RegisteredOnce):
     """Credentials and endpoint for Google Cloud Storage.
 
     Example:
@@ -160,7 +160,7 @@ class GCSCredentials(Block):
         return opts
 
 
-class GitHubCredentials(Block):
+class GitHubCredentials(RegisteredOnce):
     """A token for private GitHub repositories and the base URL of the git host.
 
     Example:
