@@ -31,7 +31,7 @@ from fsspec.asyn import sync
 
 from rh_prefect import settings
 from rh_prefect.errors import AlreadyExists, IntegrityError, NotFound, RhError, TransferError
-from rh_prefect.progress import Progress, human_bytes
+from rh_prefect.progress import Progress, human_bytes, summary_markdown
 from rh_prefect.systems.base import System, within_deadline
 
 logger = logging.getLogger("rh_prefect.transfer")
@@ -87,6 +87,11 @@ class CopyReport:
     def throughput(self) -> float:
         """Bytes per second actually copied."""
         return self.bytes_copied / self.seconds if self.seconds > 0 else 0.0
+
+    def markdown(self, label: str) -> str:
+        """The copy's summary as the markdown artifact a copy inside a Prefect run gets."""
+        return summary_markdown(label, self.files_copied, self.bytes_copied, self.files_skipped, self.bytes_skipped,
+                                self.seconds)
 
     def summary(self) -> str:
         mode = " (server-side)" if self.server_side else ""
@@ -421,8 +426,10 @@ class _Planner:
         if small:
             nbatches = max(min(BULK_STREAMS, len(small)), -(-len(small) // BULK_BATCH_FILES),
                            -(-sum(j.size for j in small) // BULK_BATCH_BYTES))
+            # Runs of neighbouring keys (jobs come sorted): each stream then carries whole directories, which the
+            # receiving end can put in place with one rename each instead of merging them file by file.
             for i in range(nbatches):
-                batch = small[i::nbatches]
+                batch = small[i * len(small) // nbatches:(i + 1) * len(small) // nbatches]
                 units.append(_Unit(batch, lambda b=batch: _gated(self.bulk_gate, _copy_bulk, src, self.src_root, dst,
                                                                  self.dst_root, b, self.bulk), makes_dirs=True))
         return units
@@ -598,6 +605,12 @@ def copy_file(
     return nbytes
 
 
+def copy_one(src: System, src_path: str, dst: System, dst_path: str) -> int:
+    """Copy the file ``src_path`` (an fs path) to ``dst_path``, committed atomically, server-side within one store;
+    returns the bytes moved through this process."""
+    return copy_file(src, src_path, dst, dst_path, src.fs.size(src_path), src.same_store(dst))
+
+
 def _pump(reader: IO[bytes], writer: IO[bytes], chunk_size: int) -> int:
     total = 0
     while True:
@@ -715,5 +728,6 @@ def write_bytes(system: System, fs_path: str, data: bytes) -> None:
         f.write(data)
 
 
-__all__ = ["CopyReport", "Moved", "copy_file", "copy_tree", "list_files", "moved_here", "open_write", "write_bytes"]
+__all__ = ["CopyReport", "Moved", "copy_file", "copy_one", "copy_tree", "list_files", "moved_here", "open_write",
+           "write_bytes"]
 

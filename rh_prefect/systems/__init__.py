@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from rh_prefect.systems.base import System, check_path, check_relative_key, system_class
-from rh_prefect.systems.credentials import GCSCredentials, GitHubCredentials, S3Credentials
 from rh_prefect.systems.github import GitHubSystem
 from rh_prefect.systems.here import HERE, ClusterDisk, here as _here
 from rh_prefect.systems.local import LocalSystem
@@ -13,7 +12,28 @@ from rh_prefect.systems.object_store import GCSSystem, S3System
 from rh_prefect.systems.ssh import SSHSettings, SSHSystem
 
 SystemLike = Union[str, SSHSettings, System, None]
-Credentials = Union[S3Credentials, GCSCredentials, GitHubCredentials]
+
+#: The credential blocks are Prefect blocks: imported on first use, so that systems built from URLs and the
+#: environment (the command line's) never import Prefect.
+_CREDENTIALS = ("GCSCredentials", "GitHubCredentials", "S3Credentials")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CREDENTIALS:
+        from rh_prefect.systems import credentials
+
+        return getattr(credentials, name)
+    if name == "Credentials":
+        from rh_prefect.systems.credentials import GCSCredentials, GitHubCredentials, S3Credentials
+
+        return Union[S3Credentials, GCSCredentials, GitHubCredentials]
+    raise AttributeError(f"module 'rh_prefect.systems' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from rh_prefect.systems.credentials import GCSCredentials, GitHubCredentials, S3Credentials
+
+    Credentials = Union[S3Credentials, GCSCredentials, GitHubCredentials]
 
 
 def get_system(system: SystemLike = None, *, cluster: Optional[SSHSettings] = None, credentials: Any = None) -> System:

@@ -29,18 +29,29 @@ from rh_prefect.errors import IntegrityError, SystemUnavailable, TransferError
 
 _BUF = 1 << 20
 
-# Unpack into $S, create the directories in $D, then rename every file into place one directory at a time
-# (one mv per directory, not per file). The trap removes the staging directory whatever happens.
+# Unpack into $S, then move the tree into place. A directory that does not exist at the destination yet is renamed
+# into place whole (one rename: its files appear with it, each complete; -T: never into a directory that another
+# stream made meanwhile - then that rename fails and the directory is merged like an existing one). The files of a
+# directory that exists already are renamed into it by one mv (per directory, not per file), and its
+# subdirectories are placed the same way. Only shell builtins run per entry, so a fresh copy of 400 directories
+# costs a few processes instead of four per directory (sh, find, xargs, mv: 2000 files in 400 directories took
+# ~3 s more than the bytes). The trap removes the staging directory whatever happens.
 _REMOTE_UNPACK = r"""set -e
 S={stage}; D={dest}
 trap 'rm -rf "$S"' EXIT
 mkdir -p "$S"
 tar -x --no-same-owner --no-same-permissions -C "$S" -f -
-cd "$S"
-find . -mindepth 1 -type d -print0 | (cd "$D" && xargs -0 -r mkdir -p)
-find . -type f -printf '%h\0' | sort -zu | xargs -0 -r -n 1 sh -c 'find "$1" -maxdepth 1 -type f -print0 | xargs -0 -r mv -f -t "$0/$1"' "$D"
+place() {{
+  local rel="$1" e
+  for e in "$S/$rel"/* "$S/$rel"/.[!.]* "$S/$rel"/..?*; do
+    if [ -d "$e" ] && [ ! -h "$e" ]; then
+      if [ -e "$D/$rel/${{e##*/}}" ] || ! mv -fT -- "$e" "$D/$rel/${{e##*/}}"; then place "$rel/${{e##*/}}"; fi
+    fi
+  done
+  find "$S/$rel" -mindepth 1 -maxdepth 1 -type f -exec mv -f -t "$D/$rel" -- {{}} +
+}}
+place .
 """
-
 
 def _produce_tar(fd: int, local_root: str, keys: list[str], errors: list[BaseException],
                  stop: Optional[threading.Event] = None) -> None:
