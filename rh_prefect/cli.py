@@ -263,12 +263,14 @@ def cp(
             where = d_sys.url(d_sys.user_path(d_path))
             # the engine now, the task run recorded when it ended (see the module docstring)
             deferred.run("rh-copy-file", transfer.copy_one, s_sys, s_path, d_sys, d_path, systems=systems,
-                         summary=lambda nbytes: f"copied 1 file ({nbytes} bytes through this process) to {where}")
+                         what=f"{s_sys.url(s_sys.user_path(s_path))} -> {where}", summary=lambda n: "copied 1 file")
             typer.echo(f"copied 1 file to {where}")
             return
         label = f"copy {s_sys.describe()} -> {d_sys.describe()}"
+        # the run's message says what went where (the systems' URLs: never a secret)
+        route = f"{s_sys.url(s_sys.user_path(s_path))} -> {d_sys.url(d_sys.user_path(d_path))}"
         report = deferred.run("rh-copy-tree", transfer.copy_tree, s_sys, s_path, d_sys, d_path, overwrite=overwrite,
-                              systems=systems, summary=transfer.CopyReport.summary,
+                              what=route, systems=systems, summary=transfer.CopyReport.summary,
                               artifact=lambda r: {"markdown": r.markdown(label), "description": label})
         typer.echo(report.summary())
 

@@ -75,17 +75,21 @@ class Record:
         return cls(**data)
 
 
-def run(task_name: str, fn: Callable[..., T], *args: Any, systems: Sequence[Any] = (),
+def run(task_name: str, fn: Callable[..., T], *args: Any, what: str = "", systems: Sequence[Any] = (),
         summary: Callable[[T], str] = str, artifact: Optional[Callable[[T], dict[str, str]]] = None,
         **kwargs: Any) -> T:
     """``fn(*args, **kwargs)`` under the retry policy, then recorded as the task run ``task_name`` (see the module
-    docstring); returns its result or raises its error, after handing over the record either way. ``systems``:
-    reset before each retry; ``summary`` / ``artifact``: the completed state's message and summary artifact, made
-    from the result."""
+    docstring); returns its result or raises its error, after handing over the record either way. ``what``: what
+    the work is, for the final state's message (never a secret); ``systems``: reset before each retry;
+    ``summary`` / ``artifact``: the completed state's message and summary artifact, made from the result."""
     attempts: list[retry.Attempt] = []
     tuning = settings.current()
-    record_of = lambda message, made=None: Record(  # noqa: E731
-        task_name, attempts, message[:MESSAGE_LIMIT], tuning.retries, retry.backoff(tuning.retries), artifact=made)
+
+    def record_of(message: str, made: Optional[dict[str, str]] = None) -> Record:
+        message = f"{message}: {what}" if what else message
+        return Record(task_name, attempts, message[:MESSAGE_LIMIT], tuning.retries, retry.backoff(tuning.retries),
+                      artifact=made)
+
     try:
         result = retry.call(fn, *args, systems=systems, attempts=attempts, **kwargs)
     except BaseException:
