@@ -196,6 +196,20 @@ def send(rec: Record) -> str:
     return str(run_id)
 
 
+def _answers(api_url: str, timeout: float = 10.0) -> bool:
+    """True when something answers HTTP at ``api_url`` (any status: an API may want a key for its health check)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True
+    except OSError:  # refused, no route, no answer in time, a name that does not resolve
+        return False
+    return True
+
+
 def _child_main() -> int:
     """The detached child: read a record on stdin, find the Prefect server, send it."""
     text = sys.stdin.read()
@@ -203,7 +217,9 @@ def _child_main() -> int:
 
     try:
         rec = Record.from_json(text)
-        local_server.ensure()  # before Prefect is imported: it reads its settings once
+        api_url = local_server.ensure()  # before Prefect is imported: it reads its settings once
+        if not _answers(api_url):  # not worth Prefect's import and its client's retries
+            raise ConnectionError(f"the Prefect API at {api_url} does not answer")
         send(rec)
         from prefect.events.worker import EventsWorker
 

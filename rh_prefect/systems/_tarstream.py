@@ -55,12 +55,31 @@ place .
 
 def _produce_tar(fd: int, local_root: str, keys: list[str], errors: list[BaseException],
                  stop: Optional[threading.Event] = None) -> None:
+    """Write a tar stream of ``local_root/key`` for each key to ``fd``: GNU format, built here rather than by
+    ``TarFile.add`` (which costs ~2.5x the CPU per small file: a PAX header per file for its fractional mtime,
+    and a user and group name lookup). Owners are not sent (the remote side unpacks with --no-same-owner), the
+    mtime is sent in whole seconds (the engine's unchanged-file check allows one second), and a symbolic link is
+    sent as the file it points to, as every other copy path reads it."""
     try:
-        with os.fdopen(fd, "wb", buffering=_BUF) as out, tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        with os.fdopen(fd, "wb", buffering=_BUF) as out:
             for key in keys:
                 if stop is not None and stop.is_set():
                     raise TransferError("the upload stream ended early")
-                tar.add(os.path.join(local_root, key), arcname=key, recursive=False)
+                with open(os.path.join(local_root, key), "rb") as src:
+                    st = os.fstat(src.fileno())
+                    info = tarfile.TarInfo(key)
+                    info.size, info.mtime, info.mode = st.st_size, int(st.st_mtime), st.st_mode & 0o7777
+                    out.write(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+                    left = st.st_size
+                    while left:
+                        chunk = src.read(min(left, _BUF))
+                        if not chunk:
+                            raise IntegrityError(f"{key} became shorter while it was sent; copy again.")
+                        out.write(chunk)
+                        left -= len(chunk)
+                    if st.st_size % tarfile.BLOCKSIZE:
+                        out.write(bytes(tarfile.BLOCKSIZE - st.st_size % tarfile.BLOCKSIZE))
+            out.write(bytes(2 * tarfile.BLOCKSIZE))  # the end-of-archive marker
     except BaseException as exc:  # reported by the caller; closing the pipe early makes the remote tar fail
         errors.append(exc)
 
@@ -160,17 +179,22 @@ def _consume_tar(fd: int, keys: set[str], on_member: Callable[[tarfile.TarInfo, 
 
 def _write_local(local_root: str) -> Callable[[tarfile.TarInfo, IO[bytes]], None]:
     """Unpack each member into a hidden temporary name next to its final one, then rename it into place."""
+    made: set[str] = set()  # directories known to exist: one makedirs per directory, not per file
 
     def write(member: tarfile.TarInfo, src: IO[bytes]) -> None:
         final = os.path.join(local_root, member.name)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.rh-tmp-{uuid.uuid4().hex[:12]}")
+        folder, name = os.path.split(final)
+        if folder not in made:
+            os.makedirs(folder, exist_ok=True)
+            made.add(folder)
+        tmp = os.path.join(folder, f".{name}.rh-tmp-{uuid.uuid4().hex[:12]}")
         try:
+            written = 0
             with open(tmp, "wb") as out:
                 while chunk := src.read(_BUF):
-                    out.write(chunk)
-            if os.path.getsize(tmp) != member.size:
-                raise IntegrityError(f"{member.name}: got {os.path.getsize(tmp)} of {member.size} bytes.")
+                    written += out.write(chunk)
+            if written != member.size:
+                raise IntegrityError(f"{member.name}: got {written} of {member.size} bytes.")
             os.replace(tmp, final)
             # After the rename: a temporary file never carries an old modification time, which would make it
             # look abandoned to the copy engine's clean-up of stale temporary files.
