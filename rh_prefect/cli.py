@@ -219,11 +219,11 @@ def ls(
         system, root, _ = _resolve(target)
         if recursive:
             entries = sorted(transfer.list_files(system, root).items())
-            if not entries and not system.fs.exists(root):
+            if not entries and not system.exists(root):
                 raise FileNotFoundError(target)
         else:
             entries = []
-            for info in system.fs.ls(root, detail=True):
+            for info in system.ls(root):
                 base = posixpath.basename(info["name"].rstrip("/"))
                 if base and not system.is_temp_name(base):
                     entries.append((base + ("/" if info.get("type") == "directory" else ""), info))
@@ -289,7 +289,7 @@ def cat(target: str = typer.Argument(..., metavar=TARGET, help="A file URL or a 
         from rh_prefect import settings
 
         system, path, res = _resolve(target)
-        if system.fs.isdir(path):
+        if system.isdir(path):
             _fail(f"{target} is a folder, not a file; list it with `rh-prefect ls {target}`.")
         out = sys.stdout.buffer
         chunk_size = settings.current().chunk_size

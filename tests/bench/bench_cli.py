@@ -92,9 +92,12 @@ class Shape:
 
 SSH_ONLY = ("local-ssh", "ssh-local")
 SHAPES = [
+    # one small file in a folder: the fixed cost of a command (start-up, imports, connecting, listing both sides)
+    Shape("one-1k", 1, 1 * KiB, 1),
     Shape("tiny-200", 200, 1 * KiB, 4),
     Shape("tiny-2k", 2000, 1 * KiB, 20),
-    Shape("fanout-2k", 2000, 1 * KiB, 400, depth=2),
+    # directories cost on disks (local, the cluster's), not in buckets: to S3 it would be tiny-2k again
+    Shape("fanout-2k", 2000, 1 * KiB, 400, depth=2, routes=("local-ssh", "ssh-local", "s3-local")),
     Shape("tiny-20k", 20000, 1 * KiB, 200, routes=SSH_ONLY),
     Shape("mid-500", 500, 64 * KiB, 10),
     Shape("mib-64", 64, 2 * MiB, 8),
@@ -141,7 +144,7 @@ def build_shapes(work: Path, shapes: list[Shape]) -> dict[str, dict[str, int]]:
     for shape in shapes:
         root = work / shape.name
         root.mkdir(parents=True)
-        if shape.files == 1:
+        if shape.files == 1:  # a single file in the folder
             with open(root / "big.bin", "wb") as f:
                 left = shape.size
                 while left:
