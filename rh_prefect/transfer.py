@@ -366,6 +366,8 @@ BULK_BATCH_FILES = 500
 BULK_BATCH_BYTES = 128 * 2**20
 #: parallel bulk streams (each is one channel on the remote host)
 BULK_STREAMS = 2
+#: below this many bytes (and half a batch of files) one stream carries them all
+BULK_SPLIT_BYTES = 16 * 2**20
 
 
 #: small files go in batches of this many to the event loop of an async filesystem (s3fs, gcsfs, sshfs)
@@ -432,8 +434,12 @@ class _Planner:
                 units.append(_Unit(batch, lambda b=batch: sync(loop, _copy_batch, b, one, self.gate)))
         units += [_Unit([j], lambda j=j: copy_file(src, j.src, dst, j.dst, j.size, server_side)) for j in rest]
         if small:
-            nbatches = max(min(BULK_STREAMS, len(small)), -(-len(small) // BULK_BATCH_FILES),
-                           -(-sum(j.size for j in small) // BULK_BATCH_BYTES))
+            total = sum(j.size for j in small)
+            # A second stream in parallel pays once there is enough to share: each costs a remote session and
+            # process start (200 files of 1 KiB: 0.23-0.34 s in one stream, 0.33-0.51 s in two).
+            parallel = len(small) > BULK_BATCH_FILES // 2 or total > BULK_SPLIT_BYTES
+            nbatches = max(min(BULK_STREAMS, len(small)) if parallel else 1, -(-len(small) // BULK_BATCH_FILES),
+                           -(-total // BULK_BATCH_BYTES))
             # Runs of neighbouring keys (jobs come sorted): each stream then carries whole directories, which the
             # receiving end can put in place with one rename each instead of merging them file by file.
             for i in range(nbatches):

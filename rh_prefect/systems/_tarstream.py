@@ -29,6 +29,19 @@ from rh_prefect.errors import IntegrityError, SystemUnavailable, TransferError
 
 _BUF = 1 << 20
 
+
+def _pipe() -> tuple[int, int]:
+    """A pipe with room for 1 MiB (Linux's default 64 KiB makes the tar stream and the SSH channel hand over small
+    pieces, each a wake-up of the other thread; the kernel keeps its default where it refuses more)."""
+    read_fd, write_fd = os.pipe()
+    try:
+        import fcntl
+
+        fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _BUF)
+    except OSError:  # over /proc/sys/fs/pipe-max-size, or not Linux
+        pass
+    return read_fd, write_fd
+
 # Unpack into $S, then move the tree into place. A directory that does not exist at the destination yet is renamed
 # into place whole (one rename: its files appear with it, each complete; -T: never into a directory that another
 # stream made meanwhile - then that rename fails and the directory is merged like an existing one). The files of a
@@ -88,7 +101,7 @@ def upload(fs: Any, local_root: str, keys: list[str], dst_root: str) -> None:
     """Send ``local_root/key`` for each key to ``dst_root/key`` on the SSH host of ``fs`` (an SSHFileSystem)."""
     stage = f"{dst_root.rstrip('/')}/.rh-tmp-stage-{uuid.uuid4().hex[:12]}"
     cmd = _REMOTE_UNPACK.format(stage=shlex.quote(stage), dest=shlex.quote(dst_root))
-    read_fd, write_fd = os.pipe()
+    read_fd, write_fd = _pipe()
     errors: list[BaseException] = []
     stop = threading.Event()
     producer = threading.Thread(target=_produce_tar, args=(write_fd, local_root, keys, errors, stop), daemon=True)
@@ -253,7 +266,7 @@ async def _run_until(fs: Any, cmd: str, failed: threading.Event, **redirects: An
 def _stream_out(fs: Any, src_root: str, keys: list[str],
                 on_member: Callable[[tarfile.TarInfo, IO[bytes]], None]) -> list[str]:
     cmd = f"cd {shlex.quote(src_root)} && tar -c --null -T - -f -"
-    read_fd, write_fd = os.pipe()
+    read_fd, write_fd = _pipe()
     errors: list[BaseException] = []
     done: list[str] = []
     failed = threading.Event()
