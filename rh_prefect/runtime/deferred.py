@@ -24,6 +24,7 @@ exits; the command returns at once. A record the child cannot send is described 
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -112,8 +113,21 @@ def record(rec: Record) -> None:
         logger.warning("could not record the task run %r in Prefect: %s: %s", rec.task_name, type(exc).__name__, exc)
 
 
+#: recorder processes started by this process and maybe still running (reaped at the next hand-over)
+_CHILDREN: list[subprocess.Popen] = []
+
+
+@atexit.register
+def _let_go() -> None:
+    """Recorders still running when this process exits are left running on purpose: tell Popen so."""
+    for child in _CHILDREN:
+        if child.poll() is None:
+            child.returncode = 0
+
+
 def _hand_over(rec: Record) -> None:
     """Start the detached child that sends ``rec``; return as soon as it runs."""
+    _CHILDREN[:] = [c for c in _CHILDREN if c.poll() is None]  # a long-lived caller keeps no zombies
     env = dict(os.environ)
     # the child imports this very package, wherever this process found it (rh_prefect/runtime/deferred.py)
     package_root = str(Path(__file__).resolve().parents[2])
@@ -125,7 +139,7 @@ def _hand_over(rec: Record) -> None:
     # Small (messages are cut at MESSAGE_LIMIT): the pipe takes it whole, without waiting for the child to read.
     child.stdin.write(rec.to_json().encode())
     child.stdin.close()
-    child.returncode = 0  # not waited for: keeps Popen's destructor from warning about a child still running
+    _CHILDREN.append(child)  # not waited for
 
 
 def send(rec: Record) -> str:
