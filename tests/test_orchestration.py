@@ -622,10 +622,12 @@ def test_a_worker_installed_from_the_wheel_alone_runs_colocated_copies(colo, tmp
     venv = where / "venv"
     base_python = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base_python, "-m", "venv", str(venv)], check=True, timeout=120)
-    installed = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], capture_output=True,
-                               text=True, timeout=900)
-    assert installed.returncode == 0, installed.stderr[-3000:]
+    # Without this checkout on the path (PYTHONPATH, when the suite runs from a worktree): pip would take its
+    # build metadata for an installed rh-prefect and skip the install.
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    installed = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], capture_output=True,
+                               text=True, timeout=900, env=clean, cwd="/")
+    assert installed.returncode == 0, installed.stderr[-3000:]
     where_from = subprocess.run([str(venv / "bin" / "python"), "-c", "import rh_prefect; print(rh_prefect.__file__)"],
                                 cwd="/", env=clean, capture_output=True, text=True, timeout=120)
     assert where_from.stdout.strip().startswith(str(venv)), where_from  # the wheel's copy, not this checkout
