@@ -30,6 +30,9 @@ _EXPORTS: dict[str, str] = {
     },
     "Version": "rh_prefect.versions",
     **{name: "rh_prefect.runtime.registry" for name in ("delete", "exists", "list_names", "load")},
+    **{name: "rh_prefect.runtime.lineage" for name in ("Lineage", "lineage")},
+    "on_update": "rh_prefect.runtime.automations",
+    "DATA_VERSIONS": "rh_prefect.runtime.caching",
     **{name: "rh_prefect.resources.folder" for name in ("Folder", "folder")},
     **{
         name: "rh_prefect.resources.table"
@@ -69,6 +72,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from rh_prefect.errors import *  # noqa: F403
     from rh_prefect.versions import Version  # noqa: F401
     from rh_prefect.runtime.registry import delete, exists, list_names, load  # noqa: F401
+    from rh_prefect.runtime.lineage import Lineage, lineage  # noqa: F401
+    from rh_prefect.runtime.automations import on_update  # noqa: F401
+    from rh_prefect.runtime.caching import DATA_VERSIONS  # noqa: F401
     from rh_prefect.resources.blob import Blob, blob, file  # noqa: F401
     from rh_prefect.resources.folder import Folder, folder  # noqa: F401
     from rh_prefect.resources.table import (  # noqa: F401

@@ -5,8 +5,15 @@ Arguments that name data accept a saved resource name (``my-folder``, ``/ds/bert
 cluster, ``github://org/repo@ref/dir``, or a local path). Results go to stdout; errors go to stderr as
 ``rh-prefect: error: ...`` with exit code 1; usage errors exit with 2.
 
-Commands that touch the registry or run copies need a Prefect server: ``PREFECT_API_URL`` (environment or the
-active Prefect profile) if set, else the embedded local server, started on first use (``rh-prefect server up``).
+Commands that touch the registry need a Prefect server: ``PREFECT_API_URL`` (environment or the active Prefect
+profile) if set, else the embedded local server, started on first use (``rh-prefect server up``).
+
+``ls``, ``cat`` and ``cp`` of URLs and local paths start without Prefect: importing it costs about a second, more
+than a small copy takes, and moving or listing bytes needs none of it. Only a saved name (a Folder's, or a Cluster's
+in ``ssh://NAME/...``) makes them load Prefect, to ask the registry. A copy still becomes a Prefect task run
+(``rh-copy-tree`` / ``rh-copy-file``): the engine runs first, under the same retry policy, and the run is recorded
+with its real times and outcome once it ended (:mod:`rh_prefect.runtime.deferred`), from a detached process
+when Prefect is not loaded here, so the command returns at once.
 """
 
 from __future__ import annotations
@@ -94,7 +101,7 @@ def _run(fn: Callable[[], T], target: Optional[str] = None, connect: bool = True
     """Run a command body; known errors become one ``rh-prefect: error:`` line and exit code 1.
 
     Anything else is a bug and keeps its traceback. Modules that import prefect are imported inside ``fn``,
-    after :func:`_connect`.
+    after :func:`_connect` (``connect=False``: the body calls it itself, only if it needs the registry).
     """
     from rh_prefect.errors import RhError
 
@@ -122,20 +129,37 @@ def _run(fn: Callable[[], T], target: Optional[str] = None, connect: bool = True
         raise  # not a storage error we know: a bug, with its traceback
 
 
+def _may_be_saved(target: str) -> bool:
+    """Whether ``target`` may be a saved name, which only the registry can tell (and asking it loads Prefect).
+
+    Not a name: a URL, anything that is not a valid name (``./data``, ``~/data``, ``data/``), and an absolute path
+    that exists on this machine, or whose parent directory does (a copy's new destination): ``/tmp/x`` is a path,
+    even if a resource named ``/tmp/x`` was saved. Bare names (``my-folder``, which may also be a local directory)
+    and namespaced names that are not paths here (``/ds/bert_preproc``) are asked for.
+    """
+    from rh_prefect import names
+    from rh_prefect.errors import InvalidName
+
+    if "://" in target:
+        return False
+    try:
+        names.parse(target)
+    except InvalidName:  # not a valid name: it can only be a path
+        return False
+    if target.startswith("/"):
+        return not (os.path.exists(target) or os.path.isdir(os.path.dirname(target.rstrip("/"))))
+    return True
+
+
 def _resolve(target: str) -> tuple[Any, str, Any]:
     """``(System, fs path, resource or None)`` for a saved name or a URL / local path."""
-    from rh_prefect import names
-    from rh_prefect.runtime import registry
-    from rh_prefect.errors import InvalidName
     from rh_prefect.systems import from_url
 
-    if "://" not in target:
-        try:
-            names.parse(target)
-            saved = registry.exists(target)
-        except InvalidName:  # not a valid name: it can only be a path
-            saved = False
-        if saved:
+    if _may_be_saved(target):
+        _connect()
+        from rh_prefect.runtime import registry
+
+        if registry.exists(target):
             res = registry.load(target)
             if not hasattr(res, "fs_path"):
                 _fail(f"{target!r} is a {type(res).__name__}, which holds no data; pass a folder, table or blob.")
@@ -154,15 +178,16 @@ def _saved_cluster(url: str) -> Any:
     import socket
     from urllib.parse import urlsplit
 
-    from rh_prefect.errors import NotFound
-    from rh_prefect.resources.cluster import Cluster
-    from rh_prefect.runtime import registry
-
     if not url.startswith(("ssh://", "sftp://")):
         return None
     parts = urlsplit(url)
     if not parts.hostname or parts.username or parts.port:
         return None
+    _connect()
+    from rh_prefect.errors import NotFound
+    from rh_prefect.resources.cluster import Cluster
+    from rh_prefect.runtime import registry
+
     if registry.exists(parts.hostname):
         found = registry.load(parts.hostname)
         if isinstance(found, Cluster):
@@ -194,11 +219,11 @@ def ls(
         system, root, _ = _resolve(target)
         if recursive:
             entries = sorted(transfer.list_files(system, root).items())
-            if not entries and not system.fs.exists(root):
+            if not entries and not system.exists(root):
                 raise FileNotFoundError(target)
         else:
             entries = []
-            for info in system.fs.ls(root, detail=True):
+            for info in system.ls(root):
                 base = posixpath.basename(info["name"].rstrip("/"))
                 if base and not system.is_temp_name(base):
                     entries.append((base + ("/" if info.get("type") == "directory" else ""), info))
@@ -206,7 +231,7 @@ def ls(
         for key, info in entries:
             typer.echo(f"{int(info.get('size') or 0):>12}  {key}" if long else key)
 
-    _run(go, target)
+    _run(go, target, connect=False)
 
 
 @app.command()
@@ -223,23 +248,75 @@ def cp(
     Example: rh-prefect cp ./data s3://my-bucket/data
     """
     def go() -> None:
-        from rh_prefect.runtime import tasks
+        from rh_prefect import transfer
+        from rh_prefect.runtime import deferred
 
-        s_sys, s_path, _ = _resolve(src)
-        d_sys, d_path, _ = _resolve(dst)
+        s_sys, s_path, s_res = _resolve(src)
+        d_sys, d_path, d_res = _resolve(dst)
         d_sys.check_writable(d_path)
         d_sys.ensure_container(d_path)
+        systems = (s_sys, d_sys)
         if s_sys.fs.isfile(s_path):
             if dst.endswith("/") or d_sys.fs.isdir(d_path):
                 d_path = posixpath.join(d_path, posixpath.basename(s_path))
             d_sys.makedirs(posixpath.dirname(d_path))
-            tasks.run(tasks.copy_file_task, s_sys, s_path, d_sys, d_path)
-            typer.echo(f"copied 1 file to {d_sys.url(d_sys.user_path(d_path))}")
+            where = d_sys.url(d_sys.user_path(d_path))
+            # the engine now, the task run recorded when it ended (see the module docstring)
+            deferred.run("rh-copy-file", transfer.copy_one, s_sys, s_path, d_sys, d_path, systems=systems,
+                         what=f"{s_sys.url(s_sys.user_path(s_path))} -> {where}", summary=lambda n: "copied 1 file")
+            _announce_cp(s_res, d_res, where)
+            typer.echo(f"copied 1 file to {where}")
             return
-        report = tasks.run(tasks.copy_tree_task, s_sys, s_path, d_sys, d_path, overwrite=overwrite)
+        label = f"copy {s_sys.describe()} -> {d_sys.describe()}"
+        # the run's message says what went where (the systems' URLs: never a secret)
+        route = f"{s_sys.url(s_sys.user_path(s_path))} -> {d_sys.url(d_sys.user_path(d_path))}"
+        report = deferred.run("rh-copy-tree", transfer.copy_tree, s_sys, s_path, d_sys, d_path, overwrite=overwrite,
+                              what=route, systems=systems, summary=transfer.CopyReport.summary,
+                              artifact=lambda r: {"markdown": r.markdown(label), "description": label})
+        _announce_cp(s_res, d_res, d_sys.url(d_sys.user_path(d_path)))
         typer.echo(report.summary())
 
-    _run(go)
+    _run(go, connect=False)
+
+
+def _announce_cp(s_res: Any, d_res: Any, d_url: str) -> None:
+    """The lineage events of a ``cp`` with a saved name on either side (see rh_prefect.runtime.events): copied, and
+    written too when the destination is a saved name. A copy between two URLs names no resource: no event."""
+    if s_res is None and d_res is None:
+        return  # and Prefect is not imported
+    from rh_prefect.runtime import events
+
+    source = s_res.event_resource() if s_res is not None else None
+    if d_res is not None:
+        dest = d_res.event_resource()
+    else:
+        dest = events.resource(source[events.LABEL_TYPE], None, d_url, source[events.LABEL_VERSION] or None)
+    related = [events.as_related(source, events.ROLE_SOURCE)] if source is not None else []
+    for res in (s_res, d_res):
+        if res is not None:
+            related += res.cluster_related()
+    events.emit(events.COPIED, dest, related, {"by": "rh-prefect cp"})
+    if d_res is not None:
+        events.emit(events.WRITTEN, dest, related, {"by": "rh-prefect cp"})
+
+
+@app.command()
+def lineage(
+    name: str = typer.Argument(..., metavar="NAME", help="A saved folder, table or blob."),
+    version: Optional[str] = typer.Option(None, "--version", "-v", help="Another kept version than the current one."),
+    depth: int = typer.Option(10, "--depth", "-d", min=0, help="Hops to follow upstream (and levels of copies)."),
+) -> None:
+    """Where a saved resource's current version came from, hop by hop (written by which flow run, copied from
+    which resource and version), and the copies made from it - from the Prefect server's events.
+
+    Example: rh-prefect lineage /ds/bert_preproc
+    """
+    def go() -> Any:
+        from rh_prefect.runtime.lineage import lineage as read_lineage
+
+        return read_lineage(name, version=version, depth=depth)
+
+    typer.echo(str(_run(go, name)))
 
 
 @app.command()
@@ -252,21 +329,24 @@ def cat(target: str = typer.Argument(..., metavar=TARGET, help="A file URL or a 
         import contextlib
 
         from rh_prefect import settings
-        from rh_prefect.resources.blob import Blob
 
         system, path, res = _resolve(target)
-        if system.fs.isdir(path):
+        if system.isdir(path):
             _fail(f"{target} is a folder, not a file; list it with `rh-prefect ls {target}`.")
         out = sys.stdout.buffer
         chunk_size = settings.current().chunk_size
-        # A saved Blob: the version its entry records (the file at its path is only the latest one published).
-        opened = res.open() if isinstance(res, Blob) else contextlib.nullcontext(system.open_read(path))
-        with opened as f:
+        opened: Any = None
+        if res is not None:  # a saved name: Prefect is loaded already
+            from rh_prefect.resources.blob import Blob
+
+            # A saved Blob: the version its entry records (the file at its path is only the latest one published).
+            opened = res.open() if isinstance(res, Blob) else None
+        with opened or contextlib.nullcontext(system.open_read(path)) as f:
             while chunk := f.read(chunk_size):
                 out.write(chunk)
         out.flush()
 
-    _run(go, target)
+    _run(go, target, connect=False)
 
 
 @app.command()

@@ -38,6 +38,21 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def summary_markdown(label: str, files: int, nbytes: int, skipped_files: int, skipped_bytes: int,
+                     seconds: float) -> str:
+    """The summary artifact of a finished operation: a one-row table of files, bytes, skipped, duration and
+    throughput."""
+    rate = nbytes / seconds if seconds > 0 else 0.0
+    return "\n".join([
+        f"### {label}",
+        "",
+        "| files copied | bytes copied | files skipped (unchanged) | duration | throughput |",
+        "|---|---|---|---|---|",
+        f"| {files} | {human_bytes(nbytes)} | {skipped_files} ({human_bytes(skipped_bytes)}) | "
+        f"{seconds:.2f} s | {human_bytes(rate)}/s |",
+    ])
+
+
 def _in_prefect_run() -> bool:
     if "prefect" not in sys.modules:
         return False
@@ -171,14 +186,8 @@ class Progress:
 
     def markdown(self) -> str:
         """The summary artifact: a one-row table of files, bytes, skipped, duration and throughput."""
-        return "\n".join([
-            f"### {self.label}",
-            "",
-            "| files copied | bytes copied | files skipped (unchanged) | duration | throughput |",
-            "|---|---|---|---|---|",
-            f"| {self.files} | {human_bytes(self.bytes)} | {self.skipped_files} ({human_bytes(self.skipped_bytes)}) | "
-            f"{self.seconds:.2f} s | {human_bytes(self.rate)}/s |",
-        ])
+        return summary_markdown(self.label, self.files, self.bytes, self.skipped_files, self.skipped_bytes,
+                                self.seconds)
 
     def _emit(self, line: str) -> None:
         self.lines_emitted += 1

@@ -1,7 +1,7 @@
 """Tuning values of rh-prefect, in one settings object.
 
 Every deadline, part size, concurrency limit and poll interval the package uses is a field here, read once from
-``RH_PREFECT_*`` environment variables (pydantic-settings) and otherwise at its default. Code reads them through
+``RH_PREFECT_*`` environment variables (any case, validated by pydantic) and otherwise at its default. Code reads them through
 :func:`current`; tests and applications change them with :func:`override` instead of patching module globals::
 
     from rh_prefect import settings
@@ -15,19 +15,28 @@ This module is a foundation: it imports nothing of rh_prefect.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from typing import Any, Iterator, Optional
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 MiB = 2**20
+ENV_PREFIX = "RH_PREFECT_"
 
 
-class Settings(BaseSettings):
-    """rh-prefect's tuning values. Each field is also the environment variable ``RH_PREFECT_<FIELD NAME>``."""
+class Settings(BaseModel):
+    """rh-prefect's tuning values. Each field is also the environment variable ``RH_PREFECT_<FIELD NAME>``.
 
-    model_config = SettingsConfigDict(env_prefix="RH_PREFECT_", extra="ignore", validate_assignment=True)
+    ``Settings()`` reads the environment; keyword arguments win over it. (A plain pydantic model rather than
+    pydantic-settings' BaseSettings: importing that costs a command-line call ~30-100 ms, for nothing it needs.)
+    """
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    def __init__(self, **values: Any) -> None:
+        found = {k[len(ENV_PREFIX):].lower(): v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
+        super().__init__(**{**{k: v for k, v in found.items() if k in type(self).model_fields}, **values})
 
     # -- reaching systems -------------------------------------------------------------------------------
     connect_timeout: float = Field(
@@ -52,6 +61,10 @@ class Settings(BaseSettings):
     chunk_size: int = Field(default=8 * MiB, gt=0, description="Bytes read or written per streamed chunk.")
     upload_part: int = Field(default=8 * MiB, ge=5 * MiB, description="Part size of streamed S3 multipart uploads.")
     upload_parts_in_flight: int = Field(default=4, gt=0, description="S3 upload parts in flight per file.")
+    list_page_size: int = Field(
+        default=1000, gt=0, le=1000,
+        description="Objects per S3/GCS listing page (1000, the most both return); a copy starts on each page as it arrives.",
+    )
     stale_temp_seconds: float = Field(
         default=3600.0, gt=0, description="Age after which a copy removes temporary files left by a dead writer.",
     )
@@ -60,6 +73,16 @@ class Settings(BaseSettings):
     task_logs: bool = Field(
         default=False,
         description="Print Prefect's task-run log lines for calls made outside a flow (inside a flow they always show).",
+    )
+
+    # -- lineage events ----------------------------------------------------------------------------------
+    events: bool = Field(
+        default=True,
+        description="Send lineage events (rh.resource.written/copied/deleted, Prefect asset events) to the Prefect server.",
+    )
+    events_probe_timeout: float = Field(
+        default=1.0, gt=0,
+        description="Seconds to wait, once per process, for the Prefect server to answer before events are sent to it.",
     )
 
     # -- retries ------------------------------------------------------------------------------------------

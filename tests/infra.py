@@ -326,6 +326,10 @@ class PrefectServer(_Server):
             PREFECT_SERVER_API_PORT=str(self.port),
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_UI_ENABLED="true",
+            # Events are kept (rh.lineage and the lineage tests read them back; on by default, said here so a
+            # profile or environment cannot turn it off), and stored within a second instead of five.
+            PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED="true",
+            PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL="1",
         )
         if self.database_url:
             env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = self.database_url

@@ -20,7 +20,7 @@ from infra import free_port, http_status
 
 RH_PREFECT = str(Path(sys.executable).parent / "rh-prefect")
 COMMANDS = [["ls"], ["cp"], ["cat"], ["rm"], ["info"], ["list"], ["register"], ["server", "up"],
-            ["server", "down"], ["server", "status"], ["worker", "start"], ["server"], ["worker"], []]
+            ["server", "down"], ["server", "status"], ["worker", "start"], ["lineage"], ["server"], ["worker"], []]
 
 
 def make_tree(root: Path) -> dict[str, bytes]:

@@ -39,7 +39,7 @@ import rh_prefect as rh
 from helpers import wait_for
 from rh_prefect import settings
 
-WRITES = 50
+WRITES = 25
 MIN_READS = 20  # per resource; the reader does several per second, the writers run for tens of seconds
 
 # Shared by the test and its child processes: how a version is made and checked.

@@ -170,6 +170,8 @@ class Watcher:
                 self._fault_thread = threading.Thread(target=self._fire, name="fault", daemon=True)
                 self._fault_thread.start()
             for key, stamp in final.items():
+                if self.fault_on.is_set() and not self.looks_after_fault and not last:
+                    break  # look at the destination during the fault first; the rest is hashed on a later poll
                 if self.checked.get(key) == stamp:
                     continue
                 if key not in self.expected:

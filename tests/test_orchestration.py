@@ -577,7 +577,23 @@ def test_folder_copy_from_cluster_to_s3_runs_on_the_cluster_worker(colo):
     assert any(t.name.startswith("rh-copy-tree") for t in task_runs)
     dispatch.settle_cleanups()  # the caller returned at once; the snapshots are deleted meanwhile
     assert _anonymous_docs() == anonymous  # the run's block snapshots were cleaned up
+    # The copy's lineage event names the worker's flow run and the cluster, and the source by what it is here (on
+    # the worker the source is an anonymous snapshot: the worker announces nothing itself).
+    copied = wait_for(lambda: _copied_events(f"rh.folder.{new.url}"), what="the copy's rh.resource.copied event")
+    assert {tuple(r.id for r in e.related if r.role == "source") for e in copied} == {
+        (src.event_resource()["prefect.resource.id"],)}
+    roles = {(r.role, r.id) for r in copied[0].related}
+    assert ("flow-run", f"prefect.flow-run.{new.flow_run.id}") in roles
+    assert any(role == "cluster" for role, _ in roles)
     src.rm()
+
+
+def _copied_events(resource_id: str) -> list[Any]:
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    with prefect_client() as c:
+        return c.read_events(filter=EventFilter(event=EventNameFilter(name=["rh.resource.copied"]),
+                                                resource=EventResourceFilter(id=[resource_id])), limit=10).events
 
 
 def test_blob_and_table_copies_from_cluster_to_s3_run_on_the_cluster_worker(colo):
@@ -621,12 +637,17 @@ def test_a_worker_installed_from_the_wheel_alone_runs_colocated_copies(colo, tmp
     wheel = next((where / "dist").glob("rh_prefect-*.whl"))
     venv = where / "venv"
     base_python = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base_python, "-m", "venv", str(venv)], check=True, timeout=120)
-    # Without this checkout on the path (PYTHONPATH, when the suite runs from a worktree): pip would take its
-    # build metadata for an installed rh-prefect and skip the install.
+    uv = Path(sys.executable).with_name("uv")  # the test extras bring uv: it installs in seconds what pip takes minutes for
+    if uv.exists():
+        subprocess.run([str(uv), "venv", "-q", "--python", base_python, str(venv)], check=True, timeout=120)
+        install = [str(uv), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), str(wheel)]
+    else:
+        subprocess.run([base_python, "-m", "venv", str(venv)], check=True, timeout=120)
+        install = [str(venv / "bin" / "pip"), "install", "-q", str(wheel)]
+    # Without this checkout on the path (PYTHONPATH, when the suite runs from a worktree): an installer would take
+    # its build metadata for an installed rh-prefect and skip the install.
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    installed = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], capture_output=True,
-                               text=True, timeout=900, env=clean, cwd="/")
+    installed = subprocess.run(install, capture_output=True, text=True, timeout=900, env=clean, cwd="/")
     assert installed.returncode == 0, installed.stderr[-3000:]
     where_from = subprocess.run([str(venv / "bin" / "python"), "-c", "import rh_prefect; print(rh_prefect.__file__)"],
                                 cwd="/", env=clean, capture_output=True, text=True, timeout=120)

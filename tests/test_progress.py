@@ -88,7 +88,10 @@ def test_a_real_copy_in_a_pipe_prints_nothing_per_file(tmp_path, s3_bucket, s3_e
     report = transfer.copy_tree(get_system("file"), str(src), s3, f"{s3_bucket}/dst")
     assert report.files_copied == 30
     out, err = capfd.readouterr()
-    assert "file-0" not in out + err and "rh-prefect:" not in out + err
+    assert "file-0" not in out + err
+    # Nothing per file; a copy slower than the 10 s summary interval (a loaded machine) may print summary lines.
+    assert all(line.startswith("rh-prefect: copy file -> s3") and "/30 files" in line
+               for line in (out + err).splitlines() if line.strip()), out + err
 
 
 def _bar_console():

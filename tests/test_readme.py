@@ -11,6 +11,8 @@ The convention (stated in the README, "Concepts"):
 * ``<!-- not-run: reason -->``: the block is shown, not run (e.g. it needs a real remote host and its worker);
 * ``<!-- continues; needs: ... -->``: the block goes on from the block above (its names are defined there), so it
   runs after it, in the same namespace and working directory, as one test;
+* ``<!-- file: NAME.py -->``: the block is a file of the reader's project (a flow to deploy): it is written to
+  ``NAME.py`` in the working directory of its chain, not run; the blocks that continue it use the file;
 * a statement alone on its line whose comment is a Python literal must give that value
   (``f.get("a.txt")  # b'hello'``; for ``print(x)``, what it prints); one whose comment starts with an error
   name and a colon must raise that error (``f.put(...)  # AlreadyExists: ...``).
@@ -44,6 +46,7 @@ class Block:
     buckets: list[tuple[str, str]] = field(default_factory=list)  # (store, bucket) to create
     not_run: str | None = None
     continues: bool = False
+    file: str | None = None  # written to this file name instead of run
 
 
 @dataclass
@@ -93,6 +96,8 @@ def readme_blocks() -> list[Block]:
                 key, _, value = part.partition(":")
                 if key == "continues" and not value:
                     block.continues = True
+                elif key == "file" and re.fullmatch(r"\s*[A-Za-z_][A-Za-z0-9_]*\.py\s*", value):
+                    block.file = value.strip()
                 elif key == "needs":
                     for item in filter(None, re.split(r"[,\s]+", value)):
                         store, _, bucket = item.partition(":")
@@ -220,7 +225,11 @@ def test_readme_block_runs(block, request, tmp_path, monkeypatch):
     namespace: dict = {"rh": rh}
     try:
         for part in block.blocks:
-            run_block(part, namespace)
+            if part.file:
+                ast.parse(part.code)  # the reader's file must at least be Python
+                (tmp_path / part.file).write_text(part.code + "\n")
+            else:
+                run_block(part, namespace)
     finally:
         for full, _kind in set(rh.list_names()) - names_before:
             rh.delete(full)

@@ -184,8 +184,15 @@ def test_gcs_streamed_upload_of_other_than_announced_size_leaves_nothing(places,
 
 # ----------------------------------------------------------------------- sources listed in pages (object stores)
 
-#: three listing pages of 1000 objects
-MANY = {f"p{i % 7}/f{i:05d}.txt": str(i).encode() * (i % 5 + 1) for i in range(2100)}
+#: three listing pages (of PAGE objects)
+MANY = {f"p{i % 7}/f{i:05d}.txt": str(i).encode() * (i % 5 + 1) for i in range(210)}
+PAGE = 100  # objects per listing page in these tests (settings.list_page_size; 1000 by default): 3 pages
+
+
+@pytest.fixture
+def small_pages():
+    with settings.override(list_page_size=PAGE):
+        yield
 
 
 def _seed_many(places: dict, name: str, leaf: str) -> rh.Folder:
@@ -220,8 +227,9 @@ def _recording_pages(monkeypatch, system_type: type, root: str) -> list[float]:
 
 
 @pytest.mark.parametrize("src_name,dst_name", [("s3", "file"), ("gs", "file"), ("s3", "s3")])
-def test_a_source_listed_in_pages_is_copied_whole_while_it_is_listed(places, monkeypatch, src_name, dst_name):
-    """2100 objects come in three listing pages; copying starts with the first page, every file arrives
+def test_a_source_listed_in_pages_is_copied_whole_while_it_is_listed(places, monkeypatch, src_name, dst_name,
+                                                                  small_pages):
+    """210 objects come in three listing pages; copying starts with the first page, every file arrives
     byte-exact, a directory placeholder object is not taken for a file, and a re-run (a destination listed in
     pages too) copies nothing."""
     src = _seed_many(places, src_name, "many")
@@ -243,7 +251,7 @@ def test_a_source_listed_in_pages_is_copied_whole_while_it_is_listed(places, mon
     assert (again.last_copy.files_copied, again.last_copy.files_skipped) == (0, len(MANY))
 
 
-def test_overwrite_false_checks_every_page_before_copying_anything(places, tmp_path):
+def test_overwrite_false_checks_every_page_before_copying_anything(places, tmp_path, small_pages):
     """A clash on the listing's last page still stops the copy before its first file."""
     src = _seed_many(places, "gs", "clash")
     last = sorted(MANY)[-1]
@@ -257,7 +265,8 @@ def test_overwrite_false_checks_every_page_before_copying_anything(places, tmp_p
     assert (dst / last).read_bytes() == b"the user's own version"
 
 
-def test_a_listing_that_breaks_midway_leaves_complete_files_and_resumes(places, tmp_path, monkeypatch):
+def test_a_listing_that_breaks_midway_leaves_complete_files_and_resumes(places, tmp_path, monkeypatch,
+                                                                       small_pages):
     """The listing's second page fails (the connection dropped): the copy raises that error once the files
     already started are done; what is at the destination is complete, and a re-run copies only the rest."""
     src = _seed_many(places, "s3", "broken")
@@ -276,7 +285,7 @@ def test_a_listing_that_breaks_midway_leaves_complete_files_and_resumes(places, 
     with pytest.raises(ConnectionResetError, match="listing connection reset"):
         transfer.copy_tree(src.sys, src.fs_path, get_system("file"), str(dst))
     got = {str(p.relative_to(dst)): p.read_bytes() for p in dst.rglob("*") if p.is_file()}
-    assert got and len(got) <= 1000
+    assert got and len(got) <= PAGE
     assert all(MANY[k] == v for k, v in got.items())  # complete files only, no temporary names
 
     monkeypatch.setattr(system_type, "iter_files", real)

@@ -16,10 +16,12 @@ import sys
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
+from prefect import flow
 
+import rh_prefect as rh
 from helpers import wait_for
 from ui_helpers import Browser, api, flow_run_state, is_loopback, off_loop
 
@@ -346,4 +348,58 @@ def test_transfer_deployment_runs_from_ui_with_block_pickers(browser, prefect_se
     page.get_by_text("files copied").first.wait_for()
     assert page.get_by_role("cell", name="2", exact=True).count() >= 1  # files copied: 2
     shot(browser, "deployment-run-summary-artifact")
+    assert_nothing_left_loopback(browser, prefect_server)
+
+
+# --------------------------------------------------------------------------- an on_update automation
+
+
+@flow(name="rh-ui-on-update")
+def fine_tune(table: rh.Table, version: Optional[str] = None, note: str = "") -> Optional[str]:
+    """The flow an on_update automation runs (never run here)."""
+    return version
+
+
+def test_on_update_automation_is_listed_and_edited_in_the_ui(browser, prefect_server, tmp_path):
+    import pyarrow as pa
+
+    table_name = f"/ds/{ui_name('ui-trig')}"
+
+    def make():
+        dep_name = f"{fine_tune.name}/{ui_name('dep')}"
+        fine_tune.to_deployment(name=dep_name.split("/")[1]).apply()  # Prefect's default: parameters enforced
+        table = rh.table(data=pa.table({"a": [1]}), name=table_name, path=tmp_path / "t").save()
+        return table, rh.on_update(table_name, deployment=dep_name, parameters={"note": "from python"})
+
+    table, auto = off_loop(make)
+    page = browser.page
+    browser.goto("/automations", idle=False)  # listed by name, with what it does
+    page.get_by_text(auto.description, exact=True).first.wait_for()
+    shot(browser, "automations-list")
+    page.get_by_role("link", name=auto.name, exact=True).click()
+    page.wait_for_url(f"**/automations/automation/{auto.id}")
+
+    browser.goto(f"/automations/automation/{auto.id}/edit", idle=False)
+    page.get_by_text("rh.resource.written", exact=True).first.wait_for()  # the trigger: event and resource
+    page.get_by_text(f"rh.table.{table_name}", exact=True).first.wait_for()
+    shot(browser, "automation-edit-trigger")
+    page.get_by_role("button", name="Next", exact=True).click()
+    page.get_by_text("Run a deployment").first.wait_for()  # the action, with the table picked by reference
+    assert browser.run_form_property("table").get_by_text(table.document_name).count() >= 1
+    assert browser.run_form_property("version").get_by_text('{{ event.resource["rh.version"] }}').count() >= 1
+    browser.run_form_property("note").locator("textarea, input").first.fill("edited in the UI")
+    shot(browser, "automation-edit-action")
+    page.get_by_role("button", name="Next", exact=True).click()
+    page.get_by_role("button", name="Save", exact=True).click()
+    page.wait_for_url(re.compile(r".*/automations$"))
+
+    saved = api(prefect_server.api_url, "GET", f"/automations/{auto.id}")
+    assert saved["actions"][0]["parameters"] == {
+        "note": "edited in the UI",
+        "table": {"$ref": {"block_document_id": str(table._block_document_id)}},
+        "version": {"__prefect_kind": "jinja", "template": '{{ event.resource["rh.version"] }}'},
+    }
+    assert saved["trigger"]["match"] == {"prefect.resource.id": f"rh.table.{table_name}"}
+    off_loop(auto.delete)
+    off_loop(rh.delete, table_name)
     assert_nothing_left_loopback(browser, prefect_server)

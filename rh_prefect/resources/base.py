@@ -11,7 +11,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from rh_prefect import names
 
-from rh_prefect.runtime import registry
+from rh_prefect.runtime import events, registry
 from rh_prefect.errors import InvalidArgument, InvalidPath, NotFound, ReadOnlyVersion, UnknownSystem
 from rh_prefect.runtime.registry import Resource
 from rh_prefect.resources.cluster import Cluster
@@ -48,6 +48,10 @@ class StoredResource(Resource, ABC):
     _flow_run: Any = PrivateAttr(default=None)
     # loaded with version=V: it reads V and refuses every write (Table and Blob)
     _pinned: bool = PrivateAttr(default=False)
+    # lineage events: (resource id, version) this object last announced, and the event resource of what it was
+    # copied from (a save under a name then names that source)
+    _announced: Optional[tuple[str, str]] = PrivateAttr(default=None)
+    _copied_from: Optional[dict[str, str]] = PrivateAttr(default=None)
 
     @field_validator("system", mode="before")
     @classmethod
@@ -95,6 +99,8 @@ class StoredResource(Resource, ABC):
         new._rh_name = self._rh_name
         new._last_report = None
         new._flow_run = None
+        new._announced = None
+        new._copied_from = None
         self._relocated_extra(new)
         return new
 
@@ -163,6 +169,92 @@ class StoredResource(Resource, ABC):
     def has_unwritten_data(self) -> bool:
         """True when this object holds data in memory that is not stored yet (it is written from this process)."""
         return False
+
+    # -- lineage events (see rh_prefect.runtime.events) ----------------------------------------------------------
+    def is_saved(self) -> bool:
+        """True when this object was loaded from or saved to the registry under its name."""
+        return self._block_document_id is not None and bool(self.name)
+
+    def event_resource(self) -> dict[str, str]:
+        """This resource as the resource of an rh event: ``rh.<type>.<canonical name>`` when saved, else
+        ``rh.<type>.<url>``; with its type, name, URL and version labels (:func:`rh_prefect.runtime.events.resource`)."""
+        kind = type(self).get_block_type_slug().removeprefix("rh-")
+        return events.resource(kind, self.full_name if self.is_saved() else None, self.url,
+                               getattr(self, "version", None))
+
+    def cluster_related(self) -> list[dict[str, str]]:
+        """The cluster holding the data as a related resource of an event (none when the data is elsewhere)."""
+        if self.system != "ssh" or self.cluster is None:
+            return []
+        c = self.cluster
+        name = getattr(c, "full_name", None) if getattr(c, "_block_document_id", None) is not None else None
+        who = f"{c.user}@" if c.user else ""
+        return [events.cluster(name or f"ssh://{who}{c.host}:{c.port}")]
+
+    def _announce(self, event: str, source: Union["StoredResource", dict[str, str], None] = None, *,
+                  asset: bool = False, flow_run: Any = None, payload: Optional[dict[str, Any]] = None) -> None:
+        """Send ``event`` about this resource (its ``source``: a resource or an event resource; its cluster, run
+        and, for a write, what the flow run read before) and, with ``asset``, the same in Prefect's asset terms.
+        Never raises: see events.emit."""
+        try:
+            res = self.event_resource()
+            related: list[dict[str, str]] = []
+            if flow_run is not None:  # a worker's flow run did the work (see remote.run_on_worker)
+                related.append(events.flow_run(flow_run.id, flow_run.name))
+            src = source.event_resource() if isinstance(source, StoredResource) else source
+            if src is not None:
+                related.append(events.as_related(src, events.ROLE_SOURCE))
+                if isinstance(source, StoredResource):
+                    related += source.cluster_related()
+            related += self.cluster_related()
+            related += events.run_related()
+            inputs = [] if src is not None or event == events.DELETED else [
+                r for r in events.reads() if r["prefect.resource.id"] != res["prefect.resource.id"]]
+            related += [events.as_related(r, events.ROLE_INPUT) for r in inputs]
+            events.emit(event, res, related, payload)
+            self._announced = (res["prefect.resource.id"], res[events.LABEL_VERSION])
+            if asset:
+                upstream = [src[events.LABEL_URL]] if src is not None else [r[events.LABEL_URL] for r in inputs]
+                version = res[events.LABEL_VERSION]
+                events.emit_asset(self.url, self.full_name if self.is_saved() else None, upstream,
+                                  {events.LABEL_VERSION: version} if version else None)
+        except Exception as exc:  # pragma: no cover - events.emit never raises; this guards building the labels
+            events.logger.warning("could not announce %s of %s: %s", event, self._label(), exc)
+
+    def _note_read(self) -> None:
+        """Inside a flow run: remember that this resource (at its version) was read, for a later write's inputs."""
+        try:
+            events.note_read(self.event_resource())
+        except Exception as exc:  # pragma: no cover - bookkeeping only
+            events.logger.debug("could not note a read of %s: %s", self._label(), exc)
+
+    def announce_copy(self, source: "StoredResource", flow_run: Any = None) -> None:
+        """Announce that this resource was made by copying ``source`` (``rh.resource.copied``, and Prefect's asset
+        terms for a Table or Blob); ``flow_run``: the worker's flow run that copied it, when it ran on one. The
+        copy methods call it; a save of this object under a name then names ``source`` too."""
+        self._copied_from = source.event_resource()
+        self._announce(events.COPIED, source, asset=self._has_versions(), flow_run=flow_run)
+
+    def _has_versions(self) -> bool:
+        """True for the resources stored as versions (Table, Blob): their writes are also Prefect asset events."""
+        return "version" in type(self).model_fields
+
+    def save(self: S, name: Optional[str] = None, overwrite: Optional[bool] = None) -> S:  # type: ignore[override]
+        """Register the resource by name and return it (see :meth:`rh_prefect.runtime.registry.Resource.save`).
+
+        A save that points the name at a version not announced under it yet (a copy saved under a name, a table
+        written before it was named) announces ``rh.resource.written`` for the name, naming the copy's source."""
+        super().save(name, overwrite)
+        self._announce_saved()
+        return self
+
+    def _announce_saved(self) -> None:
+        version = getattr(self, "version", None)
+        if version is None or not self.is_saved():
+            return
+        if self._announced == (self.event_resource()["prefect.resource.id"], version):
+            return
+        self._announce(events.WRITTEN, self._copied_from, payload={"saved": True})
 
     def to(self: S, system: "SystemArg", path: Optional[str] = None, via: str = "auto", **options: Any) -> S:
         """Copy to another system (or place) and return the resource there; see the subclass's ``to``.

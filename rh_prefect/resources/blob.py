@@ -29,7 +29,7 @@ from typing import IO, Any, Iterator, Optional, Union
 from pydantic import Field, PrivateAttr
 
 from rh_prefect import blob_store, names, serializers, settings, transfer
-from rh_prefect.runtime import registry, tasks
+from rh_prefect.runtime import events, registry, tasks
 from rh_prefect.errors import IntegrityError, InvalidArgument, InvalidPath, NotFound
 from rh_prefect.resources.base import StoredResource, SystemArg, place
 from rh_prefect.resources.folder import Folder
@@ -122,10 +122,14 @@ class Blob(StoredResource):
                 f"{posixpath.join(self.path or '', 'blob.pkl')!r}, or use rh.folder() for a directory."
             )
 
-    def _record(self, size: int, sha256: str, serializer: str, version: Optional[str]) -> None:
+    def _record(self, size: int, sha256: str, serializer: str, version: Optional[str],
+                payload: Optional[dict[str, Any]] = None) -> None:
         """Remember what was written; a blob already saved by name is re-saved: that save is the commit that
-        makes loads by name read the new version."""
+        makes loads by name read the new version. With ``payload``, a new version was stored: announced first
+        (``rh.resource.written``, and as a Prefect asset materialization)."""
         self.size, self.sha256, self.serializer, self.version = size, sha256, serializer, version
+        if payload is not None:
+            self._announce(events.WRITTEN, asset=True, payload={"size": size, **payload})
         if self._block_document_id is not None and not self._pinned:  # a pinned blob only reads: no commit
             self.save()
 
@@ -158,7 +162,7 @@ class Blob(StoredResource):
         version, size, digest = tasks.run(_write_task, self.sys, self.fs_path, _Payload(data), name, self._label(),
                                           self.version)
         self._drop()
-        self._record(size, digest, name, version)
+        self._record(size, digest, name, version, payload={"serializer": name})
         return self
 
     def upload(self, local_path: Union[str, os.PathLike], serializer: Optional[str] = None) -> "Blob":
@@ -176,7 +180,7 @@ class Blob(StoredResource):
         self._prepare_write()
         version, size, digest = tasks.run(_upload_task, src, self.sys, self.fs_path, self.version, name)
         self._drop()
-        self._record(size, digest, name, version)
+        self._record(size, digest, name, version, payload={"serializer": name})
         return self
 
     # -- reading ------------------------------------------------------------------------------------------
@@ -196,6 +200,7 @@ class Blob(StoredResource):
         if self._has_data:
             return self._data
         self._require_stored("be fetched")
+        self._note_read()
         payload = tasks.run(_fetch_task, self.sys, self.fs_path, self.version, self.serializer or READ_DEFAULT,
                             self.size, self.sha256, self._label())
         return payload.obj
@@ -211,6 +216,24 @@ class Blob(StoredResource):
         if self.sha256 is None:
             self._record(size, digest, self.serializer or READ_DEFAULT, self.version)
         return self
+
+    def data_version(self) -> str:
+        """The version this blob reads, for caches keyed on the data (``rh.DATA_VERSIONS``): the version it
+        records - nothing is read. A blob described by path only reads its file's listing entry (size, time and
+        the store's content tag); an in-memory blob hashes its object."""
+        if self._has_data:
+            from prefect.utilities.hashing import hash_objects
+
+            return "unwritten-" + (hash_objects(self._data, raise_on_failure=True) or "")
+        if self.version:
+            return self.version
+        self._require_stored("have a data version")
+        try:
+            with self.sys.guard(self._label()):
+                info = self.sys.fs.info(self.fs_path)
+        except FileNotFoundError:
+            return "absent"
+        return "file-" + repr(self.sys.fingerprint(info))
 
     def versions(self) -> list[Version]:
         """The kept versions of this blob, oldest first, read from storage: each with its id, creation time, size
@@ -244,7 +267,7 @@ class Blob(StoredResource):
         self.sys.check_writable(self.path or "")
         size, digest, serializer = tasks.run(_rollback_task, self.sys, self.fs_path, version, self._label())
         self._drop()
-        self._record(size, digest, serializer or self.serializer or READ_DEFAULT, version)
+        self._record(size, digest, serializer or self.serializer or READ_DEFAULT, version, payload={"rollback": True})
         return self
 
     def _pin(self, version: str) -> "Blob":
@@ -276,6 +299,7 @@ class Blob(StoredResource):
         if mode != "rb":
             self._refuse_if_pinned(f"be opened with mode {mode!r}")
         if mode == "rb":
+            self._note_read()
             with blob_store.open_read(self.sys, self.fs_path, self.version, self._label()) as f:
                 yield f
             return
@@ -286,7 +310,7 @@ class Blob(StoredResource):
                               serializer=self.serializer or "bytes") as writer:
             yield writer  # type: ignore[misc]
         self._drop()
-        self._record(writer.size, writer.sha256, self.serializer or "bytes", writer.version)
+        self._record(writer.size, writer.sha256, self.serializer or "bytes", writer.version, payload={})
 
     def download(self, local_path: Union[str, os.PathLike]) -> str:
         """Copy the stored bytes to a local file, streaming and verifying; returns the local path.
@@ -301,6 +325,7 @@ class Blob(StoredResource):
             tasks.run(_dump_task, local, dst, _Payload(self._data), self.serializer or "pickle", f"local file {dst}")
             return dst
         self._require_stored("be downloaded")
+        self._note_read()
         tasks.run(_download_task, self.sys, self.fs_path, self.version, local, dst, self.size, self.sha256,
                   self._label())
         return dst
@@ -320,6 +345,7 @@ class Blob(StoredResource):
         self._refuse_if_pinned("delete the blob")
         self.sys.check_writable(self.path or "")
         blob_store.remove(self.sys, self.fs_path)
+        self._announce(events.DELETED)
 
     # -- moving -------------------------------------------------------------------------------------------
     def to(self, system: Union[SystemArg, Folder], path: Optional[str] = None, via: str = "auto") -> "Blob":
@@ -355,6 +381,7 @@ class Blob(StoredResource):
         if self.version is not None:
             tasks.run(_copy_task, self.sys, src_fs, dst_sys, dst_fs, self.version, self.size, self._label(),
                       self.sha256, self.serializer)
+            new.announce_copy(self)
             return new
         # No version recorded (described by path, or saved before versions): the file itself is what is copied.
         try:
@@ -369,6 +396,7 @@ class Blob(StoredResource):
                     f"recorded {self.size}: the source was changed outside rh_prefect. Check it with "
                     "blob.verify() and rewrite it with blob.write(data)."
                 )
+        new.announce_copy(self)
         return new
 
     def _relocated_extra(self, new: "Blob") -> None:

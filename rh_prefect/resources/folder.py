@@ -16,10 +16,11 @@ from typing import IO, Any, Iterator, Mapping, Optional, Union
 from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.utilities.asyncutils import run_sync_in_worker_thread
 from prefect.filesystems import WritableDeploymentStorage, WritableFileSystem
+from pydantic import ConfigDict
 
 from rh_prefect import transfer
 
-from rh_prefect.runtime import registry, tasks
+from rh_prefect.runtime import events, registry, tasks
 from rh_prefect.errors import AlreadyExists, InvalidArgument, InvalidPath, NotFound
 from rh_prefect.resources.base import StoredResource, SystemArg, place
 from rh_prefect.resources.cluster import Cluster
@@ -46,6 +47,8 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
     _block_type_name = "rh Folder"
     _description = "A folder of files on local disk, a cluster (SSH), S3, GCS or GitHub, copyable to any of them."
     _documentation_url = None
+    # Prefect's filesystem bases bring Block's own config back (a later base wins): keep the resources' schema.
+    model_config = ConfigDict(json_schema_extra=registry.resource_schema_extra)
 
     # -- listing and reading ------------------------------------------------------------------------------
     def ls(self, full_paths: bool = True, sort: bool = False, recursive: bool = False) -> list[str]:
@@ -80,6 +83,21 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
             return [posixpath.join(self.path, key) for key, _ in entries]
         return [key for key, _ in entries]
 
+    def data_version(self) -> str:
+        """A fingerprint of the folder's files, for caches keyed on the data (``rh.DATA_VERSIONS``): a Folder has
+        no versions, so this is the sha256 of its recursive listing - every file's relative path, size,
+        modification time and the store's content tag where it lists one (S3 ETag, GCS md5). One listing, no file
+        is read. A rewrite of a file with the same size within the store's time resolution and no content tag (a
+        second, over SFTP) is not seen."""
+        import hashlib
+
+        with self.sys.guard(self.url):
+            infos = transfer.list_files(self.sys, self.fs_path)
+        digest = hashlib.sha256()
+        for key in sorted(infos):
+            digest.update(repr((key, self.sys.fingerprint(infos[key]))).encode())
+        return "listing-" + digest.hexdigest()
+
     def _key_path(self, name: str) -> str:
         return posixpath.join(self.fs_path, check_relative_key(name))
 
@@ -108,6 +126,7 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
                     text.detach()
                 else:
                     yield raw
+            self._announce(events.WRITTEN, payload={"files": [name]})
             return
         try:
             with self.sys.guard(f"{self.url}/{name}"):
@@ -136,6 +155,9 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
         self.sys.check_writable(self.path or "")
         if isinstance(contents, Folder):
             tasks.run(tasks.copy_tree_task, contents.sys, contents.fs_path, self.sys, self.fs_path, overwrite=overwrite)
+            self.announce_copy(contents)
+            if self.is_saved():  # a copy into a saved name: its new contents, for whoever waits for them
+                self._announce(events.WRITTEN, contents)
             return self
         if isinstance(contents, (str, os.PathLike)):
             src = Path(contents).expanduser()
@@ -149,6 +171,7 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
                     tasks.copy_tree_task, local, str(src.parent.absolute()), self.sys, self.fs_path,
                     overwrite=overwrite, keys=[src.name],
                 )
+            self._announce(events.WRITTEN, payload={"from_local_path": str(src.absolute())})
             return self
         if not isinstance(contents, Mapping):
             raise InvalidArgument(
@@ -175,6 +198,7 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
                 )
         for key, data in items.items():
             transfer.write_bytes(self.sys, posixpath.join(self.fs_path, key), data)
+        self._announce(events.WRITTEN, payload={"files": sorted(items)[:100]})
         return self
 
     def rm(self, contents: Optional[list[str]] = None, recursive: bool = True) -> None:
@@ -188,6 +212,10 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
                         self.sys.rm_tree(path)
                     else:
                         self.sys.fs.rm(path)
+        if contents is None:
+            self._announce(events.DELETED)
+        else:
+            self._announce(events.WRITTEN, payload={"removed": list(contents)[:100]})
 
     # -- moving -------------------------------------------------------------------------------------------
     def to(self, system: SystemArg, path: Optional[str] = None, overwrite: bool = True, via: str = "auto") -> "Folder":
@@ -210,6 +238,7 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
         report = tasks.run(tasks.copy_tree_task, self.sys, src_root, dst_sys, dst_root, overwrite=overwrite)
         new = self.relocated(dst_sys, dst_path)
         new._last_report = report
+        new.announce_copy(self)
         return new
 
     def mv(self, system: SystemArg, path: Optional[str] = None) -> "Folder":
@@ -221,11 +250,15 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
             if dst_root == src_root or dst_root.startswith(src_root + "/"):
                 where = "onto itself" if dst_root == src_root else "inside itself"
                 raise InvalidPath(f"Cannot move {self.url} {where}; pick a destination outside the folder.")
-        moved = self.to(system, path)
-        self.rm()
+        moved = self.to(system, path)  # announces the copy
+        old = self.relocated(self.sys, self.path or "")  # the old place, by its URL
+        with events.suppressed():  # the name is not deleted: its data moved
+            self.rm()
+        old._announce(events.DELETED, payload={"moved_to": moved.url})
         self._relocate(moved.sys, moved.path)
         if self._block_document_id is not None:
             self.save()
+            self._announce(events.WRITTEN, old, payload={"moved_from": old.url})
         return self
 
     # -- namespace ----------------------------------------------------------------------------------------
@@ -268,6 +301,7 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
     def _write_path(self, path: str, content: bytes) -> str:
         target = self._storage_path(path)
         transfer.write_bytes(self.sys, target, content)
+        self._announce(events.WRITTEN, payload={"files": [posixpath.relpath(target, self.fs_path.rstrip("/"))]})
         return target
 
     async def aread_path(self, path: str) -> bytes:
@@ -307,6 +341,7 @@ class Folder(StoredResource, WritableFileSystem, WritableDeploymentStorage):
             keys = sorted(p for p in filter_files(src, patterns, include_dirs=False, as_posix=True))
         self.sys.ensure_container(dst)
         report = tasks.run(tasks.copy_tree_task, get_system("file"), src, self.sys, dst, keys=keys)
+        self._announce(events.WRITTEN, payload={"from_local_path": src})
         return report.files_copied + report.files_skipped
 
     async def aget_directory(self, from_path: Optional[str] = None, local_path: Optional[str] = None) -> None:

@@ -12,7 +12,7 @@
 The worker side is :func:`copy_here`, which the transfer flows (:mod:`rh_prefect.flows.transfer`) call: on the cluster's own
 worker it reads the data from the host's disk instead of over SSH to itself. Running the flow and waiting for it
 is :mod:`rh_prefect.runtime.dispatch`, which knows nothing of resources; this module uses only the resources'
-public methods (``destination``, ``relocated``, ``copy_to``, ``has_unwritten_data``, ``last_copy``).
+public methods (``destination``, ``relocated``, ``copy_to``, ``has_unwritten_data``, ``last_copy``, ``announce_copy``).
 
 Example:
     ```python
@@ -26,11 +26,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Optional, TypeVar
 
 from rh_prefect.errors import SystemUnavailable, UnknownSystem
-from rh_prefect.runtime import dispatch, stops, worker
+from rh_prefect.runtime import dispatch, events, stops, worker
 from rh_prefect.systems import get_system
 from rh_prefect.systems.base import stoppable
 
@@ -38,6 +39,8 @@ logger = logging.getLogger("rh_prefect.resources.remote")
 R = TypeVar("R")
 
 VIA = ("auto", "worker", "local")
+#: the tag of the flow runs :func:`run_on_worker` dispatches
+TAG = "rh-transfer"
 #: A worker seen online this recently is taken to still be (see ``worker.is_online(reuse=...)``).
 ONLINE_REUSE_SECONDS = 10.0
 #: Name of every transfer deployment; the flow names are rh-copy-folder, rh-copy-blob, rh-copy-table.
@@ -129,11 +132,13 @@ def run_on_worker(resource: R, system: Any, path: Optional[str] = None, *,
                       "cluster": ref(fields.get("cluster")), "credentials": ref(fields.get("credentials")), **options}
         finished = dispatch.run(
             f"{name}/{DEPLOYMENT}", parameters, queue=queue, pool=pool, label=_label(resource),
-            job_variables=job_variables, tags=["rh-prefect", "rh-transfer"], pickup_timeout=pickup_timeout,
+            job_variables=job_variables, tags=["rh-prefect", TAG], pickup_timeout=pickup_timeout,
             flow_run_name=f"{name}: {resource.url} -> {dst_sys.url(dst_path)}",
         )
     new = resource.relocated(dst_sys, dst_path)
     new._flow_run = finished
+    # Announced here, not on the worker: there the source is an anonymous snapshot of the block, without its name.
+    new.announce_copy(resource, flow_run=finished)
     logger.info("%s -> %s ran as flow run %s on work queue %r (worker %s)", resource.url, new.url, finished.name,
                 queue, (finished.labels or {}).get("prefect.worker.name"))
     return new
@@ -151,8 +156,11 @@ def copy_here(source: Any, system: str, path: Optional[str] = None, cluster: Any
     if stop is not None:
         dst = stoppable(dst, stop, "The flow run was cancelled.")
     reader = _colocated_view(source)
+    # A run dispatched by run_on_worker is announced by the process that dispatched it, which knows the source's
+    # name (here it is an anonymous snapshot); a run started by hand, or a direct call, announces itself.
     try:
-        new = reader.copy_to(dst, path, **options)
+        with events.suppressed() if _dispatched_run() else contextlib.nullcontext():
+            new = reader.copy_to(dst, path, **options)
     except Exception as exc:
         if stop is None or not stop.is_set():
             raise
@@ -169,6 +177,14 @@ def copy_here(source: Any, system: str, path: Optional[str] = None, cluster: Any
                    bytes_copied=report.bytes_copied)
     dispatch.run_logger().info("copied %s to %s (read from %s)", source.url, new.url, out["read_from"])
     return out
+
+
+def _dispatched_run() -> bool:
+    """True inside a flow run that :func:`run_on_worker` dispatched (it carries :data:`TAG`)."""
+    from prefect.context import FlowRunContext
+
+    run = getattr(FlowRunContext.get(), "flow_run", None)
+    return run is not None and TAG in (run.tags or [])
 
 
 def _colocated_view(source: Any) -> Any:

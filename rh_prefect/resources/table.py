@@ -37,7 +37,7 @@ from prefect.context import TaskRunContext
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from rh_prefect import settings
-from rh_prefect.runtime import registry, tasks
+from rh_prefect.runtime import events, registry, tasks
 from rh_prefect.errors import InvalidArgument, NotFound, RhError
 from rh_prefect.resources.base import StoredResource, SystemArg, place
 from rh_prefect.resources.cluster import Cluster
@@ -234,6 +234,8 @@ class Table(StoredResource):
                 return
             self._record(current)
             self._written = current.version
+            # the other writer announced its version (under this name when it registered it): not again here
+            self._announced = (self.event_resource()["prefect.resource.id"], current.version)
             super().save()
 
     # -- writing ------------------------------------------------------------------------------------------
@@ -266,6 +268,7 @@ class Table(StoredResource):
         self._written = manifest.version
         self._data = None
         self._record(manifest)
+        self._announce(events.WRITTEN, asset=True, payload={"mode": mode, "rows": manifest.num_rows})
         if tasks.in_prefect_run():
             self._publish_artifact()
         if self._block_document_id is not None:
@@ -302,6 +305,7 @@ class Table(StoredResource):
         """
         if self._data is not None:
             return self._data
+        self._note_read()
         ad = self.adapter
         expr = dataset.to_expression(filters)
         if ad.lazy:
@@ -320,6 +324,7 @@ class Table(StoredResource):
         """The first ``n`` rows, in memory, as the kind's object (dask: pandas); reads only the first row groups."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise InvalidArgument(f"head(n): n must be a non-negative int, got {n!r}.")
+        self._note_read()
         table = tasks.run(_read_task, self.sys, self.fs_path, self.url, _opt_list(columns), None, n, self.version)
         return self.adapter.head_from_arrow(table)
 
@@ -354,6 +359,7 @@ class Table(StoredResource):
         fmt = batch_format or self.stream_format or self.adapter.default_format
         spec = stream.StreamSpec.make(batch_size, columns, filters, drop_last, shuffle_seed, shuffle_buffer_size,
                                       prefetch_batches, fmt, start_row)
+        self._note_read()
         return TableStream(self.sys, self.fs_path, self.url, spec, self.version)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
@@ -383,6 +389,21 @@ class Table(StoredResource):
         return dataset.read_manifest(self.sys, self.fs_path) is not None
 
     # -- versions -------------------------------------------------------------------------------------------
+    def data_version(self) -> str:
+        """The version this table reads, for caches keyed on the data (``rh.DATA_VERSIONS``): the version it
+        records (loaded by name, pinned with ``version=``, or just written) - nothing is read; a table that
+        records none (stored by an older release) reads its pointer, one small file. Data handed over and not
+        written yet is hashed."""
+        if self._data is not None:
+            from prefect.utilities.hashing import hash_objects
+
+            return "unwritten-" + (hash_objects(self.adapter.to_arrow(self._data), raise_on_failure=True) or "")
+        if self.version:
+            return self.version
+        with self.sys.guard(self._label()):
+            manifest = dataset.read_manifest(self.sys, self.fs_path)
+        return manifest.version if manifest is not None else "absent"
+
     def versions(self) -> list[Version]:
         """The kept versions of the table, oldest first, read from storage: each with its id, creation time,
         rows, data bytes and checksum (sha256 of its manifest); ``current`` marks the one the table's pointer
@@ -415,6 +436,7 @@ class Table(StoredResource):
         manifest = tasks.run(_rollback_task, self.sys, self.fs_path, version, self._label())
         self._written = manifest.version
         self._record(manifest)
+        self._announce(events.WRITTEN, asset=True, payload={"rollback": True, "rows": manifest.num_rows})
         if self._block_document_id is not None:
             self.save()
         return self
@@ -453,7 +475,8 @@ class Table(StoredResource):
         dst_sys.ensure_container(dst_root)
         snap = self._snapshot()
         report = None
-        if not (dst_sys == self.sys and dst_root.rstrip("/") == self.fs_path.rstrip("/")):
+        same_place = dst_sys == self.sys and dst_root.rstrip("/") == self.fs_path.rstrip("/")
+        if not same_place:
             keys = [f.path for f in snap.manifest.files]
             if keys:
                 report = tasks.run(tasks.copy_tree_task, self.sys, self.fs_path, dst_sys, dst_root, keys=keys)
@@ -461,6 +484,8 @@ class Table(StoredResource):
         new = self.relocated(dst_sys, dst_path)
         new._last_report = report  # what the copy did (files, bytes, skips), e.g. for the transfer flow's summary
         new._record(snap.manifest)
+        if not same_place:
+            new.announce_copy(self)
         return new
 
     def _relocated_extra(self, new: "Table") -> None:
@@ -477,6 +502,7 @@ class Table(StoredResource):
         self._refuse_if_pinned("delete the table")
         self.sys.check_writable(self.path or "")
         dataset.remove_table(self.sys, self.fs_path)
+        self._announce(events.DELETED)
 
 
 class PandasTable(Table):

@@ -21,3 +21,25 @@ def settle(timeout: float = 2.0) -> None:
         waiter = threading.Thread(target=worker.wait_until_empty, daemon=True)
         waiter.start()
         waiter.join(timeout)
+
+
+_hooked = False
+_hook_lock = threading.Lock()
+
+
+def settle_at_exit() -> None:
+    """Let the events queues settle when the interpreter exits, before Prefect drains them: for events sent from
+    plain code, which cannot wait for them itself without slowing every call. Call it after Prefect's events queue
+    started (after an ``emit_event``): threading's exit hooks run last-registered-first, so this one then runs
+    before the queue's own."""
+    global _hooked
+    if _hooked:
+        return
+    with _hook_lock:
+        if _hooked:
+            return
+        _hooked = True
+        try:
+            threading._register_atexit(settle)  # type: ignore[attr-defined]
+        except Exception:  # shutting down already, or no such hook on this Python: Prefect still drains at exit
+            pass

@@ -35,6 +35,27 @@ QUEUE_INSTANCES = Private(
     why="the events queues to let settle before a short program exits",
 )
 
+RUN_CONTEXT_VAR = Private(
+    "prefect", "ContextModel.__var__",
+    fallback="none: an event sent outside any run may be related to the run of an event sent before it",
+    why="gives the flow run and task run context variables a value while an rh event is queued, so Prefect's "
+        "events queue does not relate it to a run it handled earlier",
+)
+
+
+def run_context_vars() -> list[Any]:
+    """The context variables of Prefect's flow run and task run contexts (none where that cannot be known)."""
+    import contextvars
+
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    found = []
+    for model in (FlowRunContext, TaskRunContext):
+        var = getattr(model, "__var__", None) if RUN_CONTEXT_VAR.usable(model) else None
+        if isinstance(var, contextvars.ContextVar):
+            found.append(var)
+    return found
+
 
 def detached_copy(block: Any) -> Any:
     """A deep copy of ``block`` that is saved as a new block document, not over the one ``block`` came from."""

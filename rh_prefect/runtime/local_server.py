@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -59,6 +55,8 @@ def _state_file() -> Path:
 
 
 def _healthy(api_url: str, timeout: float = 2.0) -> bool:
+    import urllib.request  # here, as the other modules below: the command line imports this module for every call
+
     try:
         with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as resp:
             return resp.status == 200
@@ -89,6 +87,8 @@ def status() -> Optional[ServerInfo]:
 
 
 def _port_free(port: int) -> bool:
+    import socket
+
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -99,6 +99,8 @@ def _port_free(port: int) -> bool:
 
 def up(port: int = DEFAULT_PORT, timeout: float = 120.0) -> ServerInfo:
     """Start the embedded server (or return the running one)."""
+    import subprocess
+
     running = status()
     if running:
         return running
@@ -143,6 +145,8 @@ def down() -> bool:
     except (OSError, ValueError):
         return False
     restore_profile(data.get("previous_profile"))
+    import signal
+
     pid = int(data["pid"])
     stopped = False
     if _alive(pid):

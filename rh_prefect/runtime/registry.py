@@ -11,10 +11,10 @@ from __future__ import annotations
 from abc import ABC
 from typing import Any, Optional, TypeVar
 
-from prefect.blocks.core import Block
+from prefect.blocks.core import Block, schema_extra
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
-from pydantic import PrivateAttr
+from pydantic import ConfigDict, PrivateAttr
 
 from rh_prefect import names
 from rh_prefect.runtime import _prefect_exit, _prefect_private
@@ -29,6 +29,31 @@ R = TypeVar("R", bound="Resource")
 RESOURCE_TYPES: dict[str, str] = {"rh-folder": "Folder", "rh-table": "Table", "rh-blob": "Blob", "rh-cluster": "Cluster"}
 
 
+def resource_schema_extra(schema: dict[str, Any], model: Any) -> None:
+    """Prefect's block schema additions, and: the ``system`` field is required in the JSON schema.
+
+    Why: a block parameter of a flow run may be a reference to a saved block, ``{"$ref": {"block_document_id":
+    ...}}`` (how the UI's block pickers, :mod:`rh_prefect.runtime.dispatch` and ``rh.on_update`` pass them, so
+    secrets survive). Prefect checks it against ``oneOf`` [the block's schema, its reference schema] - on the server
+    for deployments that enforce their parameter schema, and in the UI's automation form, which could not save an
+    ``on_update`` automation. With every field optional a reference matched both and was refused; a value of the
+    block always has ``system`` (it has a default, and every saved document and UI form holds it), a reference
+    never. (Only keywords the UI keeps work here: it drops ``not`` and ``additionalProperties`` before checking.)
+
+    Prefect finds the definition to wrap in that ``oneOf`` by its title, so a definition titled otherwise than its
+    class (the Table kinds are titled "Table") is never wrapped and must go on accepting references: it gets nothing
+    here. Its block schema does (:meth:`Resource.model_json_schema`), so every kind keeps one block schema.
+    """
+    schema_extra(schema, model)
+    if schema.get("title", model.__name__) == model.__name__:
+        _require_system(schema)
+
+
+def _require_system(schema: dict[str, Any]) -> None:
+    if "system" in schema.get("properties", {}) and "system" not in schema.setdefault("required", []):
+        schema["required"].append("system")
+
+
 class Resource(RegisteredOnce, ABC):
     """Base class of every named rh_prefect block (Folder, Table, Blob, Cluster).
 
@@ -36,7 +61,15 @@ class Resource(RegisteredOnce, ABC):
     and :attr:`name` is the name the user gave (``"my-folder"``, ``"@/my_table"``, ``"/ds/bert_preproc"``).
     """
 
+    model_config = ConfigDict(json_schema_extra=resource_schema_extra)
+
     _rh_name: Optional[str] = PrivateAttr(default=None)
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        schema = super().model_json_schema(*args, **kwargs)  # a copy of the class's cached schema (RegisteredOnce)
+        _require_system(schema)  # the block schema: the same for every Table kind (resource_schema_extra)
+        return schema
 
     # -- naming -------------------------------------------------------------------------------------------
     @property
@@ -109,6 +142,12 @@ class Resource(RegisteredOnce, ABC):
         other = find(names.parse(self.name).full)
         if other is not None and other[0] != type(self).get_block_type_slug():
             raise _name_taken(self.name, other[0])
+
+    def data_version(self) -> Optional[str]:
+        """What identifies the data this resource reads now, for caches keyed on the data
+        (:data:`rh_prefect.runtime.caching.DATA_VERSIONS`); None for a resource that holds no data (a Cluster).
+        Folder, Table and Blob say what it is for them."""
+        return None
 
     def _before_save(self, name: names.ResourceName) -> None:
         """Hook for subclasses: fill defaults that depend on the name (e.g. a namespace's path)."""

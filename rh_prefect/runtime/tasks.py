@@ -2,17 +2,15 @@
 
 Every copy and stream that touches the network runs as a Prefect task: inside a flow it shows up as a task
 run in the UI; from plain Python it runs the same way (and retries the same way) without warning noise.
-Only transient errors are retried (connection resets, timeouts, throttling, 5xx), judged by type by
-:func:`is_transient`, which asks the storage systems; user errors such as a bad name, a missing file or a refused
-credential fail at once, and so does an endpoint that never answered (a wrong address or a host that is down:
-see :func:`rh_prefect.systems.base.first_contact_error`). A retried copy resumes: the engine skips files already
-committed at the destination. Attempts and time limits are the settings' ``retries`` and ``task_timeout``.
+The policy itself (which errors a retry can cure: :func:`is_transient`; the pauses between attempts) lives in
+:mod:`rh_prefect.runtime.retry`, without Prefect, so that work recorded as a task run afterwards (a command-line
+copy: :mod:`rh_prefect.runtime.deferred`) is retried the same way. Attempts and time limits are the settings'
+``retries`` and ``task_timeout``.
 """
 
 from __future__ import annotations
 
 import copy
-import errno
 import logging
 import threading
 from typing import Any, Callable, Optional, TypeVar
@@ -21,64 +19,13 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
-from prefect.tasks import exponential_backoff
 
 from rh_prefect import settings, transfer
-from rh_prefect.runtime import _prefect_exit, stops
-from rh_prefect.errors import RhError, SystemUnavailable, TransferError
-from rh_prefect.systems.base import system_classes
+from rh_prefect.runtime import _prefect_exit, retry, stops
+from rh_prefect.runtime.retry import is_transient
 
 logger = logging.getLogger("rh_prefect.runtime.tasks")
 T = TypeVar("T")
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    """True for errors a retry can cure (a lost connection, a timeout, throttling, a 5xx answer); False for user
-    errors (bad input, missing data, refused access) and for an endpoint that never answered.
-
-    Judged by type only, never by message text. The exception and then its causes (``__cause__``, else
-    ``__context__``) are looked at in turn, and the first one that has a verdict decides: first the package's own
-    errors, then each storage system (:meth:`rh_prefect.systems.base.System.is_transient`: S3 by botocore error
-    code and HTTP status, GCS by status code and gcsfs/aiohttp types, SSH by asyncssh types and disconnect codes,
-    local files by errno), then the generic rules for Python's own exception types.
-    """
-    seen = 0
-    while exc is not None and seen < 10:
-        verdict = _verdict(exc)
-        if verdict is not None:
-            return verdict
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
-
-
-#: errnos of a network path that is down for now (ECONNRESET, ECONNREFUSED, ETIMEDOUT... are ConnectionError and
-#: TimeoutError subclasses already)
-_NETWORK_ERRNOS = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN})
-#: Python's own types that a retry does not cure: the input or the data is wrong, or access was refused
-_USER_ERRORS = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError,
-                ValueError, TypeError, KeyError, LookupError)
-
-
-def _verdict(exc: BaseException) -> Optional[bool]:
-    """True / False when ``exc`` itself says whether a retry can help, None to look at its cause."""
-    if isinstance(exc, TransferError):  # a copy's files failed: retry only if every one of them may succeed
-        return bool(exc.failures) and all(is_transient(e) for e in exc.failures.values())
-    if isinstance(exc, SystemUnavailable):  # False when the endpoint never answered: see SystemUnavailable
-        return exc.transient
-    if isinstance(exc, RhError):
-        return False
-    for system in system_classes():
-        verdict = system.is_transient(exc)
-        if verdict is not None:
-            return verdict
-    if isinstance(exc, _USER_ERRORS):
-        return False
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS:
-        return True
-    return None
 
 
 def _retry_condition(task: Task, task_run: Any, state: Any) -> bool:
@@ -87,9 +34,9 @@ def _retry_condition(task: Task, task_run: Any, state: Any) -> bool:
     try:
         state.result()
     except BaseException as exc:  # the state re-raises the task's exception: classify it
-        retry = is_transient(exc)
-        logger.info("%s failed with %s: %s", task.name, type(exc).__name__, "retrying" if retry else "not retrying")
-        return retry
+        again = is_transient(exc)
+        logger.info("%s failed with %s: %s", task.name, type(exc).__name__, "retrying" if again else "not retrying")
+        return again
     return False
 
 
@@ -98,8 +45,8 @@ def _retry_condition(task: Task, task_run: Any, state: Any) -> bool:
 #: task objects then); :func:`run` applies the values in force at each call.
 RETRY_POLICY: dict[str, Any] = dict(
     retries=settings.current().retries,
-    retry_delay_seconds=exponential_backoff(backoff_factor=1),
-    retry_jitter_factor=0.5,
+    retry_delay_seconds=retry.backoff,  # as prefect.tasks.exponential_backoff(backoff_factor=1)
+    retry_jitter_factor=retry.JITTER_FACTOR,
     retry_condition_fn=_retry_condition,
     timeout_seconds=settings.current().task_timeout,
     cache_policy=NO_CACHE,
@@ -202,8 +149,7 @@ def copy_tree_task(src: Any, src_root: str, dst: Any, dst_root: str, **kwargs: A
 def copy_file_task(src: Any, src_path: str, dst: Any, dst_path: str) -> int:
     """Copy one file between systems, committed atomically."""
     reset_on_retry(src, dst)
-    size = src.fs.size(src_path)
-    return transfer.copy_file(src, src_path, dst, dst_path, size, src.same_store(dst))
+    return transfer.copy_one(src, src_path, dst, dst_path)
 
 
 @rh_task("rh-copy-part")

@@ -29,27 +29,70 @@ from rh_prefect.errors import IntegrityError, SystemUnavailable, TransferError
 
 _BUF = 1 << 20
 
-# Unpack into $S, create the directories in $D, then rename every file into place one directory at a time
-# (one mv per directory, not per file). The trap removes the staging directory whatever happens.
+
+def _pipe() -> tuple[int, int]:
+    """A pipe with room for 1 MiB (Linux's default 64 KiB makes the tar stream and the SSH channel hand over small
+    pieces, each a wake-up of the other thread; the kernel keeps its default where it refuses more)."""
+    read_fd, write_fd = os.pipe()
+    try:
+        import fcntl
+
+        fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _BUF)
+    except OSError:  # over /proc/sys/fs/pipe-max-size, or not Linux
+        pass
+    return read_fd, write_fd
+
+# Unpack into $S, then move the tree into place. A directory that does not exist at the destination yet is renamed
+# into place whole (one rename: its files appear with it, each complete; -T: never into a directory that another
+# stream made meanwhile - then that rename fails and the directory is merged like an existing one). The files of a
+# directory that exists already are renamed into it by one mv (per directory, not per file), and its
+# subdirectories are placed the same way. Only shell builtins run per entry, so a fresh copy of 400 directories
+# costs a few processes instead of four per directory (sh, find, xargs, mv: 2000 files in 400 directories took
+# ~3 s more than the bytes). The trap removes the staging directory whatever happens.
 _REMOTE_UNPACK = r"""set -e
 S={stage}; D={dest}
 trap 'rm -rf "$S"' EXIT
 mkdir -p "$S"
 tar -x --no-same-owner --no-same-permissions -C "$S" -f -
-cd "$S"
-find . -mindepth 1 -type d -print0 | (cd "$D" && xargs -0 -r mkdir -p)
-find . -type f -printf '%h\0' | sort -zu | xargs -0 -r -n 1 sh -c 'find "$1" -maxdepth 1 -type f -print0 | xargs -0 -r mv -f -t "$0/$1"' "$D"
+place() {{
+  local rel="$1" e
+  for e in "$S/$rel"/* "$S/$rel"/.[!.]* "$S/$rel"/..?*; do
+    if [ -d "$e" ] && [ ! -h "$e" ]; then
+      if [ -e "$D/$rel/${{e##*/}}" ] || ! mv -fT -- "$e" "$D/$rel/${{e##*/}}"; then place "$rel/${{e##*/}}"; fi
+    fi
+  done
+  find "$S/$rel" -mindepth 1 -maxdepth 1 -type f -exec mv -f -t "$D/$rel" -- {{}} +
+}}
+place .
 """
-
 
 def _produce_tar(fd: int, local_root: str, keys: list[str], errors: list[BaseException],
                  stop: Optional[threading.Event] = None) -> None:
+    """Write a tar stream of ``local_root/key`` for each key to ``fd``: GNU format, built here rather than by
+    ``TarFile.add`` (which costs ~2.5x the CPU per small file: a PAX header per file for its fractional mtime,
+    and a user and group name lookup). Owners are not sent (the remote side unpacks with --no-same-owner), the
+    mtime is sent in whole seconds (the engine's unchanged-file check allows one second), and a symbolic link is
+    sent as the file it points to, as every other copy path reads it."""
     try:
-        with os.fdopen(fd, "wb", buffering=_BUF) as out, tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        with os.fdopen(fd, "wb", buffering=_BUF) as out:
             for key in keys:
                 if stop is not None and stop.is_set():
                     raise TransferError("the upload stream ended early")
-                tar.add(os.path.join(local_root, key), arcname=key, recursive=False)
+                with open(os.path.join(local_root, key), "rb") as src:
+                    st = os.fstat(src.fileno())
+                    info = tarfile.TarInfo(key)
+                    info.size, info.mtime, info.mode = st.st_size, int(st.st_mtime), st.st_mode & 0o7777
+                    out.write(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
+                    left = st.st_size
+                    while left:
+                        chunk = src.read(min(left, _BUF))
+                        if not chunk:
+                            raise IntegrityError(f"{key} became shorter while it was sent; copy again.")
+                        out.write(chunk)
+                        left -= len(chunk)
+                    if st.st_size % tarfile.BLOCKSIZE:
+                        out.write(bytes(tarfile.BLOCKSIZE - st.st_size % tarfile.BLOCKSIZE))
+            out.write(bytes(2 * tarfile.BLOCKSIZE))  # the end-of-archive marker
     except BaseException as exc:  # reported by the caller; closing the pipe early makes the remote tar fail
         errors.append(exc)
 
@@ -58,7 +101,7 @@ def upload(fs: Any, local_root: str, keys: list[str], dst_root: str) -> None:
     """Send ``local_root/key`` for each key to ``dst_root/key`` on the SSH host of ``fs`` (an SSHFileSystem)."""
     stage = f"{dst_root.rstrip('/')}/.rh-tmp-stage-{uuid.uuid4().hex[:12]}"
     cmd = _REMOTE_UNPACK.format(stage=shlex.quote(stage), dest=shlex.quote(dst_root))
-    read_fd, write_fd = os.pipe()
+    read_fd, write_fd = _pipe()
     errors: list[BaseException] = []
     stop = threading.Event()
     producer = threading.Thread(target=_produce_tar, args=(write_fd, local_root, keys, errors, stop), daemon=True)
@@ -149,17 +192,22 @@ def _consume_tar(fd: int, keys: set[str], on_member: Callable[[tarfile.TarInfo, 
 
 def _write_local(local_root: str) -> Callable[[tarfile.TarInfo, IO[bytes]], None]:
     """Unpack each member into a hidden temporary name next to its final one, then rename it into place."""
+    made: set[str] = set()  # directories known to exist: one makedirs per directory, not per file
 
     def write(member: tarfile.TarInfo, src: IO[bytes]) -> None:
         final = os.path.join(local_root, member.name)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.rh-tmp-{uuid.uuid4().hex[:12]}")
+        folder, name = os.path.split(final)
+        if folder not in made:
+            os.makedirs(folder, exist_ok=True)
+            made.add(folder)
+        tmp = os.path.join(folder, f".{name}.rh-tmp-{uuid.uuid4().hex[:12]}")
         try:
+            written = 0
             with open(tmp, "wb") as out:
                 while chunk := src.read(_BUF):
-                    out.write(chunk)
-            if os.path.getsize(tmp) != member.size:
-                raise IntegrityError(f"{member.name}: got {os.path.getsize(tmp)} of {member.size} bytes.")
+                    written += out.write(chunk)
+            if written != member.size:
+                raise IntegrityError(f"{member.name}: got {written} of {member.size} bytes.")
             os.replace(tmp, final)
             # After the rename: a temporary file never carries an old modification time, which would make it
             # look abandoned to the copy engine's clean-up of stale temporary files.
@@ -218,7 +266,7 @@ async def _run_until(fs: Any, cmd: str, failed: threading.Event, **redirects: An
 def _stream_out(fs: Any, src_root: str, keys: list[str],
                 on_member: Callable[[tarfile.TarInfo, IO[bytes]], None]) -> list[str]:
     cmd = f"cd {shlex.quote(src_root)} && tar -c --null -T - -f -"
-    read_fd, write_fd = os.pipe()
+    read_fd, write_fd = _pipe()
     errors: list[BaseException] = []
     done: list[str] = []
     failed = threading.Event()

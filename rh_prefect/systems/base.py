@@ -11,7 +11,6 @@ Paths: users write *system paths* (``/my-bucket/a/b`` on S3, ``/home/me/data`` o
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import errno
@@ -23,15 +22,20 @@ import uuid
 from datetime import datetime, timezone
 from abc import ABC, abstractmethod
 from functools import cached_property
-from typing import Any, ClassVar, Iterator, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Optional
 from urllib.parse import urlsplit
-
-from fsspec import AbstractFileSystem
 
 from rh_prefect import settings
 from rh_prefect.errors import Cancelled, InvalidPath, ReadOnlySystem, RhError, SystemUnavailable, UnknownSystem
 
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem  # fsspec itself is imported when a filesystem is made
+
 _REGISTRY: dict[str, type["System"]] = {}
+#: the modules of the systems, imported (and so registered) by :func:`load_backends` when a system is looked up by
+#: name: a process that only lists a local path imports none of the others
+BACKENDS = ("rh_prefect.systems.local", "rh_prefect.systems.ssh", "rh_prefect.systems.object_store",
+            "rh_prefect.systems.github")
 #: the end of the name of the hidden directory that holds a Blob's immutable versions, beside the blob's file
 #: (``.<name>.rh-versions``): defined here because listings and copies must leave it out on every system
 VERSIONS_SUFFIX = ".rh-versions"
@@ -224,6 +228,14 @@ class System(ABC):
                 return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
         return None
 
+    @classmethod
+    def fingerprint(cls, info: dict[str, Any]) -> tuple[Any, ...]:
+        """What tells a listed file's content apart without reading it: size, modification time and the store's
+        own content tag when its listing has one (S3 ETag, GCS md5/crc32c, GitHub blob sha). A rewrite with the
+        same size inside the store's time resolution and no content tag (a second over SFTP) looks unchanged."""
+        tags = tuple(str(info[k]) for k in ("ETag", "etag", "md5Hash", "crc32c", "sha") if info.get(k))
+        return int(info.get("size") or 0), cls.mtime(info), tags
+
     def temp_path(self, fs_path: str) -> str:
         """A hidden sibling name used while a file is being written, renamed to ``fs_path`` on commit."""
         head, tail = posixpath.split(fs_path)
@@ -295,6 +307,17 @@ class System(ABC):
         ``fs.find(detail=True)`` gives it; empty or ``FileNotFoundError`` when nothing is there."""
         return self.fs.find(fs_root, detail=True, withdirs=False)
 
+    def ls(self, fs_path: str) -> list[dict[str, Any]]:
+        """The entries directly under the directory ``fs_path`` (or the file itself), as ``fs.ls(detail=True)``
+        gives them; ``FileNotFoundError`` when nothing is there."""
+        return self.fs.ls(fs_path, detail=True)
+
+    def exists(self, fs_path: str) -> bool:
+        return self.fs.exists(fs_path)
+
+    def isdir(self, fs_path: str) -> bool:
+        return self.fs.isdir(fs_path)
+
     def iter_files(self, fs_root: str) -> Iterator[dict[str, dict[str, Any]]]:
         """What :meth:`find_files` returns, in pages as the listing arrives, so that a copy can start before a
         long listing ends. This default yields the whole listing as one page; systems whose servers list in
@@ -348,7 +371,9 @@ def _stop_point(method: Any) -> Any:
             raise Cancelled(f"{self._stop_why} The copy to {self.describe()} stopped before its next file; what it "
                             "committed stays and nothing is half-written. Run the copy again to resume it.")
 
-    if asyncio.iscoroutinefunction(method):
+    import inspect  # here: only a stoppable view (a long-lived worker's copy) needs it
+
+    if inspect.iscoroutinefunction(method):
         async def checked_async(self: "System", *args: Any, **kwargs: Any) -> Any:
             check(self)
             return await method(self, *args, **kwargs)
@@ -362,13 +387,24 @@ def _stop_point(method: Any) -> Any:
     return functools.wraps(method)(checked)
 
 
+def load_backends() -> None:
+    """Import every system's module, which registers its class. By name (a plugin registry): the modules import
+    this one, and are imported only when a system is looked up by name or every system is asked something."""
+    import importlib
+
+    for module in BACKENDS:
+        importlib.import_module(module)
+
+
 def system_classes() -> list[type[System]]:
     """Every registered system class, once each (in the order they were defined)."""
+    load_backends()
     return list(dict.fromkeys(_REGISTRY.values()))
 
 
 def system_class(name: str) -> type[System]:
     """Look up a system class by name or alias (``"sftp"`` -> the SSH system)."""
+    load_backends()
     if not isinstance(name, str):
         raise UnknownSystem(f"system must be a name such as 's3' or a Cluster, got {type(name).__name__}.")
     key = name.strip().lower()
@@ -479,6 +515,8 @@ def request_limit(nbytes: int) -> float:
 async def within_deadline(coro: Any, nbytes: int, what: str) -> Any:
     """Await ``coro`` (a request moving ``nbytes``); a TimeoutError, which the retry policy treats as transient,
     when it takes longer than its deadline: :func:`request_limit`."""
+    import asyncio  # here: code that never awaits (a local listing) need not import it
+
     limit = request_limit(nbytes)
     loop = asyncio.get_running_loop()
     started = loop.time()

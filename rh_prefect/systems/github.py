@@ -20,14 +20,16 @@ import subprocess
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from rh_prefect.errors import CredentialsError, InvalidPath, NotFound, SystemUnavailable
 from rh_prefect.systems.base import System
-from rh_prefect.systems.credentials import GitHubCredentials
+
+if TYPE_CHECKING:
+    from rh_prefect.systems.credentials import GitHubCredentials
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _LOCK = threading.Lock()
@@ -69,9 +71,13 @@ class GitHubSystem(System):
     is_local = True  # reads come from the local checkout
     max_concurrency = 8
 
-    def __init__(self, credentials: Optional[GitHubCredentials] = None, **_: object) -> None:
-        if credentials is not None and not isinstance(credentials, GitHubCredentials):
-            raise CredentialsError(f"system 'github' needs a GitHubCredentials block, got {type(credentials).__name__}.")
+    def __init__(self, credentials: Optional["GitHubCredentials"] = None, **_: object) -> None:
+        if credentials is not None:
+            from rh_prefect.systems.credentials import GitHubCredentials  # a Prefect block: only when one is given
+
+            if not isinstance(credentials, GitHubCredentials):
+                raise CredentialsError(
+                    f"system 'github' needs a GitHubCredentials block, got {type(credentials).__name__}.")
         self.credentials = credentials
         self._resolved: dict[tuple[str, str], str] = {}
 

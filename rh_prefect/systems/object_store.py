@@ -18,13 +18,9 @@ from fsspec import AbstractFileSystem
 from rh_prefect import settings
 from rh_prefect.errors import CredentialsError, IntegrityError, NotFound
 from rh_prefect.systems.base import System, probe, request_limit, within_deadline
-from rh_prefect.systems.credentials import GCSCredentials, S3Credentials, redact_in_logs
+from rh_prefect.systems.redact import redact_in_logs
 
 logger = logging.getLogger("rh_prefect.systems")
-
-
-#: objects per listing page (the most S3 and GCS return in one): a copy starts on each page as it arrives
-LIST_PAGE = 1000
 
 
 class ObjectStoreSystem(System):
@@ -32,16 +28,21 @@ class ObjectStoreSystem(System):
 
     atomic_writes = True
     max_concurrency = 16
-    credentials_type: ClassVar[type]
+    #: the credentials block class (in :mod:`rh_prefect.systems.credentials`) this store takes. By name: those
+    #: classes are Prefect blocks, and a store used with the environment's credentials must not import Prefect
+    #: (a command-line copy starts faster without it)
+    credentials_type: ClassVar[str]
     #: environment variable naming a default bucket when no credentials block sets one
     default_bucket_env: ClassVar[str]
 
     def __init__(self, credentials: Any = None, **_: object) -> None:
-        if credentials is not None and not isinstance(credentials, self.credentials_type):
-            raise CredentialsError(
-                f"system {self.name!r} needs a {self.credentials_type.__name__} block, "
-                f"got {type(credentials).__name__}."
-            )
+        if credentials is not None:
+            from rh_prefect.systems import credentials as blocks
+
+            if not isinstance(credentials, getattr(blocks, self.credentials_type)):
+                raise CredentialsError(
+                    f"system {self.name!r} needs a {self.credentials_type} block, got {type(credentials).__name__}."
+                )
         self.credentials = credentials
 
     def storage_options(self) -> dict[str, Any]:
@@ -73,7 +74,7 @@ class ObjectStoreSystem(System):
     def default_root_hint(self) -> str:
         return (
             f"pass path='/my-bucket/...' (the first component is the bucket), or set a default bucket with "
-            f"{self.default_bucket_env} or {self.credentials_type.__name__}(default_bucket=...)"
+            f"{self.default_bucket_env} or {self.credentials_type}(default_bucket=...)"
         )
 
     def same_store(self, other: System) -> bool:
@@ -86,7 +87,7 @@ class ObjectStoreSystem(System):
         self.fs.cp_file(src_fs_path, dst_fs_path)
 
     def iter_files(self, fs_root: str) -> Iterator[dict[str, dict[str, Any]]]:
-        """Each page of the store's listing under ``fs_root`` as it arrives (up to :data:`LIST_PAGE` objects),
+        """Each page of the store's listing under ``fs_root`` as it arrives (up to ``settings.list_page_size`` objects),
         entries as ``find_files`` gives them, without directory placeholders (names ending in "/"). When the
         prefix holds nothing, ``fs_root`` may be one object (yielded as the only entry), an empty "directory"
         (nothing), or nothing at all (``FileNotFoundError``)."""
@@ -140,7 +141,7 @@ class ObjectStoreSystem(System):
         if isinstance(exc, PermissionError) or self.refused_access(exc):
             return CredentialsError(
                 f"{self.describe()} refused access to {what!r} ({type(exc).__name__}); check the credentials "
-                f"({self.credentials_type.__name__} block or environment)."
+                f"({self.credentials_type} block or environment)."
             )
         return super().translate(exc, what)
 
@@ -262,7 +263,7 @@ class S3System(ObjectStoreSystem):
 
     name = "s3"
     aliases = ("s3a",)
-    credentials_type = S3Credentials
+    credentials_type = "S3Credentials"
     default_bucket_env = "RH_PREFECT_S3_BUCKET"
 
     def _endpoint(self) -> Optional[str]:
@@ -409,7 +410,7 @@ class S3System(ObjectStoreSystem):
         async def pages() -> AsyncIterator[dict[str, dict[str, Any]]]:
             from rh_prefect.systems import _s3_private
 
-            async for contents in _s3_private.list_pages(fs, bucket, prefix, LIST_PAGE):
+            async for contents in _s3_private.list_pages(fs, bucket, prefix, settings.current().list_page_size):
                 page = {}
                 for item in contents:
                     if not item["Key"].endswith("/"):
@@ -443,7 +444,7 @@ class GCSSystem(ObjectStoreSystem):
 
     name = "gs"
     aliases = ("gcs", "gcp")
-    credentials_type = GCSCredentials
+    credentials_type = "GCSCredentials"
     default_bucket_env = "RH_PREFECT_GS_BUCKET"
 
     def _endpoint(self) -> Optional[str]:
@@ -528,7 +529,7 @@ class GCSSystem(ObjectStoreSystem):
         async def pages() -> AsyncIterator[dict[str, dict[str, Any]]]:
             from rh_prefect.systems import _gcs_private
 
-            async for infos in _gcs_private.list_pages(fs, bucket, prefix, LIST_PAGE):
+            async for infos in _gcs_private.list_pages(fs, bucket, prefix, settings.current().list_page_size):
                 yield {info["name"]: info for info in infos if not info["name"].endswith("/")}
 
         return pages()

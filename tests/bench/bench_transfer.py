@@ -293,8 +293,8 @@ def remove(env: Env, p: dict) -> None:
     filesystem backend) are left until the benchmark ends: creating files within seconds after thousands were
     deleted costs the creating process ~0.6 ms of kernel CPU per file on this ext4 volume (2000 x 4 KiB files:
     0.04 s on a quiet disk, 1.1-1.3 s after an rmtree of the same shape), a cost that would land on whichever
-    tool runs next rather than on the one measured."""
-    if (p["kind"] in ("file", "ssh", "gs") and p.get("workload") == "tree") or (p["kind"] == "s3" and env.keep_s3):
+    tool runs next rather than on the one measured. (Every workload but "big", a single file, is many files.)"""
+    if (p["kind"] in ("file", "ssh", "gs") and p.get("workload") != "big") or (p["kind"] == "s3" and env.keep_s3):
         env.deferred.append(p)
         return
     if p["kind"] in ("file", "ssh"):
@@ -455,7 +455,7 @@ def _proc_cpu(pid: Optional[int]) -> float:
 
 def servers_cpu(env: Env, kinds: set[str]) -> float:
     """CPU seconds used so far by the servers behind these kinds of place (moto, fake-gcs-server, sshd)."""
-    pids = {"s3": env.s3.pid, "gs": env.gcs.pid, "ssh": env.ssh.pid}
+    pids = {"s3": getattr(env.s3, "pid", None), "gs": getattr(env.gcs, "pid", None), "ssh": getattr(env.ssh, "pid", None)}
     return sum(_proc_cpu(pids[k]) for k in kinds if k in pids)
 
 
@@ -500,8 +500,10 @@ def moto_spill_dir(choice: str) -> tuple[Optional[Path], str]:
     return None, f"the temp dir's volume ({tempfile.gettempdir()})"
 
 
-def start_servers(tmp: Path, moto_spill: Optional[Path] = None) -> dict[str, Any]:
-    """Start the four servers (Prefect's ~20 s start overlaps the others). Returns those that started."""
+def start_servers(tmp: Path, moto_spill: Optional[Path] = None,
+                  kinds: tuple[str, ...] = ("prefect", "s3", "gcs", "ssh")) -> dict[str, Any]:
+    """Start the servers among ``kinds`` (Prefect's ~20 s start overlaps the others). Returns those that
+    started."""
     from infra import FakeGCSServer, MotoS3Server, PrefectServer, SSHServer
 
     servers: dict[str, Any] = {}
@@ -513,9 +515,9 @@ def start_servers(tmp: Path, moto_spill: Optional[Path] = None) -> dict[str, Any
         except BaseException as exc:  # reported below; the main thread stops whatever did start
             errors.append(exc)
 
-    threads = [threading.Thread(target=start, args=(n, s)) for n, s in (
-        ("prefect", PrefectServer()), ("s3", MotoS3Server(spill_dir=moto_spill)),
-        ("gcs", FakeGCSServer(backend="filesystem")), ("ssh", SSHServer()))]
+    makers = {"prefect": PrefectServer, "s3": lambda: MotoS3Server(spill_dir=moto_spill),
+              "gcs": lambda: FakeGCSServer(backend="filesystem"), "ssh": SSHServer}
+    threads = [threading.Thread(target=start, args=(n, makers[n]())) for n in kinds]
     for t in threads:
         t.start()
     for t in threads:
