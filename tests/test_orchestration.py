@@ -644,9 +644,11 @@ def test_a_worker_installed_from_the_wheel_alone_runs_colocated_copies(colo, tmp
     else:
         subprocess.run([base_python, "-m", "venv", str(venv)], check=True, timeout=120)
         install = [str(venv / "bin" / "pip"), "install", "-q", str(wheel)]
-    installed = subprocess.run(install, capture_output=True, text=True, timeout=900)
-    assert installed.returncode == 0, installed.stderr[-3000:]
+    # Without this checkout on the path (PYTHONPATH, when the suite runs from a worktree): an installer would take
+    # its build metadata for an installed rh-prefect and skip the install.
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    installed = subprocess.run(install, capture_output=True, text=True, timeout=900, env=clean, cwd="/")
+    assert installed.returncode == 0, installed.stderr[-3000:]
     where_from = subprocess.run([str(venv / "bin" / "python"), "-c", "import rh_prefect; print(rh_prefect.__file__)"],
                                 cwd="/", env=clean, capture_output=True, text=True, timeout=120)
     assert where_from.stdout.strip().startswith(str(venv)), where_from  # the wheel's copy, not this checkout
