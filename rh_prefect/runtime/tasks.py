@@ -18,7 +18,8 @@ from typing import Any, Callable, Optional, TypeVar
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext, TaskRunContext
-from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
+from prefect.context import SettingsContext, get_settings_context
+from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW
 
 from rh_prefect import settings, transfer
 from rh_prefect.runtime import _prefect_exit, retry, stops
@@ -123,11 +124,29 @@ def run(t: Task[..., T], *args: Any, **kwargs: Any) -> T:
         return t(*args, **kwargs)
     try:
         if PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW.value() == "ignore":
-            return t(*args, **kwargs)  # already quiet; temporary_settings copies all settings (~20 ms a call)
-        with temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
+            return t(*args, **kwargs)  # already quiet
+        with _quiet_settings():
             return t(*args, **kwargs)
     finally:
         _prefect_exit.settle()
+
+
+#: (id of the settings in force, those settings) -> the same settings with logging to the API outside a flow
+#: run off. Prefect's temporary_settings builds that copy again on every call, ~35 ms of CPU (it validates all
+#: settings): a process that copies a hundred times would pay seconds for one unchanged setting.
+_QUIET: dict[int, tuple[Any, Any]] = {}
+
+
+def _quiet_settings() -> SettingsContext:
+    """A settings context like the one in force, except ``logging.to_api.when_missing_flow = "ignore"``."""
+    current = get_settings_context()
+    found = _QUIET.get(id(current.settings))
+    if found is None or found[0] is not current.settings:  # a settings object we built from, kept alive with it
+        quiet = current.settings.copy_with_update(updates={PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"})
+        if len(_QUIET) > 8:  # settings changed often (tests): forget the old ones
+            _QUIET.clear()
+        found = _QUIET[id(current.settings)] = (current.settings, quiet)
+    return SettingsContext(profile=current.profile, settings=found[1])
 
 
 def reset_on_retry(*systems: Any) -> None:
