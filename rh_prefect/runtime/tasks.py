@@ -142,11 +142,25 @@ def _quiet_settings() -> SettingsContext:
     current = get_settings_context()
     found = _QUIET.get(id(current.settings))
     if found is None or found[0] is not current.settings:  # a settings object we built from, kept alive with it
-        quiet = current.settings.copy_with_update(updates={PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"})
+        quiet = _with_quiet_logging(current.settings)
         if len(_QUIET) > 8:  # settings changed often (tests): forget the old ones
             _QUIET.clear()
         found = _QUIET[id(current.settings)] = (current.settings, quiet)
     return SettingsContext(profile=current.profile, settings=found[1])
+
+
+def _with_quiet_logging(current: Any) -> Any:
+    """``current`` with ``logging.to_api.when_missing_flow = "ignore"``: copies of the three models on the way
+    down (pydantic's model_copy, microseconds) where Prefect's copy_with_update validates every setting again
+    (~35 ms, the largest part of a first copy's fixed cost after the S3 libraries' import)."""
+    try:
+        to_api = current.logging.to_api.model_copy(update={"when_missing_flow": "ignore"})
+        quiet = current.model_copy(update={"logging": current.logging.model_copy(update={"to_api": to_api})})
+        if PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW.value_from(quiet) == "ignore":
+            return quiet
+    except AttributeError:  # the settings are laid out differently in this Prefect
+        pass
+    return current.copy_with_update(updates={PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"})
 
 
 def reset_on_retry(*systems: Any) -> None:
