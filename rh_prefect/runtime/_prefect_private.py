@@ -137,10 +137,43 @@ def _shared_client_context() -> Any:
     with _SHARED_LOCK:
         ctx = _SHARED_CLIENTS.get(key)
         if ctx is None or getattr(ctx.client, "_closed", False):  # closed by someone's `with client:`: open another
-            ctx = SyncClientContext()
+            from prefect.settings import PREFECT_API_ENABLE_HTTP2
+
+            from rh_prefect.runtime import busy_retry
+
+            ctx = _client_context(busy_retry.httpx_settings(key[0], PREFECT_API_ENABLE_HTTP2.value()))
             # Entered with room to spare: each `with get_client(sync_client=True)` inside fn enters and exits it
             # once more and must never close it (Prefect counts entries without a lock, so threads may miscount).
             for _ in range(64):
                 ctx.client.__enter__()
             _SHARED_CLIENTS[key] = ctx
         return ctx
+
+
+def _client_context(httpx_settings: Optional[dict[str, Any]]) -> Any:
+    """A SyncClientContext whose client is built with ``httpx_settings`` (a transport of ours) but which
+    ``get_client(sync_client=True)`` still hands out: Prefect gives the active context's client only to callers
+    asking for the same httpx settings it was made with, and Prefect's own callers ask for none. So the client is
+    built first and the context made around it with pydantic's ``model_construct`` (public), which leaves the
+    context's record of its settings at None."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import SyncClientContext
+
+    if not httpx_settings:
+        return SyncClientContext()
+    ctx = SyncClientContext.model_construct(client=get_client(sync_client=True, httpx_settings=httpx_settings))
+    if getattr(ctx, "_httpx_settings", None) is not None:  # laid out differently: Prefect's own context instead
+        return SyncClientContext()
+    return ctx
+
+
+def async_client_context(httpx_settings: Optional[dict[str, Any]]) -> Any:
+    """An AsyncClientContext (to enter with ``async with``) whose client is built with ``httpx_settings`` and
+    which Prefect's ``get_client()`` hands out inside it (as :func:`_client_context`); None without settings."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import AsyncClientContext
+
+    if not httpx_settings:
+        return None
+    ctx = AsyncClientContext.model_construct(client=get_client(httpx_settings=httpx_settings))
+    return None if getattr(ctx, "_httpx_settings", None) is not None else ctx

@@ -93,7 +93,19 @@ class InProcessWorker(ProcessWorker):
     # -- lifecycle -----------------------------------------------------------------------------------------
 
     async def setup(self) -> None:
-        await super().setup()
+        # The worker's API client (Prefect builds it in setup) asks a busy SQLite server again within ms, not 2 s
+        # (rh_prefect.runtime.busy_retry): it claims runs, labels them, records their process.
+        from prefect.settings import PREFECT_API_ENABLE_HTTP2, PREFECT_API_URL
+
+        from rh_prefect.runtime import busy_retry
+
+        ctx = _prefect_private.async_client_context(busy_retry.httpx_settings(
+            PREFECT_API_URL.value(), PREFECT_API_ENABLE_HTTP2.value(), asynchronous=True))
+        if ctx is None:
+            await super().setup()
+        else:
+            async with ctx:
+                await super().setup()
         self._background = [asyncio.ensure_future(self._serve_events()),
                             asyncio.ensure_future(self._check_cancellations())]
 
@@ -161,7 +173,7 @@ class InProcessWorker(ProcessWorker):
         """The fast path, woken by a run's Scheduled event: claim it (Pending), label it, start it on a thread (its
         process id is recorded meanwhile). Two requests before the engine starts, where Prefect's submission path
         makes six."""
-        from prefect.exceptions import Abort
+        from prefect.exceptions import Abort, ObjectNotFound
         from prefect.states import Pending
         from prefect.utilities.engine import propose_state
 
@@ -169,6 +181,7 @@ class InProcessWorker(ProcessWorker):
             return
         self._taking.add(flow_run_id)
         read = asyncio.ensure_future(self.client.read_flow_run(flow_run_id))
+        claimed = started = False
         try:
             try:
                 state = await propose_state(self.client, Pending(), flow_run_id=flow_run_id)
@@ -176,20 +189,40 @@ class InProcessWorker(ProcessWorker):
                 state = None
             if state is None or not state.is_pending():
                 return
-            flow_run = await read
+            claimed = True
+            try:
+                flow_run = await read
+            except ObjectNotFound:
+                # The run's Scheduled event can come before its creation is committed (a SQLite server busy with
+                # another write): the read sent along with the claim missed it, the claim found it. Read it again.
+                flow_run = await self.client.read_flow_run(flow_run_id)
             # The labels go on before the engine writes to the run (the server merges them read-modify-write);
             # meanwhile the blocks the run's parameters refer to are loaded, which the engine would do next.
             _, parameters = await asyncio.gather(self._label(flow_run_id), _resolved(flow_run))
             self.get_flow_run_logger(flow_run).info(f"Worker {self.name!r} submitting flow run '{flow_run.id}'")
             pid = asyncio.ensure_future(self.client.update_flow_run(flow_run.id, infrastructure_pid=str(os.getpid())))
+            started = True
             await self._run_here(flow_run, entrypoint, None, parameters)
             with contextlib.suppress(Exception):
                 await pid
         except Exception as exc:  # this run only: the worker goes on
             logger.exception("could not run flow run %s: %s", flow_run_id, exc)
+            if claimed and not started:
+                await self._give_back(flow_run_id)
         finally:
             read.cancel()
             self._taking.discard(flow_run_id)
+
+    async def _give_back(self, flow_run_id: Any) -> None:
+        """A run this worker claimed (Pending) but could not start goes back to Scheduled, so that a poll (this
+        worker's or another's) runs it: left Pending, no worker would ever take it and its caller would wait on."""
+        from prefect.states import Scheduled
+
+        try:
+            await self.client.set_flow_run_state(flow_run_id, Scheduled(), force=True)
+            logger.info("flow run %s is Scheduled again for the next poll", flow_run_id)
+        except Exception as exc:
+            logger.warning("could not put flow run %s back on its queue: %s", flow_run_id, exc)
 
     async def _label(self, flow_run_id: Any) -> None:
         """The labels Prefect's submission path gives a run: which worker (and pool) runs it."""
