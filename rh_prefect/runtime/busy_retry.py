@@ -4,8 +4,8 @@ A Prefect server on SQLite (the default of a local server, ``rh-prefect server u
 when another write got there first (SQLite's "database is locked": a transaction that read, then wants to
 write, after another one committed). Prefect's client then waits ``2 ** attempt`` seconds (not configurable)
 and sends it again. Measured with copies dispatched to a cluster's worker (``tests/bench/bench_colocated.py``):
-3 of 14 dispatches waited 2.2-2.5 s that way, on a call that otherwise takes ~0.1 s, because the server's own
-services (events, state changes of the copy just finished) were writing at that moment.
+4 of 14 copies on an unshaped link waited 2.3-2.5 s that way once, on a call that otherwise takes ~0.1 s, because
+the server's own services (events, state changes of the copy just finished) were writing at that moment.
 
 :class:`BusyRetryTransport` is an httpx transport that sends such a request again after 20, 50, 100, 200 and
 400 ms before handing the 503 back to Prefect's own retries. A 503 means the server did nothing (its

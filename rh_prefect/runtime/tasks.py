@@ -156,10 +156,10 @@ def _with_quiet_logging(current: Any) -> Any:
     try:
         to_api = current.logging.to_api.model_copy(update={"when_missing_flow": "ignore"})
         quiet = current.model_copy(update={"logging": current.logging.model_copy(update={"to_api": to_api})})
-        if PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW.value_from(quiet) == "ignore":
-            return quiet
-    except AttributeError:  # the settings are laid out differently in this Prefect
-        pass
+    except AttributeError:  # the settings are laid out differently in this Prefect: its own (slower) way
+        quiet = None
+    if quiet is not None and PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW.value_from(quiet) == "ignore":
+        return quiet
     return current.copy_with_update(updates={PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"})
 
 
