@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -27,20 +26,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
 
-
-def _machine() -> str:
-    cores = os.cpu_count()
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.platform()}, {cores} cores ({cpu or 'unknown CPU'}), {mem_gib:.0f} GiB RAM, loopback servers"
+from bench_transfer import machine_desc  # noqa: E402
 
 
 def _load() -> str:
@@ -90,7 +78,7 @@ def main(argv: list[str]) -> int:
         sections.append(f"## {title}\n\nStarted {_stamp(t0)}, {took:.1f} min, load average (1/5/15 min) at its "
                         f"start {load}. From `{md.relative_to(HERE.parent.parent)}`:\n\n{md.read_text().strip()}\n")
     header = (f"# Fixed costs (issue 18), one invocation\n\n`tests/bench/bench_fixed_costs.py{' --quick' if args.quick else ''}`"
-              f", {_stamp(started)} - {_stamp(time.time())}; {_machine()}; load average (1/5/15 min) at the end "
+              f", {_stamp(started)} - {_stamp(time.time())}; {machine_desc()}; load average (1/5/15 min) at the end "
               f"{_load()}.\n")
     out = RESULTS / f"fixed-costs-latest{suffix}.md"
     out.write_text("\n".join([header, *sections]))
